@@ -1,0 +1,52 @@
+// attnkit: classify images, train and evaluate, draw attention heatmaps, benchmark the kernels.
+// main() only parses; each subcommand lives in its own file. Every error becomes one readable line
+// on stderr and a non-zero exit code.
+#include "commands.h"
+
+#include <attnkit/attnkit.h>
+#include <opencv2/core/version.hpp>
+
+#include <iostream>
+
+namespace attnkit::app {
+
+std::string version_line() {
+  const BuildInfo info = build_info();
+  std::string line = "attnkit " + info.version + " (LibTorch " + info.torch_version + ", OpenCV " +
+                     CV_VERSION + ", CUDA kernels: " + (info.cuda_kernels ? "compiled in" : "not compiled");
+  if (info.cuda_kernels) line += std::string(", CUDA device: ") + (info.cuda_available ? "available" : "none");
+  return line + ")";
+}
+
+}  // namespace attnkit::app
+
+int main(int argc, char** argv) {
+  using namespace attnkit::app;
+  CLI::App cli{"attnkit: attention blocks for CNNs on LibTorch.\n"
+               "Classify images, train and evaluate models, draw attention heatmaps, benchmark the kernels.",
+               "attnkit"};
+  cli.set_version_flag("--version", version_line(), "Print the version, the LibTorch/OpenCV versions and CUDA support, then exit");
+  cli.require_subcommand(0, 1);
+  cli.footer("Run 'attnkit COMMAND --help' for the options of a command.");
+
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return cli.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return cli.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return cli.exit(e);
+  } catch (const CLI::ExtrasError& e) {
+    std::cerr << cli.help() << "\nattnkit: " << e.what() << "\n";
+    return kUsage;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "attnkit: " << e.what() << "\nRun with --help for usage.\n";
+    return kUsage;
+  }
+  if (argc == 1 || cli.get_subcommands().empty()) {
+    std::cout << cli.help();
+    return argc == 1 ? kOk : kUsage;
+  }
+  return kOk;
+}

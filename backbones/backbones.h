@@ -1,0 +1,2 @@
+// Backbones with pluggable attention (ResNet family).
+#pragma once

@@ -1,0 +1,19 @@
+#include <attnkit/attnkit.h>
+
+#include <torch/cuda.h>
+#include <torch/version.h>
+
+namespace attnkit {
+
+BuildInfo build_info() {
+  BuildInfo info;
+  info.version = ATTNKIT_VERSION;
+  info.torch_version = TORCH_VERSION;
+#ifdef ATTNKIT_WITH_CUDA
+  info.cuda_kernels = true;
+#endif
+  info.cuda_available = torch::cuda::is_available();
+  return info;
+}
+
+}  // namespace attnkit

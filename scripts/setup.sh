@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# attnkit set-up: installs every dependency the build, the tests and the demo need.
+# Idempotent: a second run with everything present only checks, and takes seconds.
+#
+#   scripts/setup.sh            # Debian packages + Python venv with torch/torchvision/timm
+#
+# Environment:
+#   ATTNKIT_VENV     where the Python environment lives (default ~/.cache/attnkit/venv).
+#                    It is outside the checkout on purpose: fresh clones (CI) reuse it.
+#   ATTNKIT_SKIP_APT=1  do not touch Debian packages (for machines you do not administer).
+set -euo pipefail
+
+VENV="${ATTNKIT_VENV:-$HOME/.cache/attnkit/venv}"
+TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
+TIMM_VERSION=1.0.31
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# ---- Debian packages ---------------------------------------------------------------------------
+APT_PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  python3-venv
+  libopencv-dev        # apps: image/video I/O, drawing, windows (FFmpeg + GStreamer back-ends)
+  libcli11-dev         # apps: command-line parsing
+  nlohmann-json3-dev   # apps: JSON output, checkpoint metadata
+  libgtest-dev libgmock-dev  # tests
+  libbenchmark-dev     # micro-benchmarks
+  dataset-fashion-mnist  # training data for the bundled weights and the tests
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good  # videotestsrc etc. for stream tests
+  ffmpeg               # writes test videos
+  xvfb xauth           # window tests without a display
+)
+
+if [[ "${ATTNKIT_SKIP_APT:-0}" != 1 ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    say "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    say "Debian packages: all present"
+  fi
+fi
+
+# ---- Python environment with LibTorch ------------------------------------------------------------
+# The interpreter: prefer the system one (python3-venv above), any python3 >= 3.10 works.
+PY="${ATTNKIT_PYTHON:-python3}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating Python environment at $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+fi
+want="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION timm==$TIMM_VERSION"
+have=$("$VENV/bin/python" - <<'PY' 2>/dev/null || true
+import importlib.metadata as m
+print(" ".join(f"{p}=={m.version(p)}" for p in ("torch", "torchvision", "timm")))
+PY
+)
+if [[ "$have" != "$want" ]]; then
+  say "installing into $VENV: $want (a few GB on first run)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
+      "timm==$TIMM_VERSION" numpy safetensors
+else
+  say "Python environment: $want present"
+fi
+say "LibTorch CMake config: $("$VENV/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"

@@ -1,0 +1,36 @@
+// The library loads, reports itself, and the factory's contract holds.
+#include <attnkit/attnkit.h>
+#include <gtest/gtest.h>
+
+TEST(Foundation, BuildInfoNamesVersions) {
+  const auto info = attnkit::build_info();
+  EXPECT_EQ(info.version, ATTNKIT_VERSION);
+  EXPECT_FALSE(info.torch_version.empty());
+#ifndef ATTNKIT_WITH_CUDA
+  EXPECT_FALSE(info.cuda_kernels);
+#endif
+}
+
+TEST(Foundation, EmptyAttentionNameIsIdentity) {
+  auto block = attnkit::make_attention("", 4);
+  auto x = torch::randn({2, 4, 3, 3});
+  EXPECT_TRUE(block.forward(x).equal(x));
+}
+
+TEST(Foundation, UnknownAttentionNameListsValidNames) {
+  try {
+    attnkit::make_attention("bogus", 4);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown attention name \"bogus\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("valid names"), std::string::npos) << e.what();
+  }
+}
+
+#include "testing.h"
+
+TEST(Foundation, PythonReferencesLoad) {
+  auto refs = attnkit::testing::load_refs("smoke");
+  if (refs.empty()) GTEST_SKIP() << "no Python references on this machine";
+  EXPECT_TRUE(attnkit::testing::all_close(torch::tanh(refs.at("x")), refs.at("y"), 1e-15));
+}
