@@ -9,10 +9,14 @@
 
 namespace attnkit::app {
 
+/// Runs the subcommand if it was the one parsed and returns its exit code; returns -1 otherwise.
 using Runner = std::function<int()>;
 
 /// Exit codes shared by every subcommand.
 enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2 };
+
+// One function per subcommand file: adds the subcommand and its options to `cli`.
+Runner add_blocks_command(CLI::App& cli);
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();

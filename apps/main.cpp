@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   cli.set_version_flag("--version", version_line(), "Print the version, the LibTorch/OpenCV versions and CUDA support, then exit");
   cli.require_subcommand(0, 1);
   cli.footer("Run 'attnkit COMMAND --help' for the options of a command.");
+  const std::vector<Runner> commands = {add_blocks_command(cli)};
 
   try {
     cli.parse(argc, argv);
@@ -47,6 +48,18 @@ int main(int argc, char** argv) {
   if (argc == 1 || cli.get_subcommands().empty()) {
     std::cout << cli.help();
     return argc == 1 ? kOk : kUsage;
+  }
+  try {
+    for (const auto& run : commands) {
+      const int rc = run();
+      if (rc >= 0) return rc;
+    }
+  } catch (const c10::Error& e) {
+    std::cerr << "attnkit: " << e.what_without_backtrace() << "\n";
+    return kFailure;
+  } catch (const std::exception& e) {
+    std::cerr << "attnkit: " << e.what() << "\n";
+    return kFailure;
   }
   return kOk;
 }
