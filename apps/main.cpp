@@ -4,7 +4,9 @@
 #include "commands.h"
 
 #include <attnkit/attnkit.h>
+#ifdef ATTNKIT_HAVE_OPENCV
 #include <opencv2/core/version.hpp>
+#endif
 
 #include <iostream>
 
@@ -12,8 +14,13 @@ namespace attnkit::app {
 
 std::string version_line() {
   const BuildInfo info = build_info();
-  std::string line = "attnkit " + info.version + " (LibTorch " + info.torch_version + ", OpenCV " +
-                     CV_VERSION + ", CUDA kernels: " + (info.cuda_kernels ? "compiled in" : "not compiled");
+#ifdef ATTNKIT_HAVE_OPENCV
+  const std::string opencv = CV_VERSION;
+#else
+  const std::string opencv = "absent (no classify/visualize/stream)";
+#endif
+  std::string line = "attnkit " + info.version + " (LibTorch " + info.torch_version + ", OpenCV " + opencv +
+                     ", CUDA kernels: " + (info.cuda_kernels ? "compiled in" : "not compiled");
   if (info.cuda_kernels) line += std::string(", CUDA device: ") + (info.cuda_available ? "available" : "none");
   return line + ")";
 }
