@@ -1,0 +1,70 @@
+#include <attnkit/modules/channel_attention.h>
+
+namespace attnkit {
+
+namespace {
+
+// The composite math of CBAM's channel gate in one place: a fused kernel can replace this function
+// alone. Returns (x · s, s) with s the N×C gate. Both descriptors go through the MLP in one batch of
+// 2N rows (the same numbers as two passes; fc2's bias is counted once per descriptor, as in the
+// official code's sum of two MLP outputs).
+std::tuple<torch::Tensor, torch::Tensor> channel_gate_reference(const torch::Tensor& x, ChannelPool pool,
+                                                                const torch::Tensor& w1, const torch::Tensor& b1,
+                                                                const torch::Tensor& w2, const torch::Tensor& b2) {
+  const int64_t n = x.size(0);
+  torch::Tensor pooled;
+  switch (pool) {
+    case ChannelPool::Avg: pooled = x.mean({2, 3}); break;
+    case ChannelPool::Max: pooled = x.amax({2, 3}); break;
+    case ChannelPool::AvgMax: pooled = torch::cat({x.mean({2, 3}), x.amax({2, 3})}, 0); break;
+  }
+  auto logits = torch::linear(torch::relu(torch::linear(pooled, w1, b1)), w2, b2);
+  if (pool == ChannelPool::AvgMax) logits = logits.narrow(0, 0, n) + logits.narrow(0, n, n);
+  auto s = torch::sigmoid(logits);
+  return {x * s.unsqueeze(-1).unsqueeze(-1), s};
+}
+
+const char* pool_name(ChannelPool pool) {
+  switch (pool) {
+    case ChannelPool::Avg: return "avg";
+    case ChannelPool::Max: return "max";
+    case ChannelPool::AvgMax: return "avg+max";
+  }
+  return "?";
+}
+
+}  // namespace
+
+ChannelAttentionImpl::ChannelAttentionImpl(const ChannelAttentionOptions& options_) : options(options_) { reset(); }
+
+void ChannelAttentionImpl::reset() {
+  TORCH_CHECK(options.channels() >= 1, "ChannelAttention: channels must be >= 1, got ", options.channels());
+  TORCH_CHECK(options.reduction() >= 1, "ChannelAttention: reduction must be >= 1, got ", options.reduction());
+  TORCH_CHECK(options.rd_channels() >= 0,
+              "ChannelAttention: rd_channels must be >= 0 (0 = derive from reduction), got ", options.rd_channels());
+  TORCH_CHECK(options.rd_divisor() >= 0, "ChannelAttention: rd_divisor must be >= 0, got ", options.rd_divisor());
+  const int64_t c = options.channels();
+  hidden_ = options.rd_channels() > 0 ? options.rd_channels()
+                                      : reduced_channels(c, options.reduction(), options.rd_divisor());
+  fc1 = register_module("fc1", torch::nn::Linear(torch::nn::LinearOptions(c, hidden_).bias(options.bias())));
+  fc2 = register_module("fc2", torch::nn::Linear(torch::nn::LinearOptions(hidden_, c).bias(options.bias())));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_with_attention(const torch::Tensor& x) {
+  detail::check_gate_input(x, options.channels(), "ChannelAttention", fc1->weight);
+  auto result = channel_gate_reference(x, options.pool(), fc1->weight, fc1->bias, fc2->weight, fc2->bias);
+  if (recording()) record(std::get<1>(result));
+  return result;
+}
+
+torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) {
+  return std::get<0>(forward_with_attention(x));
+}
+
+void ChannelAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "attnkit::ChannelAttention(channels=" << options.channels() << ", hidden=" << hidden_
+         << ", reduction=" << options.reduction() << ", pool=" << pool_name(options.pool())
+         << ", bias=" << (options.bias() ? "true" : "false") << ")";
+}
+
+}  // namespace attnkit
