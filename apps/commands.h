@@ -17,6 +17,8 @@ enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2 };
 
 // One function per subcommand file: adds the subcommand and its options to `cli`.
 Runner add_blocks_command(CLI::App& cli);
+Runner add_train_command(CLI::App& cli);
+Runner add_eval_command(CLI::App& cli);
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();
