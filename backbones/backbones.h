@@ -1,2 +1,8 @@
-// Backbones with pluggable attention (ResNet family).
+// Backbones with pluggable attention (ResNet family), their registry and checkpoint I/O.
 #pragma once
+
+#include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/cifar_resnet.h>
+#include <attnkit/backbones/registry.h>
+#include <attnkit/backbones/resnet.h>
+#include <attnkit/backbones/state_dict_import.h>

@@ -1,0 +1,324 @@
+#include <attnkit/backbones/checkpoint.h>
+
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <iterator>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace attnkit {
+
+namespace {
+
+using json = nlohmann::json;
+constexpr const char* kFormatTag = "attnkit-checkpoint";
+
+// ---- checksum: FNV-1a's step over 64-bit little-endian words (8× fewer multiplies than per byte) -
+
+class Hasher {
+ public:
+  void feed(const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      step(w);
+    }
+    uint64_t tail = 0;
+    for (size_t k = 0; i + k < n; ++k) tail |= uint64_t(p[i + k]) << (8 * k);
+    step(tail);
+    step(static_cast<uint64_t>(n));
+  }
+  void feed(const std::string& s) { feed(s.data(), s.size()); }
+  std::string hex() const {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h_));
+    return buf;
+  }
+
+ private:
+  void step(uint64_t w) {
+    h_ ^= w;
+    h_ *= 0x100000001b3ULL;
+  }
+  uint64_t h_ = 0xcbf29ce484222325ULL;
+};
+
+std::string checksum(const std::string& config, const StateDict& state) {
+  Hasher h;
+  h.feed(config);
+  for (const auto& [name, t] : state) {
+    h.feed(name);
+    h.feed(std::string(c10::toString(t.scalar_type())));
+    h.feed(t.sizes().data(), t.sizes().size() * sizeof(int64_t));
+    auto c = t.contiguous();
+    h.feed(c.data_ptr(), c.numel() * c.element_size());
+  }
+  return h.hex();
+}
+
+// ---- JSON --------------------------------------------------------------------------------------
+
+json to_json(const ModelConfig& c) {
+  return {{"name", c.name()},           {"family", c.family}, {"depth", c.depth},       {"attention", c.attention},
+          {"num_classes", c.num_classes}, {"in_channels", c.in_channels}, {"width", c.width}, {"stem", c.stem},
+          {"shortcut", c.shortcut}};
+}
+
+json to_json(const Preprocessing& p) {
+  return {{"input_height", p.input_height}, {"input_width", p.input_width}, {"resize", p.resize},
+          {"resize_size", p.resize_size},   {"crop", p.crop},               {"color_order", p.color_order},
+          {"pixel_scale", p.pixel_scale},   {"mean", p.mean},               {"std", p.std}};
+}
+
+/// Reads field `key` of `obj` as T; errors name the file and the dotted path of the field.
+template <typename T>
+T field(const json& obj, const char* key, const std::string& where, const std::string& file) {
+  try {
+    return obj.at(key).get<T>();
+  } catch (const json::exception& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", file, "\": config field ", where, ".", key, " is missing or has the wrong type (",
+                e.what(), ")");
+  }
+}
+
+void write_all(int fd, const char* data, size_t n, const std::string& tmp) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, data, n);
+    if (w < 0 && errno == EINTR) continue;
+    TORCH_CHECK(w > 0, "save_checkpoint: error writing \"", tmp, "\": ", std::strerror(errno));
+    data += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
+void atomic_write(const std::string& path, const std::vector<char>& bytes) {
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  std::string tmp = path + ".tmp-XXXXXX";
+  std::vector<char> name(tmp.begin(), tmp.end());
+  name.push_back('\0');
+  const int fd = ::mkstemp(name.data());
+  TORCH_CHECK(fd >= 0, "save_checkpoint: cannot create a temporary file next to \"", path, "\": ", std::strerror(errno));
+  tmp = name.data();
+  try {
+    write_all(fd, bytes.data(), bytes.size(), tmp);
+    TORCH_CHECK(::fsync(fd) == 0, "save_checkpoint: fsync of \"", tmp, "\" failed: ", std::strerror(errno));
+    ::fchmod(fd, 0644);  // mkstemp's 0600 would make checkpoints private by surprise
+    TORCH_CHECK(::close(fd) == 0, "save_checkpoint: closing \"", tmp, "\" failed: ", std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    TORCH_CHECK(false, "save_checkpoint: cannot rename \"", tmp, "\" to \"", path, "\": ", std::strerror(err));
+  }
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {  // makes the rename itself durable; best effort (some filesystems refuse)
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+}  // namespace
+
+// ---- Preprocessing -----------------------------------------------------------------------------
+
+Preprocessing Preprocessing::imagenet() { return Preprocessing(); }
+
+Preprocessing Preprocessing::small(int64_t size, std::vector<double> mean, std::vector<double> std) {
+  Preprocessing p;
+  p.input_height = p.input_width = size;
+  p.resize = "stretch";
+  p.resize_size = size;
+  p.crop = "none";
+  p.mean = std::move(mean);
+  p.std = std::move(std);
+  return p;
+}
+
+void Preprocessing::validate(int64_t channels) const {
+  TORCH_CHECK(input_height > 0 && input_width > 0, "Preprocessing: input_height and input_width must be positive, got ",
+              input_height, "x", input_width);
+  TORCH_CHECK(resize == "shorter_side" || resize == "stretch" || resize == "none",
+              "Preprocessing: resize must be \"shorter_side\", \"stretch\" or \"none\", got \"", resize, "\"");
+  TORCH_CHECK(resize != "shorter_side" || resize_size > 0, "Preprocessing: resize_size must be positive, got ", resize_size);
+  TORCH_CHECK(crop == "center" || crop == "none", "Preprocessing: crop must be \"center\" or \"none\", got \"", crop, "\"");
+  TORCH_CHECK(color_order == "RGB" || color_order == "BGR" || color_order == "GRAY",
+              "Preprocessing: color_order must be \"RGB\", \"BGR\" or \"GRAY\", got \"", color_order, "\"");
+  TORCH_CHECK((color_order == "GRAY") == (channels == 1), "Preprocessing: color_order \"", color_order,
+              "\" does not fit a model with ", channels, " input channels (GRAY is for 1 channel)");
+  TORCH_CHECK(pixel_scale > 0, "Preprocessing: pixel_scale must be positive, got ", pixel_scale);
+  TORCH_CHECK(static_cast<int64_t>(mean.size()) == channels && static_cast<int64_t>(std.size()) == channels,
+              "Preprocessing: mean and std must have one entry per input channel (", channels, "), got ", mean.size(),
+              " and ", std.size());
+  for (double s : std) TORCH_CHECK(s > 0, "Preprocessing: std entries must be positive, got ", s);
+}
+
+bool Preprocessing::operator==(const Preprocessing& o) const {
+  return input_height == o.input_height && input_width == o.input_width && resize == o.resize &&
+         resize_size == o.resize_size && crop == o.crop && color_order == o.color_order &&
+         pixel_scale == o.pixel_scale && mean == o.mean && std == o.std;
+}
+
+// ---- writing -----------------------------------------------------------------------------------
+
+Checkpoint make_checkpoint(Backbone& model, std::vector<std::string> class_names, Preprocessing preprocessing,
+                           std::map<std::string, std::string> metadata) {
+  Checkpoint c;
+  c.config = model.config();
+  c.class_names = std::move(class_names);
+  c.preprocessing = std::move(preprocessing);
+  c.metadata = std::move(metadata);
+  torch::NoGradGuard no_grad;
+  for (const auto& p : model.module().named_parameters(true)) c.state[p.key()] = p.value().detach().to(torch::kCPU).clone();
+  for (const auto& b : model.module().named_buffers(true)) c.state[b.key()] = b.value().detach().to(torch::kCPU).clone();
+  return c;
+}
+
+void save_checkpoint(const Checkpoint& ck, const std::string& path) {
+  TORCH_CHECK(ck.class_names.empty() || static_cast<int64_t>(ck.class_names.size()) == ck.config.num_classes,
+              "save_checkpoint: class_names has ", ck.class_names.size(), " names, the model has ", ck.config.num_classes,
+              " classes");
+  ck.preprocessing.validate(ck.config.in_channels);
+  const json config = {{"model", to_json(ck.config)},
+                       {"class_names", ck.class_names},
+                       {"preprocessing", to_json(ck.preprocessing)},
+                       {"metadata", ck.metadata}};
+  const std::string config_text = config.dump(1);
+  StateDict cpu;
+  c10::Dict<std::string, torch::Tensor> state;
+  for (const auto& [k, v] : ck.state) {
+    TORCH_CHECK(v.defined(), "save_checkpoint: tensor \"", k, "\" is undefined");
+    cpu[k] = v.detach().to(torch::kCPU).contiguous();
+    state.insert(k, cpu[k]);
+  }
+  c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
+  root.insert(std::string("format"), std::string(kFormatTag));
+  root.insert(std::string("version"), kCheckpointVersion);
+  root.insert(std::string("config"), config_text);
+  root.insert(std::string("state"), state);
+  root.insert(std::string("checksum"), checksum(config_text, cpu));
+  atomic_write(path, torch::pickle_save(root));
+}
+
+// ---- reading -----------------------------------------------------------------------------------
+
+Checkpoint read_checkpoint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in, "read_checkpoint: cannot open \"", path, "\"");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  TORCH_CHECK(!bytes.empty(), "read_checkpoint: \"", path, "\" is empty");
+  TORCH_CHECK(bytes.size() >= 4 && std::memcmp(bytes.data(), "PK\x03\x04", 4) == 0, "read_checkpoint: \"", path,
+              "\" is not an attnkit checkpoint (not a torch zip archive)");
+  c10::IValue root;
+  try {
+    root = torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", path, "\" is corrupt or truncated: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", path, "\" is corrupt or truncated: ", e.what());
+  }
+  auto get = [&](const char* key) -> c10::IValue {
+    TORCH_CHECK(root.isGenericDict(), "read_checkpoint: \"", path, "\" is not an attnkit checkpoint (holds a ",
+                root.tagKind(), ", not a dict)");
+    auto dict = root.toGenericDict();
+    auto it = dict.find(c10::IValue(std::string(key)));
+    TORCH_CHECK(it != dict.end(), "read_checkpoint: \"", path, "\" has no \"", key,
+                "\" entry (not an attnkit checkpoint, or corrupt)");
+    return it->value();
+  };
+  const auto format = get("format");
+  TORCH_CHECK(format.isString() && format.toStringRef() == kFormatTag, "read_checkpoint: \"", path,
+              "\" has format tag ", (format.isString() ? "\"" + format.toStringRef() + "\"" : format.tagKind()),
+              ", expected \"", kFormatTag, "\"");
+  const auto version = get("version");
+  TORCH_CHECK(version.isInt() && version.toInt() >= 1 && version.toInt() <= kCheckpointVersion, "read_checkpoint: \"",
+              path, "\" has format version ", (version.isInt() ? std::to_string(version.toInt()) : version.tagKind()),
+              "; this attnkit reads versions 1 to ", kCheckpointVersion);
+  const auto config_value = get("config");
+  TORCH_CHECK(config_value.isString(), "read_checkpoint: \"", path, "\": \"config\" must be a string");
+  const std::string config_text = config_value.toStringRef();
+  const auto state_value = get("state");
+  TORCH_CHECK(state_value.isGenericDict(), "read_checkpoint: \"", path, "\": \"state\" must be a dict of tensors");
+  Checkpoint ck;
+  for (const auto& item : state_value.toGenericDict()) {
+    TORCH_CHECK(item.key().isString() && item.value().isTensor(), "read_checkpoint: \"", path,
+                "\": \"state\" must map names to tensors");
+    ck.state[item.key().toStringRef()] = item.value().toTensor();
+  }
+  const auto sum = get("checksum");
+  TORCH_CHECK(sum.isString(), "read_checkpoint: \"", path, "\": \"checksum\" must be a string");
+  const std::string actual = checksum(config_text, ck.state);
+  TORCH_CHECK(sum.toStringRef() == actual, "read_checkpoint: \"", path, "\" is corrupt: checksum ", actual,
+              " does not match the stored ", sum.toStringRef());
+
+  json config;
+  try {
+    config = json::parse(config_text);
+  } catch (const json::exception& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", path, "\": config is not valid JSON (", e.what(), ")");
+  }
+  TORCH_CHECK(config.is_object(), "read_checkpoint: \"", path, "\": config must be a JSON object");
+  const json model = field<json>(config, "model", "config", path);
+  ModelConfig& m = ck.config;
+  m.family = field<std::string>(model, "family", "model", path);
+  m.depth = field<int64_t>(model, "depth", "model", path);
+  m.attention = field<std::vector<std::string>>(model, "attention", "model", path);
+  m.num_classes = field<int64_t>(model, "num_classes", "model", path);
+  m.in_channels = field<int64_t>(model, "in_channels", "model", path);
+  m.width = field<double>(model, "width", "model", path);
+  m.stem = field<std::string>(model, "stem", "model", path);
+  m.shortcut = field<std::string>(model, "shortcut", "model", path);
+  ck.class_names = field<std::vector<std::string>>(config, "class_names", "config", path);
+  const json pre = field<json>(config, "preprocessing", "config", path);
+  Preprocessing& p = ck.preprocessing;
+  p.input_height = field<int64_t>(pre, "input_height", "preprocessing", path);
+  p.input_width = field<int64_t>(pre, "input_width", "preprocessing", path);
+  p.resize = field<std::string>(pre, "resize", "preprocessing", path);
+  p.resize_size = field<int64_t>(pre, "resize_size", "preprocessing", path);
+  p.crop = field<std::string>(pre, "crop", "preprocessing", path);
+  p.color_order = field<std::string>(pre, "color_order", "preprocessing", path);
+  p.pixel_scale = field<double>(pre, "pixel_scale", "preprocessing", path);
+  p.mean = field<std::vector<double>>(pre, "mean", "preprocessing", path);
+  p.std = field<std::vector<double>>(pre, "std", "preprocessing", path);
+  if (config.contains("metadata")) ck.metadata = field<std::map<std::string, std::string>>(config, "metadata", "config", path);
+  TORCH_CHECK(ck.class_names.empty() || static_cast<int64_t>(ck.class_names.size()) == m.num_classes,
+              "read_checkpoint: \"", path, "\" lists ", ck.class_names.size(), " class names for ", m.num_classes,
+              " classes");
+  try {
+    p.validate(m.in_channels);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", path, "\": ", e.what_without_backtrace());
+  }
+  return ck;
+}
+
+std::shared_ptr<Backbone> load_checkpoint(const std::string& path, Checkpoint* info) {
+  Checkpoint ck = read_checkpoint(path);
+  std::shared_ptr<Backbone> model;
+  try {
+    model = build_model(ck.config);
+    load_state_dict(model->module(), ck.state, /*strict=*/true);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "load_checkpoint: \"", path, "\" (", ck.config.name(), "): ", e.what_without_backtrace());
+  }
+  if (info) {
+    ck.state.clear();
+    *info = std::move(ck);
+  }
+  return model;
+}
+
+}  // namespace attnkit

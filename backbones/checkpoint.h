@@ -1,0 +1,95 @@
+// attnkit checkpoints: architecture, class names, input preprocessing and weights in ONE file, so
+// that `attnkit classify --weights FILE` needs nothing else.
+//
+// Format (version 1). The file is what torch::pickle_save writes (PyTorch's zip serialization, so
+// Python reads it with `torch.load(FILE)`), holding one dict:
+//   "format"   : "attnkit-checkpoint"
+//   "version"  : 1                         (int; a reader refuses versions it does not know)
+//   "config"   : str, a JSON document:
+//       {"model": {"name": "resnet50-cbam", "family": "resnet" | "cifar_resnet", "depth": 50,
+//                  "attention": ["cbam", "cbam", "cbam", "cbam"], "num_classes": 1000,
+//                  "in_channels": 3, "width": 1.0, "stem": "imagenet" | "small", "shortcut": "B"},
+//        "class_names": ["tench", ...],     (empty, or exactly num_classes names)
+//        "preprocessing": {"input_height": 224, "input_width": 224, "resize": "shorter_side",
+//                          "resize_size": 256, "crop": "center", "color_order": "RGB",
+//                          "pixel_scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406],
+//                          "std": [0.229, 0.224, 0.225]},
+//        "metadata": {"key": "value", ...}}  (free-form strings: source, dataset, ...)
+//   "state"    : dict str → Tensor, the model's parameters and buffers by attnkit name (CPU)
+//   "checksum" : str, 16 hex digits: 64-bit FNV-1a over the config string and, in name order, every
+//                tensor's name, dtype, shape and bytes. A mismatch means the file was altered.
+// Writing is atomic: a temporary file in the same folder, fsync, rename over the target, fsync of
+// the folder, so a crash leaves either the old file or the new one. Reading validates everything
+// (format tag, version, JSON fields, checksum, class count, and, when building the model, every
+// weight's name and shape) and reports problems as c10::Error naming the file and the problem.
+#pragma once
+
+#include <attnkit/backbones/registry.h>
+#include <attnkit/backbones/resnet.h>
+#include <attnkit/backbones/state_dict_import.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace attnkit {
+
+/// How an image becomes the model's input tensor (applied by the apps, stored in checkpoints).
+struct Preprocessing {
+  /// Size of the network input (after resize and crop).
+  int64_t input_height = 224;
+  int64_t input_width = 224;
+  /// "shorter_side" (scale so the shorter side is resize_size, keep the aspect ratio),
+  /// "stretch" (scale to exactly input_height × input_width) or "none".
+  std::string resize = "shorter_side";
+  /// Target of the shorter side for resize == "shorter_side".
+  int64_t resize_size = 256;
+  /// "center" (crop input_height × input_width from the middle) or "none".
+  std::string crop = "center";
+  /// Channel order the network expects: "RGB", "BGR" or "GRAY".
+  std::string color_order = "RGB";
+  /// Factor from stored pixel values (0..255) to the range mean/std refer to (1/255 → [0, 1]).
+  double pixel_scale = 1.0 / 255.0;
+  /// Per-channel normalisation: (pixel · pixel_scale − mean) / std; one entry per input channel.
+  std::vector<double> mean = {0.485, 0.456, 0.406};
+  std::vector<double> std = {0.229, 0.224, 0.225};
+
+  /// torchvision/timm ImageNet models: RGB, shorter side 256, centre crop 224, ImageNet mean/std.
+  static Preprocessing imagenet();
+  /// Small inputs (CIFAR-like): stretch to size × size, no crop, the given mean/std.
+  static Preprocessing small(int64_t size, std::vector<double> mean, std::vector<double> std);
+  /// Throws c10::Error naming the first invalid field; `channels` is the model's input channels.
+  void validate(int64_t channels) const;
+  bool operator==(const Preprocessing& other) const;
+};
+
+/// Everything a checkpoint holds.
+struct Checkpoint {
+  ModelConfig config;
+  std::vector<std::string> class_names;
+  Preprocessing preprocessing;
+  std::map<std::string, std::string> metadata;
+  /// Parameters and buffers by attnkit name.
+  StateDict state;
+};
+
+/// Current format version written by save_checkpoint.
+constexpr int64_t kCheckpointVersion = 1;
+
+/// Writes `checkpoint` to `path` atomically (see the format above).
+void save_checkpoint(const Checkpoint& checkpoint, const std::string& path);
+
+/// Snapshot of `model` (config and weights, copied to the CPU) plus the given descriptions.
+Checkpoint make_checkpoint(Backbone& model, std::vector<std::string> class_names = {},
+                           Preprocessing preprocessing = Preprocessing::imagenet(),
+                           std::map<std::string, std::string> metadata = {});
+
+/// Reads and validates a checkpoint file (weights stay on the CPU).
+Checkpoint read_checkpoint(const std::string& path);
+
+/// read_checkpoint + build_model + strict weight loading. `info`, when given, receives the rest
+/// (class names, preprocessing, ...) without the weights.
+std::shared_ptr<Backbone> load_checkpoint(const std::string& path, Checkpoint* info = nullptr);
+
+}  // namespace attnkit
