@@ -1,0 +1,51 @@
+#include <attnkit/modules/cbam.h>
+#include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
+
+namespace attnkit {
+
+ChannelAttentionOptions CBAMOptions::channel_options() const {
+  return ChannelAttentionOptions(channels())
+      .reduction(reduction())
+      .rd_channels(rd_channels())
+      .rd_divisor(rd_divisor())
+      .pool(pool())
+      .bias(mlp_bias());
+}
+
+SpatialAttentionOptions CBAMOptions::spatial_options() const {
+  return SpatialAttentionOptions()
+      .kernel_size(kernel_size())
+      .pool_order(pool_order())
+      .batch_norm(batch_norm())
+      .bn_eps(bn_eps())
+      .bn_momentum(bn_momentum())
+      .bn_zero_init(bn_zero_init());
+}
+
+CBAMImpl::CBAMImpl(const CBAMOptions& options_) : options(options_) { reset(); }
+
+void CBAMImpl::reset() {
+  // The children validate their own options; their messages name the child ("ChannelAttention: ...").
+  channel = register_module("channel", ChannelAttention(options.channel_options()));
+  spatial = nullptr;
+  if (!options.no_spatial()) spatial = register_module("spatial", SpatialAttention(options.spatial_options()));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> CBAMImpl::forward_with_attention(const torch::Tensor& x) {
+  // Checked here too so the message names CBAM, the module the caller holds.
+  detail::check_gate_input(x, options.channels(), "CBAM", channel->fc1->weight);
+  auto result = channel->forward_with_attention(x);
+  if (spatial) result = spatial->forward_with_attention(std::get<0>(result));
+  if (recording()) record(std::get<1>(result));
+  return result;
+}
+
+torch::Tensor CBAMImpl::forward(const torch::Tensor& x) { return std::get<0>(forward_with_attention(x)); }
+
+void CBAMImpl::pretty_print(std::ostream& stream) const {
+  stream << "attnkit::CBAM(channels=" << options.channels() << ", reduction=" << options.reduction()
+         << ", kernel_size=" << options.kernel_size() << ", no_spatial=" << (options.no_spatial() ? "true" : "false")
+         << ")";
+}
+
+}  // namespace attnkit
