@@ -12,6 +12,7 @@
 #include "testing.h"
 
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -82,7 +83,7 @@ void check_sdpa(const Refs& refs, const Variant& v, bool grads) {
          val = in(c.at("v"), v).requires_grad_(grads);
     auto res = run_sdpa(c, name, v, q, k, val);
     EXPECT_EQ(res.output.scalar_type(), v.dtype);
-    EXPECT_EQ(res.output.device(), v.device);
+    EXPECT_EQ(res.output.device().type(), v.device.type());
     EXPECT_TRUE(all_close(res.output, c.at("out"), v.atol, v.rtol));
     EXPECT_TRUE(all_close(res.weights, c.at("weights"), v.atol, v.rtol));
     if (grads) {
@@ -111,8 +112,9 @@ TEST(Sdpa, MatchesTorchInFloat) {
 
 TEST(Sdpa, MatchesTorchInBFloat16) {
   LOAD_REFS_OR_SKIP(refs, "sequence_sdpa");
-  // bf16 keeps 8 bits of mantissa: inputs alone carry ~0.4% error, scores sum D of them.
-  check_sdpa(refs, {torch::kBFloat16, torch::kCPU, false, 3e-2, 3e-2}, false);
+  // bf16 keeps 8 bits of mantissa: inputs alone carry ~0.4% error, scores sum D of them; the
+  // largest error seen over all cases is ~0.013 (weights and outputs are O(1)).
+  check_sdpa(refs, {torch::kBFloat16, torch::kCPU, false, 2.5e-2, 1e-2}, false);
 }
 
 TEST(Sdpa, MatchesTorchOnCuda) {
@@ -134,6 +136,41 @@ TEST(Sdpa, FullyMaskedRowGivesZerosLikeTorch) {
   auto g = torch::autograd::grad({res.output.sum()}, {q, k, v});
   for (const auto& t : g) EXPECT_TRUE(t.isfinite().all().item<bool>());
   EXPECT_TRUE(g[0][1][2].eq(0).all().item<bool>()) << "the dead query gets no gradient";
+}
+
+// Central differences in double through the masked path (a float mask with -inf entries, one fully
+// masked row, causal, a scale override): the analytic gradient of the safe softmax must match.
+TEST(Sdpa, GradientsMatchFiniteDifferences) {
+  torch::manual_seed(3);
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  std::vector<torch::Tensor> xs = {torch::randn({2, 4, 3}, opts), torch::randn({2, 5, 3}, opts),
+                                   torch::randn({2, 5, 2}, opts)};
+  auto mask = torch::randn({4, 5}, opts);
+  mask[0][1] = -std::numeric_limits<double>::infinity();
+  mask[3].fill_(-std::numeric_limits<double>::infinity());
+  const auto o = F::AttentionFuncOptions().mask(mask).causal(true).scale(0.8);
+  auto w = torch::randn({2, 4, 2}, opts);  // objective: sum(output * w)
+  auto f = [&](const std::vector<torch::Tensor>& in) {
+    return (F::scaled_dot_product_attention(in[0], in[1], in[2], o).output * w).sum();
+  };
+  for (auto& x : xs) x.requires_grad_();
+  auto analytic = torch::autograd::grad({f(xs)}, xs);
+  torch::NoGradGuard no_grad;
+  const double eps = 1e-6;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    auto numeric = torch::zeros_like(xs[i]);
+    auto flat = xs[i].view({-1});
+    for (int64_t j = 0; j < flat.numel(); ++j) {
+      const double x0 = flat[j].item<double>();
+      flat[j] = x0 + eps;
+      const double up = f(xs).item<double>();
+      flat[j] = x0 - eps;
+      const double down = f(xs).item<double>();
+      flat[j] = x0;
+      numeric.view({-1})[j] = (up - down) / (2 * eps);
+    }
+    EXPECT_TRUE(all_close(analytic[i], numeric, 1e-7)) << "input " << i;
+  }
 }
 
 TEST(Sdpa, DefaultsAndEmptyBatch) {
@@ -253,7 +290,7 @@ TEST(AdditiveAttention, MatchesWithNonContiguousInputs) {
 TEST(AdditiveAttention, MatchesInFloatAndBFloat16) {
   LOAD_REFS_OR_SKIP(refs, "sequence_additive");
   check_additive(refs, {torch::kFloat, torch::kCPU, false, 1e-5, 0}, false);
-  check_additive(refs, {torch::kBFloat16, torch::kCPU, false, 3e-2, 3e-2}, false);
+  check_additive(refs, {torch::kBFloat16, torch::kCPU, false, 2.5e-2, 1e-2}, false);
 }
 
 TEST(AdditiveAttention, MatchesOnCuda) {
@@ -413,7 +450,7 @@ TEST(MultiheadAttention, MatchesTorchWithNonContiguousInputs) {
 TEST(MultiheadAttention, MatchesTorchInFloatAndBFloat16) {
   LOAD_REFS_OR_SKIP(refs, "sequence_mha");
   check_mha(refs, {torch::kFloat, torch::kCPU, false, 1e-5, 0}, false);
-  check_mha(refs, {torch::kBFloat16, torch::kCPU, false, 6e-2, 3e-2}, false);
+  check_mha(refs, {torch::kBFloat16, torch::kCPU, false, 2.5e-2, 1e-2}, false);
 }
 
 TEST(MultiheadAttention, MatchesTorchOnCuda) {
