@@ -1,0 +1,357 @@
+// attnkit::cbam: validation, the small ATen math around the fused passes, autograd, registration.
+#include <attnkit/modules/ops/cbam.h>
+
+#include "cpu/cbam_kernel.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace attnkit::ops {
+namespace {
+
+using at::Tensor;
+using cpu::CbamKernelTable;
+
+const CbamKernelTable& kernels_for(const at::Device& device) {
+  TORCH_CHECK(device.is_cpu(), "attnkit::cbam: no fused kernel for device ", device,
+              " in this build (CPU only); use the module's composite implementation");
+  return cpu::cbam_kernels();
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_param(const Tensor& t, const char* name, const Tensor& x, std::initializer_list<int64_t> shape) {
+  if (!t.defined()) return;
+  TORCH_CHECK(t.device() == x.device(), "attnkit::cbam: ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.is_floating_point(), "attnkit::cbam: ", name, " must be floating point, got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "attnkit::cbam: expected ", name, " of shape ",
+              at::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+void check_inputs(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  TORCH_CHECK(x.dim() == 4, "attnkit::cbam: expected x of shape [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "attnkit::cbam: x must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, "attnkit::cbam: x must have H, W > 0, got ", x.sizes());
+  TORCH_CHECK(cfg.pool_avg || cfg.pool_max, "attnkit::cbam: at least one of pool_avg, pool_max must be set");
+  const int64_t C = x.size(1);
+  TORCH_CHECK(w.fc1_weight.defined() && w.fc2_weight.defined(), "attnkit::cbam: fc1_weight and fc2_weight are required");
+  const int64_t R = w.fc1_weight.size(0);
+  if (w.fc1_weight.dim() == 4) check_param(w.fc1_weight, "fc1_weight", x, {R, C, 1, 1});
+  else check_param(w.fc1_weight, "fc1_weight", x, {R, C});
+  check_param(w.fc1_bias, "fc1_bias", x, {R});
+  if (w.fc2_weight.dim() == 4) check_param(w.fc2_weight, "fc2_weight", x, {C, R, 1, 1});
+  else check_param(w.fc2_weight, "fc2_weight", x, {C, R});
+  check_param(w.fc2_bias, "fc2_bias", x, {C});
+  if (w.spatial_weight.defined()) {
+    const int64_t k = w.spatial_weight.size(-1);
+    TORCH_CHECK(k % 2 == 1, "attnkit::cbam: spatial_weight must have an odd kernel size, got ", k);
+    check_param(w.spatial_weight, "spatial_weight", x, {1, 2, k, k});
+    check_param(w.spatial_bias, "spatial_bias", x, {1});
+    if (cfg.use_bn) {
+      check_param(w.bn_weight, "bn_weight", x, {1});
+      check_param(w.bn_bias, "bn_bias", x, {1});
+      check_param(w.bn_running_mean, "bn_running_mean", x, {1});
+      check_param(w.bn_running_var, "bn_running_var", x, {1});
+      TORCH_CHECK(cfg.bn_training || (w.bn_running_mean.defined() && w.bn_running_var.defined()),
+                  "attnkit::cbam: BatchNorm in eval mode needs bn_running_mean and bn_running_var");
+    }
+  }
+}
+
+// ---- the small math, shared by forward and by backward's recomputation -----------------------------
+Tensor as_matrix(const Tensor& w, at::ScalarType t) { return w.flatten(1).to(t); }
+Tensor opt_to(const Tensor& t, at::ScalarType s) { return t.defined() ? t.to(s) : t; }
+
+/// g = sigmoid(mlp(avg) + mlp(max)) on the [N, C] descriptors (accumulation dtype).
+Tensor channel_gate(const Tensor& avg, const Tensor& max, const CbamWeights& w, const CbamConfig& cfg) {
+  const auto t = avg.scalar_type();
+  const Tensor w1 = as_matrix(w.fc1_weight, t), w2 = as_matrix(w.fc2_weight, t);
+  const Tensor b1 = opt_to(w.fc1_bias, t), b2 = opt_to(w.fc2_bias, t);
+  auto mlp = [&](const Tensor& d) { return at::linear(at::relu(at::linear(d, w1, b1)), w2, b2); };
+  Tensor logits;
+  if (cfg.pool_avg) logits = mlp(avg);
+  if (cfg.pool_max) logits = logits.defined() ? logits + mlp(max) : mlp(max);
+  return at::sigmoid(logits);
+}
+
+/// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
+/// running statistics (the forward pass) or not (backward's recomputation).
+Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const CbamWeights& w,
+                    const CbamConfig& cfg, bool update_stats) {
+  const auto t = zmax.scalar_type();
+  const int64_t N = zmax.size(0);
+  const Tensor z = cfg.spatial_max_first ? at::stack({zmax, zmean}, 1) : at::stack({zmean, zmax}, 1);
+  const int64_t k = w.spatial_weight.size(-1);
+  Tensor a = at::conv2d(z.view({N, 2, H, W}), w.spatial_weight.to(t), opt_to(w.spatial_bias, t), 1, k / 2);
+  if (cfg.use_bn) {
+    const bool batch_stats = cfg.bn_training;
+    Tensor rm = batch_stats && !update_stats ? Tensor() : w.bn_running_mean;
+    Tensor rv = batch_stats && !update_stats ? Tensor() : w.bn_running_var;
+    if (rm.defined() && rm.scalar_type() != t) {
+      // Running statistics stay in their own dtype; BatchNorm reads them in ours.
+      TORCH_CHECK(!(batch_stats && update_stats), "attnkit::cbam: bn running statistics must be float32/float64 "
+                  "when training in reduced precision, got ", rm.scalar_type());
+      rm = rm.to(t);
+      rv = rv.to(t);
+    }
+    a = at::batch_norm(a, opt_to(w.bn_weight, t), opt_to(w.bn_bias, t), rm, rv, batch_stats, cfg.bn_momentum,
+                       cfg.bn_eps, /*cudnn_enabled=*/true);
+  }
+  return at::sigmoid(a).view({N, H * W});
+}
+
+// ---- layout ------------------------------------------------------------------------------------------
+struct Layout {
+  bool nhwc;
+  Tensor flat;  // [N, C, P] or [N, P, C], contiguous
+};
+Layout kernel_layout(const Tensor& x) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (x.is_contiguous()) return {false, x.view({N, C, P})};
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {true, x.permute({0, 2, 3, 1}).reshape({N, P, C})};
+  return {false, x.contiguous().view({N, C, P})};
+}
+// A tensor of x's shape and layout, and its flat kernel view.
+std::pair<Tensor, Tensor> empty_like_layout(const Tensor& x, bool nhwc) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (nhwc) {
+    Tensor t = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+    return {t, t.permute({0, 2, 3, 1}).view({N, P, C})};
+  }
+  Tensor t = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return {t, t.view({N, C, P})};
+}
+Tensor flat_like(const Tensor& t, bool nhwc) {
+  const int64_t N = t.size(0), C = t.size(1), P = t.size(2) * t.size(3);
+  if (nhwc) return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).view({N, P, C});
+  return t.contiguous().view({N, C, P});
+}
+
+// ---- forward -------------------------------------------------------------------------------------------
+struct Forward {
+  Tensor out, avg, max, g, zmax, zmean, s;
+  bool nhwc;
+};
+
+Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const auto acc = x.options().dtype(acc_type(x.scalar_type()));
+  Forward f;
+  const Layout in = kernel_layout(x);
+  f.nhwc = in.nhwc;
+  auto [out, out_flat] = empty_like_layout(x, in.nhwc);
+  f.out = out;
+  if (N == 0) return f;
+  const auto& k = kernels_for(x.device());
+  f.avg = at::empty({N, C}, acc);
+  f.max = at::empty({N, C}, acc);
+  k.channel_pool(in.flat, in.nhwc, f.avg, f.max);
+  {
+    at::NoGradGuard no_grad;
+    f.g = channel_gate(f.avg, f.max, w, cfg).contiguous();
+  }
+  if (w.spatial_weight.defined()) {
+    f.zmax = at::empty({N, H * W}, acc);
+    f.zmean = at::empty({N, H * W}, acc);
+    k.gated_pool(in.flat, in.nhwc, f.g, f.zmax, f.zmean);
+    at::NoGradGuard no_grad;
+    f.s = spatial_gate(f.zmax, f.zmean, H, W, w, cfg, /*update_stats=*/true).contiguous();
+  }
+  k.apply_gates(in.flat, in.nhwc, f.g, f.s, out_flat);
+  return f;
+}
+
+// ---- autograd --------------------------------------------------------------------------------------------
+// Leaves standing in for the op's inputs while backward recomputes the small math.
+Tensor leaf(const Tensor& t) { return t.defined() ? t.detach().requires_grad_(t.requires_grad()) : t; }
+
+// The differentiable parameters in a fixed order. Only the defined ones become autograd inputs
+// (a custom Function cannot take undefined tensors); a bit mask remembers which.
+std::vector<Tensor> differentiable(const CbamWeights& w) {
+  return {w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, w.spatial_weight, w.spatial_bias, w.bn_weight, w.bn_bias};
+}
+constexpr size_t kParams = 8;
+
+struct CbamFunction : public torch::autograd::Function<CbamFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
+                        at::TensorList defined_params, const CbamWeights& w,
+                        const CbamConfig& cfg) {
+    Forward f = forward_impl(x, w, cfg);
+    int64_t present = 0;
+    const auto all = differentiable(w);
+    for (size_t i = 0; i < kParams; ++i)
+      if (all[i].defined()) present |= int64_t{1} << i;
+    // In training mode BatchNorm has just updated the running statistics in place, and backward
+    // normalises with batch statistics anyway: keep them out of the saved set.
+    const Tensor rm = cfg.bn_training ? Tensor() : w.bn_running_mean;
+    const Tensor rv = cfg.bn_training ? Tensor() : w.bn_running_var;
+    std::vector<Tensor> to_save = {x, f.avg, f.max, f.g, f.zmax, f.zmean, f.s, rm, rv};
+    to_save.insert(to_save.end(), all.begin(), all.end());
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["present"] = present;
+    ctx->saved_data["flags"] = std::vector<bool>{cfg.pool_avg, cfg.pool_max, cfg.spatial_max_first, cfg.use_bn,
+                                                 cfg.bn_training, f.nhwc};
+    ctx->saved_data["momentum"] = cfg.bn_momentum;
+    ctx->saved_data["eps"] = cfg.bn_eps;
+    return f.out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& x = saved[0];
+    const Tensor &avg = saved[1], &max = saved[2], &g = saved[3], &zmax = saved[4], &zmean = saved[5], &s = saved[6];
+    std::vector<Tensor> p(kParams);
+    for (size_t i = 0; i < kParams; ++i) p[i] = leaf(saved[9 + i]);
+    const CbamWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], saved[7], saved[8]};
+    const auto flags = ctx->saved_data["flags"].toBoolList();
+    const CbamConfig cfg{flags[0], flags[1], flags[2], flags[3], flags[4], ctx->saved_data["momentum"].toDouble(),
+                         ctx->saved_data["eps"].toDouble()};
+    const bool nhwc = flags[5];
+    const int64_t present = ctx->saved_data["present"].toInt();
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+
+    std::vector<Tensor> param_grads(kParams);
+    Tensor dx;
+    if (N > 0 && grads[0].defined()) {
+      const auto& k = kernels_for(x.device());
+      const auto acc = x.options().dtype(acc_type(x.scalar_type()));
+      const Tensor dy = flat_like(grads[0].to(x.scalar_type()), nhwc);
+      const Tensor xf = flat_like(x, nhwc);
+      at::AutoGradMode enable_grad(true);
+      // Gradients of `out` w.r.t. `inputs` (leaves), for every parameter in [first, last) that wants one.
+      auto small_backward = [&](const Tensor& out, std::vector<Tensor> inputs, const Tensor& grad, size_t first,
+                                size_t last) {
+        const size_t fixed = inputs.size();
+        for (size_t i = first; i < last; ++i)
+          if (p[i].defined() && p[i].requires_grad()) inputs.push_back(p[i]);
+        auto gs = torch::autograd::grad({out}, inputs, {grad}, false, false, /*allow_unused=*/true);
+        size_t next = fixed;
+        for (size_t i = first; i < last; ++i)
+          if (p[i].defined() && p[i].requires_grad()) param_grads[i] = gs[next++];
+        gs.resize(fixed);
+        return gs;
+      };
+
+      // Spatial gate: ds from the big tensor, then back through conv/BN on the small map.
+      Tensor dzmax, dzmean, best_c;
+      if (w.spatial_weight.defined()) {
+        Tensor ds = at::empty({N, H * W}, acc);
+        best_c = at::empty({N, H * W}, acc.dtype(at::kInt));
+        k.backward_spatial(dy, xf, nhwc, g, ds, best_c);
+        Tensor zmax_l = zmax.detach().requires_grad_(true), zmean_l = zmean.detach().requires_grad_(true);
+        Tensor s_re = spatial_gate(zmax_l, zmean_l, H, W, w, cfg, /*update_stats=*/false);
+        auto dz = small_backward(s_re, {zmax_l, zmean_l}, ds, 4, 8);
+        dzmax = dz[0].defined() ? dz[0].contiguous() : at::zeros_like(zmax);
+        dzmean = dz[1].defined() ? dz[1].contiguous() : at::zeros_like(zmean);
+      }
+      // Channel gate: dg from the big tensor, then back through the MLP on the descriptors.
+      Tensor dg = at::empty({N, C}, acc);
+      Tensor argmax_p = at::empty({N, C}, acc.dtype(at::kInt));
+      k.backward_gate(dy, xf, nhwc, s, dzmax, dzmean, best_c, max, dg, argmax_p);
+      Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
+      auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, 0, 4);
+      const Tensor davg = dd[0].defined() ? dd[0].contiguous() : Tensor();
+      const Tensor dmax = dd[1].defined() ? dd[1].contiguous() : Tensor();
+      if (x.requires_grad()) {
+        Tensor dx_flat;
+        std::tie(dx, dx_flat) = empty_like_layout(x, nhwc);
+        k.backward_input(dy, xf, nhwc, g, s, dzmax, dzmean, best_c, davg, dmax, argmax_p, dx_flat);
+      }
+    }
+    // One gradient per autograd input: x, each defined parameter, then the two non-tensor arguments.
+    torch::autograd::variable_list out = {dx};
+    for (size_t i = 0; i < kParams; ++i)
+      if (present & (int64_t{1} << i)) out.push_back(param_grads[i]);
+    out.emplace_back();
+    out.emplace_back();
+    return out;
+  }
+};
+
+bool needs_grad(std::initializer_list<const Tensor*> ts) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+// Kernels as seen by the dispatcher: optional tensors arrive as std::optional.
+Tensor cbam_op(const Tensor& x, const Tensor& fc1_w, const std::optional<Tensor>& fc1_b, const Tensor& fc2_w,
+               const std::optional<Tensor>& fc2_b, const std::optional<Tensor>& sw, const std::optional<Tensor>& sb,
+               const std::optional<Tensor>& bnw, const std::optional<Tensor>& bnb, const std::optional<Tensor>& rm,
+               const std::optional<Tensor>& rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn,
+               bool bn_training, double momentum, double eps) {
+  const CbamWeights w{fc1_w,
+                      value_or_undefined(fc1_b),
+                      fc2_w,
+                      value_or_undefined(fc2_b),
+                      value_or_undefined(sw),
+                      value_or_undefined(sb),
+                      value_or_undefined(bnw),
+                      value_or_undefined(bnb),
+                      value_or_undefined(rm),
+                      value_or_undefined(rv)};
+  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};
+  check_inputs(x, w, cfg);
+  if (!needs_grad({&x, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
+                   &w.spatial_bias, &w.bn_weight, &w.bn_bias})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_impl(x, w, cfg).out;
+  }
+  torch::autograd::variable_list defined_params;
+  for (const auto& t : differentiable(w))
+    if (t.defined()) defined_params.push_back(t);
+  return CbamFunction::apply(x, at::TensorList(defined_params), w, cfg);
+}
+
+Tensor cbam_forward_only(const Tensor& x, const Tensor& fc1_w, const std::optional<Tensor>& fc1_b,
+                         const Tensor& fc2_w, const std::optional<Tensor>& fc2_b, const std::optional<Tensor>& sw,
+                         const std::optional<Tensor>& sb, const std::optional<Tensor>& bnw,
+                         const std::optional<Tensor>& bnb, const std::optional<Tensor>& rm,
+                         const std::optional<Tensor>& rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn,
+                         bool bn_training, double momentum, double eps) {
+  const CbamWeights w{fc1_w,
+                      value_or_undefined(fc1_b),
+                      fc2_w,
+                      value_or_undefined(fc2_b),
+                      value_or_undefined(sw),
+                      value_or_undefined(sb),
+                      value_or_undefined(bnw),
+                      value_or_undefined(bnb),
+                      value_or_undefined(rm),
+                      value_or_undefined(rv)};
+  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};
+  check_inputs(x, w, cfg);
+  return forward_impl(x, w, cfg).out;
+}
+
+}  // namespace
+
+bool has_fused_kernels(const at::Device& device) { return device.is_cpu(); }
+
+at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "").typed<decltype(cbam_op)>();
+  auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+  TORCH_CHECK(x.defined(), "attnkit::cbam: x is undefined");
+  return op.call(x, w.fc1_weight, opt(w.fc1_bias), w.fc2_weight, opt(w.fc2_bias), opt(w.spatial_weight),
+                 opt(w.spatial_bias), opt(w.bn_weight), opt(w.bn_bias), opt(w.bn_running_mean),
+                 opt(w.bn_running_var), cfg.pool_avg, cfg.pool_max, cfg.spatial_max_first, cfg.use_bn,
+                 cfg.bn_training, cfg.bn_momentum, cfg.bn_eps);
+}
+
+TORCH_LIBRARY_FRAGMENT(attnkit, m) {
+  m.def(
+      "cbam(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias, "
+      "Tensor? spatial_weight, Tensor? spatial_bias, Tensor? bn_weight, Tensor? bn_bias, "
+      "Tensor(a!)? bn_running_mean, Tensor(b!)? bn_running_var, bool pool_avg=True, bool pool_max=True, "
+      "bool spatial_max_first=True, bool use_bn=True, bool bn_training=False, float bn_momentum=0.1, "
+      "float bn_eps=1e-5) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(attnkit, CPU, m) { m.impl("cbam", cbam_forward_only); }
+TORCH_LIBRARY_IMPL(attnkit, Autograd, m) { m.impl("cbam", cbam_op); }
+
+}  // namespace attnkit::ops

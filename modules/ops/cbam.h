@@ -1,0 +1,53 @@
+// attnkit::ops::cbam — CBAM (and its channel-only special cases, SE and CBAM's channel gate) as
+// one fused op, registered as torch.ops.attnkit.cbam.
+//
+//   y = x * g[n, c] * s[n, h, w]
+//   g = sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))          mlp = fc2(relu(fc1(.)))
+//   s = sigmoid(bn(conv_k×k([max_c(x*g), mean_c(x*g)])))     (or [mean, max]; no spatial gate: s = 1)
+//
+// Why fused: composed from ATen ops, CBAM walks the feature map ten or more times (pool, pool,
+// multiply, two channel reductions, multiply, and as many again backwards). Here the big tensor is
+// read three times and written once forward (channel pooling; gated channel max/mean without
+// writing x*g; the final scaling), and read three times and written once backward. The work on the
+// small tensors (the MLP on [N, C], the k×k convolution and BatchNorm on [N, 2, H, W]) runs as ATen
+// ops; backward recomputes them, which costs next to nothing and keeps the op free of saved graphs.
+//
+// Gradients flow to x and every parameter. BatchNorm follows at::batch_norm: in training mode it
+// normalises with batch statistics and updates the running ones in place, once per forward.
+// Double backward is not supported.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace attnkit::ops {
+
+/// The parameters of the gates. Optional tensors may be undefined.
+struct CbamWeights {
+  at::Tensor fc1_weight;  ///< [C_r, C] or [C_r, C, 1, 1] (1×1 convolution, as timm stores it)
+  at::Tensor fc1_bias;    ///< [C_r] or undefined
+  at::Tensor fc2_weight;  ///< [C, C_r] or [C, C_r, 1, 1]
+  at::Tensor fc2_bias;    ///< [C] or undefined
+  at::Tensor spatial_weight;  ///< [1, 2, k, k]; undefined: no spatial gate (SE / channel gate alone)
+  at::Tensor spatial_bias;    ///< [1] or undefined
+  at::Tensor bn_weight, bn_bias;              ///< [1] each, or undefined (no BatchNorm / not affine)
+  at::Tensor bn_running_mean, bn_running_var;  ///< [1] each, or undefined (always batch statistics)
+};
+
+struct CbamConfig {
+  bool pool_avg = true;           ///< average-pooled descriptor feeds the MLP
+  bool pool_max = true;           ///< max-pooled descriptor feeds the MLP
+  bool spatial_max_first = true;  ///< spatial conv input is [max, mean] (official CBAM) or [mean, max] (timm)
+  bool use_bn = true;             ///< BatchNorm after the spatial conv
+  bool bn_training = false;       ///< BatchNorm uses batch statistics (and updates running ones)
+  double bn_momentum = 0.1;
+  double bn_eps = 1e-5;
+};
+
+/// The fused op: x is [N, C, H, W], float32/float64/bfloat16/float16, NCHW or channels-last (the
+/// output keeps the layout). Validates shapes, dtypes and devices with messages naming the argument.
+at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg);
+
+/// True when attnkit has fused kernels for tensors on this device.
+bool has_fused_kernels(const at::Device& device);
+
+}  // namespace attnkit::ops

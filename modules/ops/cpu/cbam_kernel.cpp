@@ -1,0 +1,507 @@
+// CPU kernels of the fused CBAM op: see cbam_kernel.h for what each pass computes.
+//
+// Compiled once per CPU capability (this file is listed in ATTNKIT_CPU_KERNELS in CMakeLists.txt);
+// vectorised with ATen's Vectorized<T>, threaded with at::parallel_for. Two layouts:
+//   NCHW  ([N, C, P] rows of positions): per-channel work walks a row; per-position work walks
+//         blocks of positions across all channels, keeping partial results in small stack buffers.
+//   NHWC  ([N, P, C] rows of channels): the transpose of the above.
+// Per-element arg-max bookkeeping (max-pool gradients) is done in exact "first index wins" order,
+// as a scalar fix-up after the vectorised sweep: it touches one element per row.
+#include "cbam_kernel.h"
+
+#include "vec_util.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace attnkit::ops::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+using at::Tensor;
+
+// Positions (NCHW) or channels (NHWC) handled by one task of a column-wise sweep.
+constexpr int64_t kBlock = 512;
+// Aim for tasks of about this many elements so that small maps are not split needlessly.
+constexpr int64_t kGrainElements = 32768;
+
+struct Shape {
+  int64_t n, c, p;
+};
+Shape shape_of(const Tensor& x, bool nhwc) {
+  return nhwc ? Shape{x.size(0), x.size(2), x.size(1)} : Shape{x.size(0), x.size(1), x.size(2)};
+}
+int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_len)); }
+
+template <typename T>
+const acc_t<T>* opt_ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<acc_t<T>>() : nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void channel_pool_impl(const Tensor& x, bool nhwc, Tensor& avg_t, Tensor& max_t) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  A* avg = avg_t.data_ptr<A>();
+  A* mx = max_t.data_ptr<A>();
+  const A ninf = -std::numeric_limits<A>::infinity();
+  if (!nhwc) {
+    at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* row = xp + r * P;
+        V vs(0), vm(ninf);
+        int64_t i = 0;
+        for (; i + K <= P; i += K) {
+          const V v = L::load(row + i);
+          vs += v;
+          vm = at::vec::maximum(vm, v);
+        }
+        if (i < P) {
+          const int rem = static_cast<int>(P - i);
+          vs += L::load(row + i, rem, A(0));
+          vm = at::vec::maximum(vm, L::load(row + i, rem, ninf));
+        }
+        avg[r] = horizontal_sum(vs) / static_cast<A>(P);
+        mx[r] = horizontal_max(vm);
+      }
+    });
+    return;
+  }
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+    alignas(64) A sum[kBlock];
+    alignas(64) A m[kBlock];
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / blocks, c0 = (t % blocks) * kBlock, cn = std::min(kBlock, C - c0);
+      std::fill(sum, sum + cn, A(0));
+      std::fill(m, m + cn, ninf);
+      for (int64_t p = 0; p < P; ++p) {
+        const T* row = xp + (n * P + p) * C + c0;
+        for (int64_t j = 0; j < cn; j += K) {
+          const int cnt = static_cast<int>(std::min<int64_t>(K, cn - j));
+          const V v = L::load(row + j, cnt, A(0));
+          (V::loadu(sum + j) + v).store(sum + j);
+          at::vec::maximum(V::loadu(m + j), v).store(m + j);
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        avg[n * C + c0 + j] = sum[j] / static_cast<A>(P);
+        mx[n * C + c0 + j] = m[j];
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax_t, Tensor& zmean_t) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  const A* g = g_t.data_ptr<A>();
+  A* zmax = zmax_t.data_ptr<A>();
+  A* zmean = zmean_t.data_ptr<A>();
+  const A ninf = -std::numeric_limits<A>::infinity();
+  const A inv_c = A(1) / static_cast<A>(C);
+  if (!nhwc) {
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      alignas(64) A sum[kBlock];
+      alignas(64) A m[kBlock];
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / blocks, p0 = (t % blocks) * kBlock, pn = std::min(kBlock, P - p0);
+        std::fill(sum, sum + pn, A(0));
+        std::fill(m, m + pn, ninf);
+        for (int64_t c = 0; c < C; ++c) {
+          const V gc(g[n * C + c]);
+          const T* row = xp + (n * C + c) * P + p0;
+          for (int64_t j = 0; j < pn; j += K) {
+            const int cnt = static_cast<int>(std::min<int64_t>(K, pn - j));
+            const V v = L::load(row + j, cnt) * gc;
+            (V::loadu(sum + j) + v).store(sum + j);
+            at::vec::maximum(V::loadu(m + j), v).store(m + j);
+          }
+        }
+        for (int64_t j = 0; j < pn; ++j) {
+          zmax[n * P + p0 + j] = m[j];
+          zmean[n * P + p0 + j] = sum[j] * inv_c;
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / P;
+      const T* row = xp + r * C;
+      const A* gn = g + n * C;
+      V vs(0), vm(ninf);
+      int64_t c = 0;
+      for (; c + K <= C; c += K) {
+        const V v = L::load(row + c) * V::loadu(gn + c);
+        vs += v;
+        vm = at::vec::maximum(vm, v);
+      }
+      if (c < C) {
+        const int rem = static_cast<int>(C - c);
+        const V v = L::load(row + c, rem) * V::loadu(gn + c, rem);
+        vs += v;
+        vm = at::vec::maximum(vm, V::set(V(ninf), v, rem));
+      }
+      zmax[r] = horizontal_max(vm);
+      zmean[r] = horizontal_sum(vs) * inv_c;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t, Tensor& out) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const A* g = g_t.data_ptr<A>();
+  const A* s = opt_ptr<T>(s_t);
+  if (!nhwc) {
+    at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const V gc(g[r]);
+        const T* row = xp + r * P;
+        T* orow = op + r * P;
+        const A* srow = s ? s + (r / C) * P : nullptr;
+        for (int64_t i = 0; i < P; i += K) {
+          const int cnt = static_cast<int>(std::min<int64_t>(K, P - i));
+          V v = L::load(row + i, cnt) * gc;
+          if (srow) v = v * V::loadu(srow + i, cnt);
+          L::store(orow + i, v, cnt);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const A* gn = g + (r / P) * C;
+      const V sp(s ? s[r] : A(1));
+      const T* row = xp + r * C;
+      T* orow = op + r * C;
+      for (int64_t c = 0; c < C; c += K) {
+        const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
+        L::store(orow + c, L::load(row + c, cnt) * V::loadu(gn + c, cnt) * sp, cnt);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void backward_spatial_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& ds_t,
+                           Tensor& best_t) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  const T* dyp = dy_t.data_ptr<T>();
+  const A* g = g_t.data_ptr<A>();
+  A* ds = ds_t.data_ptr<A>();
+  int32_t* best_c = best_t.data_ptr<int32_t>();
+  const A ninf = -std::numeric_limits<A>::infinity();
+  if (!nhwc) {
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      alignas(64) A acc[kBlock];
+      alignas(64) A best[kBlock];
+      alignas(64) A arg[kBlock];
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / blocks, p0 = (t % blocks) * kBlock, pn = std::min(kBlock, P - p0);
+        std::fill(acc, acc + pn, A(0));
+        std::fill(best, best + pn, ninf);
+        std::fill(arg, arg + pn, A(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const V gc(g[n * C + c]);
+          const V cv(static_cast<A>(c));
+          const int64_t off = (n * C + c) * P + p0;
+          for (int64_t j = 0; j < pn; j += K) {
+            const int cnt = static_cast<int>(std::min<int64_t>(K, pn - j));
+            const V y = L::load(xp + off + j, cnt) * gc;
+            (V::loadu(acc + j) + L::load(dyp + off + j, cnt) * y).store(acc + j);
+            const V bv = V::loadu(best + j);
+            const V take = y > bv;  // strict: the first channel wins ties
+            V::blendv(bv, y, take).store(best + j);
+            V::blendv(V::loadu(arg + j), cv, take).store(arg + j);
+          }
+        }
+        for (int64_t j = 0; j < pn; ++j) {
+          ds[n * P + p0 + j] = acc[j];
+          best_c[n * P + p0 + j] = static_cast<int32_t>(arg[j]);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
+    alignas(64) A vals[K];
+    alignas(64) A idxs[K];
+    for (int64_t r = b; r < e; ++r) {
+      const A* gn = g + (r / P) * C;
+      const T* row = xp + r * C;
+      const T* drow = dyp + r * C;
+      V acc(0), best(ninf), arg(0);
+      for (int64_t c = 0; c < C; c += K) {
+        const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
+        const V y = V::set(V(ninf), L::load(row + c, cnt) * V::loadu(gn + c, cnt), cnt);
+        acc += L::load(drow + c, cnt) * V::set(V(0), y, cnt);
+        const V take = y > best;
+        best = V::blendv(best, y, take);
+        arg = V::blendv(arg, V::arange(static_cast<A>(c), A(1)), take);
+      }
+      // Lanes hold the first maximum of their own channel subsets; the answer is the lowest index
+      // among the lanes that reach the overall maximum.
+      best.store(vals);
+      arg.store(idxs);
+      A m = vals[0];
+      for (int l = 1; l < K; ++l) m = std::max(m, vals[l]);
+      A first = static_cast<A>(C);
+      for (int l = 0; l < K; ++l)
+        if (vals[l] == m) first = std::min(first, idxs[l]);
+      ds[r] = horizontal_sum(acc);
+      best_c[r] = first < static_cast<A>(C) ? static_cast<int32_t>(first) : 0;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void backward_gate_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Tensor& s_t, const Tensor& dzmax_t,
+                        const Tensor& dzmean_t, const Tensor& best_t, const Tensor& max_t, Tensor& dg_t,
+                        Tensor& argmax_t) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  const T* dyp = dy_t.data_ptr<T>();
+  const A* s = opt_ptr<T>(s_t);
+  const A* dzmax = opt_ptr<T>(dzmax_t);
+  const A* dzmean = opt_ptr<T>(dzmean_t);
+  const int32_t* best_c = best_t.defined() ? best_t.data_ptr<int32_t>() : nullptr;
+  const A* mx = max_t.data_ptr<A>();
+  A* dg = dg_t.data_ptr<A>();
+  int32_t* argmax_p = argmax_t.data_ptr<int32_t>();
+  const A inv_c = A(1) / static_cast<A>(C);
+
+  if (!nhwc) {
+    at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / C;
+        const T* row = xp + r * P;
+        const T* drow = dyp + r * P;
+        V acc(0);
+        for (int64_t i = 0; i < P; i += K) {
+          const int cnt = static_cast<int>(std::min<int64_t>(K, P - i));
+          V t = L::load(drow + i, cnt);
+          if (s) t = t * V::loadu(s + n * P + i, cnt);
+          if (dzmean) t = t + V::loadu(dzmean + n * P + i, cnt) * V(inv_c);
+          acc += L::load(row + i, cnt) * t;  // padded lanes load 0
+        }
+        dg[r] = horizontal_sum(acc);
+        const A m = mx[r];
+        int64_t i = 0;
+        while (i < P - 1 && !(static_cast<A>(row[i]) == m)) ++i;
+        argmax_p[r] = static_cast<int32_t>(i);
+      }
+    });
+  } else {
+    const int64_t blocks = (C + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      alignas(64) A acc[kBlock];
+      alignas(64) A found[kBlock];
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t n = t / blocks, c0 = (t % blocks) * kBlock, cn = std::min(kBlock, C - c0);
+        std::fill(acc, acc + cn, A(0));
+        std::fill(found, found + cn, static_cast<A>(P));
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t off = (n * P + p) * C + c0;
+          const V sp(s ? s[n * P + p] : A(1));
+          const V zm(dzmean ? dzmean[n * P + p] * inv_c : A(0));
+          const V pv(static_cast<A>(p));
+          for (int64_t j = 0; j < cn; j += K) {
+            const int cnt = static_cast<int>(std::min<int64_t>(K, cn - j));
+            const V xv = L::load(xp + off + j, cnt);
+            (V::loadu(acc + j) + xv * (L::load(dyp + off + j, cnt) * sp + zm)).store(acc + j);
+            const V f = V::loadu(found + j);
+            const V hit = (xv == V::loadu(mx + n * C + c0 + j, cnt)) & (f == V(static_cast<A>(P)));
+            V::blendv(f, pv, hit).store(found + j);
+          }
+        }
+        for (int64_t j = 0; j < cn; ++j) {
+          dg[n * C + c0 + j] = acc[j];
+          argmax_p[n * C + c0 + j] = static_cast<int32_t>(std::min<A>(found[j], static_cast<A>(P - 1)));
+        }
+      }
+    });
+  }
+  // The channel-max path of the spatial gate: each position sends dzmax to its arg-max channel.
+  if (dzmax) {
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t c = best_c[n * P + p];
+          const int64_t xi = nhwc ? (n * P + p) * C + c : (n * C + c) * P + p;
+          dg[n * C + c] += static_cast<A>(xp[xi]) * dzmax[n * P + p];
+        }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t,
+                         const Tensor& dzmax_t, const Tensor& dzmean_t, const Tensor& best_t, const Tensor& davg_t,
+                         const Tensor& dmax_t, const Tensor& argmax_t, Tensor& dx_t) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using V = typename L::V;
+  constexpr int K = L::kSize;
+  const auto [N, C, P] = shape_of(x, nhwc);
+  const T* dyp = dy_t.data_ptr<T>();
+  const A* g = g_t.data_ptr<A>();
+  const A* s = opt_ptr<T>(s_t);
+  const A* dzmax = opt_ptr<T>(dzmax_t);
+  const A* dzmean = opt_ptr<T>(dzmean_t);
+  const int32_t* best_c = best_t.defined() ? best_t.data_ptr<int32_t>() : nullptr;
+  const A* davg = opt_ptr<T>(davg_t);
+  const A* dmax = opt_ptr<T>(dmax_t);
+  const int32_t* argmax_p = argmax_t.defined() ? argmax_t.data_ptr<int32_t>() : nullptr;
+  T* dx = dx_t.data_ptr<T>();
+  const A inv_c = A(1) / static_cast<A>(C);
+  const A inv_p = A(1) / static_cast<A>(P);
+
+  if (!nhwc) {
+    at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / C;
+        const V gc(g[r]);
+        const V base(davg ? davg[r] * inv_p : A(0));
+        const T* drow = dyp + r * P;
+        T* orow = dx + r * P;
+        for (int64_t i = 0; i < P; i += K) {
+          const int cnt = static_cast<int>(std::min<int64_t>(K, P - i));
+          V t = L::load(drow + i, cnt);
+          if (s) t = t * V::loadu(s + n * P + i, cnt);
+          if (dzmean) t = t + V::loadu(dzmean + n * P + i, cnt) * V(inv_c);
+          L::store(orow + i, t * gc + base, cnt);
+        }
+        if (dmax) {
+          T& ref = orow[argmax_p[r]];
+          ref = static_cast<T>(static_cast<A>(ref) + dmax[r]);
+        }
+      }
+    });
+    if (dzmax) {
+      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n)
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t c = best_c[n * P + p];
+            T& ref = dx[(n * C + c) * P + p];
+            ref = static_cast<T>(static_cast<A>(ref) + g[n * C + c] * dzmax[n * P + p]);
+          }
+      });
+    }
+    return;
+  }
+  at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / P;
+      const A* gn = g + n * C;
+      const A* davg_n = davg ? davg + n * C : nullptr;
+      const V sp(s ? s[r] : A(1));
+      const V zm(dzmean ? dzmean[r] * inv_c : A(0));
+      const T* drow = dyp + r * C;
+      T* orow = dx + r * C;
+      for (int64_t c = 0; c < C; c += K) {
+        const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
+        V v = (L::load(drow + c, cnt) * sp + zm) * V::loadu(gn + c, cnt);
+        if (davg_n) v = v + V::loadu(davg_n + c, cnt) * V(inv_p);
+        L::store(orow + c, v, cnt);
+      }
+      if (dzmax) {
+        const int64_t c = best_c[r];
+        orow[c] = static_cast<T>(static_cast<A>(orow[c]) + gn[c] * dzmax[r]);
+      }
+    }
+  });
+  if (dmax) {
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        for (int64_t c = 0; c < C; ++c) {
+          T& ref = dx[(n * P + argmax_p[n * C + c]) * C + c];
+          ref = static_cast<T>(static_cast<A>(ref) + dmax[n * C + c]);
+        }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+#define ATTNKIT_DISPATCH(x, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, (x).scalar_type(), name, __VA_ARGS__)
+
+void channel_pool(const Tensor& x, bool nhwc, Tensor& avg, Tensor& max) {
+  ATTNKIT_DISPATCH(x, "attnkit::channel_pool", [&] { channel_pool_impl<scalar_t>(x, nhwc, avg, max); });
+}
+void gated_pool(const Tensor& x, bool nhwc, const Tensor& g, Tensor& zmax, Tensor& zmean) {
+  ATTNKIT_DISPATCH(x, "attnkit::gated_pool", [&] { gated_pool_impl<scalar_t>(x, nhwc, g, zmax, zmean); });
+}
+void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, Tensor& out) {
+  ATTNKIT_DISPATCH(x, "attnkit::apply_gates", [&] { apply_gates_impl<scalar_t>(x, nhwc, g, s, out); });
+}
+void backward_spatial(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& g, Tensor& ds, Tensor& best_c) {
+  ATTNKIT_DISPATCH(x, "attnkit::backward_spatial",
+                   [&] { backward_spatial_impl<scalar_t>(dy, x, nhwc, g, ds, best_c); });
+}
+void backward_gate(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& s, const Tensor& dzmax,
+                   const Tensor& dzmean, const Tensor& best_c, const Tensor& max, Tensor& dg, Tensor& argmax_p) {
+  ATTNKIT_DISPATCH(x, "attnkit::backward_gate", [&] {
+    backward_gate_impl<scalar_t>(dy, x, nhwc, s, dzmax, dzmean, best_c, max, dg, argmax_p);
+  });
+}
+void backward_input(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s,
+                    const Tensor& dzmax, const Tensor& dzmean, const Tensor& best_c, const Tensor& davg,
+                    const Tensor& dmax, const Tensor& argmax_p, Tensor& dx) {
+  ATTNKIT_DISPATCH(x, "attnkit::backward_input", [&] {
+    backward_input_impl<scalar_t>(dy, x, nhwc, g, s, dzmax, dzmean, best_c, davg, dmax, argmax_p, dx);
+  });
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+// One table per compiled capability, named after it: cbam_kernel_table_DEFAULT(), ..._AVX2(), ...
+#define ATTNKIT_CONCAT_(a, b) a##b
+#define ATTNKIT_CONCAT(a, b) ATTNKIT_CONCAT_(a, b)
+const CbamKernelTable& ATTNKIT_CONCAT(cbam_kernel_table_, CPU_CAPABILITY)() {
+  static const CbamKernelTable table{CPU_CAPABILITY::channel_pool,     CPU_CAPABILITY::gated_pool,
+                                     CPU_CAPABILITY::apply_gates,      CPU_CAPABILITY::backward_spatial,
+                                     CPU_CAPABILITY::backward_gate,    CPU_CAPABILITY::backward_input};
+  return table;
+}
+
+}  // namespace attnkit::ops::cpu

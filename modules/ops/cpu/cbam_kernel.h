@@ -1,0 +1,48 @@
+// The memory-bound passes of the fused CBAM op (and of SE/ECA/channel gates), CPU.
+//
+// CBAM touches the big feature map x only in these passes; everything else (the channel MLP on
+// [N, C] descriptors, the k×k convolution on the [N, 2, H, W] pooled map) is tiny and runs as
+// ATen ops. Forward:  channel_pool (read x) -> gated_pool (read x) -> apply_gates (read x, write y):
+// four passes of memory traffic, against ten or more for the same math composed from ATen ops.
+// Backward: backward_spatial (read dy, x) -> backward_gate (read dy, x) -> backward_input
+// (read dy, x, write dx).
+//
+// Every kernel takes x as [N, C, HW] (nhwc == false) or [N, HW, C] (nhwc == true), contiguous, of
+// any floating dtype; the small per-channel / per-position tensors are contiguous [N, C] or
+// [N, HW] of the accumulation dtype (double for double inputs, float otherwise). Optional tensors
+// may be undefined: no spatial gate means s, dzmax, dzmean and best_c are undefined.
+//
+// The kernel file is compiled once per CPU capability; cbam_kernels() picks the best one for the
+// running CPU (and honours ATEN_CPU_CAPABILITY, like ATen).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace attnkit::ops::cpu {
+
+struct CbamKernelTable {
+  /// avg[n, c] = mean over positions, max[n, c] = max over positions.
+  void (*channel_pool)(const at::Tensor& x, bool nhwc, at::Tensor& avg, at::Tensor& max);
+  /// For y = x * g[n, c]: zmax[n, p] = max over channels of y, zmean[n, p] = mean over channels of y.
+  void (*gated_pool)(const at::Tensor& x, bool nhwc, const at::Tensor& g, at::Tensor& zmax, at::Tensor& zmean);
+  /// out = x * g[n, c] * s[n, p] (s undefined: no spatial factor). out has x's layout.
+  void (*apply_gates)(const at::Tensor& x, bool nhwc, const at::Tensor& g, const at::Tensor& s, at::Tensor& out);
+  /// ds[n, p] = sum over c of dy * x * g[n, c]; best_c[n, p] = first channel maximising x * g (int32).
+  void (*backward_spatial)(const at::Tensor& dy, const at::Tensor& x, bool nhwc, const at::Tensor& g,
+                           at::Tensor& ds, at::Tensor& best_c);
+  /// dg[n, c] = sum over p of x * (dy * s + dzmean / C + [c == best_c] * dzmax);
+  /// argmax_p[n, c] = first position where x equals max[n, c] (int32).
+  void (*backward_gate)(const at::Tensor& dy, const at::Tensor& x, bool nhwc, const at::Tensor& s,
+                        const at::Tensor& dzmax, const at::Tensor& dzmean, const at::Tensor& best_c,
+                        const at::Tensor& max, at::Tensor& dg, at::Tensor& argmax_p);
+  /// dx = g * (dy * s + dzmean / C + [c == best_c] * dzmax) + davg / HW + [p == argmax_p] * dmax.
+  void (*backward_input)(const at::Tensor& dy, const at::Tensor& x, bool nhwc, const at::Tensor& g,
+                         const at::Tensor& s, const at::Tensor& dzmax, const at::Tensor& dzmean,
+                         const at::Tensor& best_c, const at::Tensor& davg, const at::Tensor& dmax,
+                         const at::Tensor& argmax_p, at::Tensor& dx);
+};
+
+/// The kernels for the best instruction set this CPU supports.
+const CbamKernelTable& cbam_kernels();
+
+}  // namespace attnkit::ops::cpu

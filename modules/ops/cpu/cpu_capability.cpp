@@ -1,0 +1,28 @@
+#include "cpu_capability.h"
+
+#include <ATen/Version.h>
+
+namespace attnkit::ops::cpu {
+
+Capability cpu_capability() {
+  static const Capability cap = [] {
+    const std::string aten = at::get_cpu_capability();
+    if (aten == "AVX512") return Capability::kAVX512;
+    if (aten == "AVX2") return Capability::kAVX2;
+    return Capability::kDefault;
+  }();
+  return cap;
+}
+
+const char* cpu_capability_name() {
+  switch (cpu_capability()) {
+    case Capability::kAVX512:
+      return "AVX512";
+    case Capability::kAVX2:
+      return "AVX2";
+    default:
+      return "DEFAULT";
+  }
+}
+
+}  // namespace attnkit::ops::cpu

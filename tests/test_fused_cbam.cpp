@@ -1,0 +1,260 @@
+// The fused CBAM op against CBAM written with plain ATen ops: forward, every gradient, layouts,
+// dtypes, odd shapes, thread counts, and its error messages.
+#include <attnkit/modules/ops/cbam.h>
+#include <gmock/gmock.h>
+#include <torch/torch.h>
+
+#include "testing.h"
+
+namespace {
+
+using attnkit::ops::CbamConfig;
+using attnkit::ops::CbamWeights;
+using attnkit::testing::all_close;
+using ::testing::HasSubstr;
+
+// Obviously-correct CBAM, straight from the paper's equations.
+torch::Tensor reference_cbam(const torch::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  namespace F = torch::nn::functional;
+  auto mlp = [&](const torch::Tensor& d) {
+    auto h = torch::relu(torch::matmul(d, w.fc1_weight.flatten(1).t()) + (w.fc1_bias.defined() ? w.fc1_bias : torch::zeros({1}, d.options())));
+    return torch::matmul(h, w.fc2_weight.flatten(1).t()) + (w.fc2_bias.defined() ? w.fc2_bias : torch::zeros({1}, d.options()));
+  };
+  torch::Tensor logits = torch::zeros({x.size(0), x.size(1)}, x.options());
+  if (cfg.pool_avg) logits = logits + mlp(x.mean({2, 3}));
+  if (cfg.pool_max) logits = logits + mlp(x.amax({2, 3}));
+  auto y = x * torch::sigmoid(logits).unsqueeze(-1).unsqueeze(-1);
+  if (!w.spatial_weight.defined()) return y;
+  auto mx = std::get<0>(y.max(1, true));
+  auto mean = y.mean(1, true);
+  auto z = cfg.spatial_max_first ? torch::cat({mx, mean}, 1) : torch::cat({mean, mx}, 1);
+  auto a = torch::conv2d(z, w.spatial_weight, w.spatial_bias, 1, w.spatial_weight.size(-1) / 2);
+  if (cfg.use_bn)
+    a = torch::batch_norm(a, w.bn_weight, w.bn_bias, w.bn_running_mean, w.bn_running_var, cfg.bn_training,
+                          cfg.bn_momentum, cfg.bn_eps, false);
+  return y * torch::sigmoid(a);
+}
+
+struct Case {
+  CbamWeights w;
+  CbamConfig cfg;
+};
+
+Case make_case(int64_t C, int64_t reduction, int64_t k, torch::Dtype dtype, bool spatial = true, bool bias = true) {
+  const int64_t R = std::max<int64_t>(1, C / reduction);
+  auto o = torch::TensorOptions().dtype(dtype);
+  Case c;
+  c.w.fc1_weight = torch::randn({R, C}, o) * 0.5;
+  c.w.fc2_weight = torch::randn({C, R}, o) * 0.5;
+  if (bias) {
+    c.w.fc1_bias = torch::randn({R}, o) * 0.1;
+    c.w.fc2_bias = torch::randn({C}, o) * 0.1;
+  }
+  if (spatial) {
+    c.w.spatial_weight = torch::randn({1, 2, k, k}, o) * 0.2;
+    c.w.bn_weight = torch::full({1}, 1.3, o);
+    c.w.bn_bias = torch::full({1}, -0.2, o);
+    c.w.bn_running_mean = torch::full({1}, 0.1, o);
+    c.w.bn_running_var = torch::full({1}, 0.7, o);
+  }
+  return c;
+}
+
+std::vector<torch::Tensor*> params(CbamWeights& w) {
+  return {&w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight, &w.bn_weight, &w.bn_bias};
+}
+
+// Checks forward and the gradients of x and every parameter.
+void check_against_reference(const torch::Tensor& x_in, Case c, double atol) {
+  CbamWeights ref_w = c.w;
+  for (auto* p : params(c.w))
+    if (p->defined()) *p = p->detach().clone().requires_grad_(true);
+  for (auto* p : params(ref_w))
+    if (p->defined()) *p = p->detach().clone().requires_grad_(true);
+  // Separate running statistics: training mode updates them and both sides must update equally.
+  if (c.w.bn_running_mean.defined()) {
+    c.w.bn_running_mean = c.w.bn_running_mean.clone();
+    c.w.bn_running_var = c.w.bn_running_var.clone();
+  }
+  auto x = x_in.detach().clone().requires_grad_(true);
+  auto xr = x_in.detach().clone().requires_grad_(true);
+  auto y = attnkit::ops::cbam(x, c.w, c.cfg);
+  auto yr = reference_cbam(xr, ref_w, c.cfg);
+  ASSERT_TRUE(all_close(y, yr, atol)) << "forward";
+  EXPECT_EQ(y.is_contiguous(torch::MemoryFormat::ChannelsLast) && !y.is_contiguous(),
+            x_in.is_contiguous(torch::MemoryFormat::ChannelsLast) && !x_in.is_contiguous())
+      << "output keeps the input layout";
+  if (c.w.bn_running_mean.defined() && c.cfg.bn_training) {
+    EXPECT_TRUE(all_close(c.w.bn_running_mean, ref_w.bn_running_mean, atol)) << "running mean update";
+    EXPECT_TRUE(all_close(c.w.bn_running_var, ref_w.bn_running_var, atol)) << "running var update";
+  }
+  if (y.numel() == 0) return;
+  auto dy = torch::randn_like(yr);
+  y.backward(dy);
+  yr.backward(dy);
+  EXPECT_TRUE(all_close(x.grad(), xr.grad(), atol)) << "grad x";
+  const char* names[] = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight", "bn_weight", "bn_bias"};
+  auto ps = params(c.w), rs = params(ref_w);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (!ps[i]->defined()) continue;
+    ASSERT_TRUE(ps[i]->grad().defined()) << names[i];
+    EXPECT_TRUE(all_close(ps[i]->grad(), rs[i]->grad(), atol * 10)) << "grad " << names[i];
+  }
+}
+
+TEST(FusedCbam, MatchesReferenceFloat64) {
+  torch::manual_seed(1);
+  check_against_reference(torch::randn({2, 37, 9, 11}, torch::kDouble), make_case(37, 16, 7, torch::kDouble), 1e-10);
+}
+
+TEST(FusedCbam, MatchesReferenceFloat32) {
+  torch::manual_seed(2);
+  check_against_reference(torch::randn({3, 64, 14, 14}), make_case(64, 16, 7, torch::kFloat), 1e-5);
+}
+
+TEST(FusedCbam, ChannelsLastAndNonContiguous) {
+  torch::manual_seed(3);
+  auto c = make_case(48, 16, 3, torch::kDouble);
+  auto x = torch::randn({2, 48, 7, 5}, torch::kDouble);
+  check_against_reference(x.contiguous(torch::MemoryFormat::ChannelsLast), c, 1e-10);
+  check_against_reference(torch::randn({2, 5, 7, 48}, torch::kDouble).permute({0, 3, 2, 1}), c, 1e-10);
+  check_against_reference(torch::randn({2, 96, 7, 5}, torch::kDouble).slice(1, 0, 96, 2), c, 1e-10);
+}
+
+TEST(FusedCbam, OddShapes) {
+  torch::manual_seed(4);
+  for (auto nhwc : {false, true}) {
+    auto fmt = nhwc ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+    check_against_reference(torch::randn({2, 1, 5, 6}, torch::kDouble).contiguous(fmt), make_case(1, 16, 3, torch::kDouble), 1e-10);
+    check_against_reference(torch::randn({3, 19, 1, 1}, torch::kDouble).contiguous(fmt), make_case(19, 4, 7, torch::kDouble), 1e-10);
+    check_against_reference(torch::randn({1, 33, 3, 17}, torch::kDouble).contiguous(fmt), make_case(33, 16, 5, torch::kDouble), 1e-10);
+    check_against_reference(torch::randn({0, 8, 4, 4}, torch::kDouble).contiguous(fmt), make_case(8, 2, 3, torch::kDouble), 1e-10);
+  }
+}
+
+TEST(FusedCbam, Variants) {
+  torch::manual_seed(5);
+  auto x = torch::randn({2, 24, 6, 7}, torch::kDouble);
+  auto c = make_case(24, 4, 7, torch::kDouble);
+  c.cfg.spatial_max_first = false;  // timm's [mean, max]
+  check_against_reference(x, c, 1e-10);
+  c.cfg.pool_max = false;  // SE-style average-only descriptor
+  check_against_reference(x, c, 1e-10);
+  c.cfg.pool_max = true;
+  c.cfg.pool_avg = false;
+  check_against_reference(x, c, 1e-10);
+  c = make_case(24, 4, 7, torch::kDouble, /*spatial=*/false, /*bias=*/false);  // channel gate alone
+  check_against_reference(x, c, 1e-10);
+  c = make_case(24, 4, 7, torch::kDouble);
+  c.cfg.use_bn = false;
+  c.w.bn_weight = c.w.bn_bias = c.w.bn_running_mean = c.w.bn_running_var = torch::Tensor();
+  c.w.spatial_bias = torch::randn({1}, torch::kDouble);
+  check_against_reference(x, c, 1e-10);
+}
+
+TEST(FusedCbam, BatchNormTrainingModeUpdatesRunningStats) {
+  torch::manual_seed(6);
+  auto c = make_case(32, 8, 7, torch::kDouble);
+  c.cfg.bn_training = true;
+  check_against_reference(torch::randn({4, 32, 8, 8}, torch::kDouble), c, 1e-10);
+  check_against_reference(torch::randn({4, 32, 8, 8}, torch::kDouble).contiguous(torch::MemoryFormat::ChannelsLast), c, 1e-10);
+}
+
+TEST(FusedCbam, ConvWeightsAsStoredByTimm) {
+  torch::manual_seed(7);
+  auto c = make_case(32, 8, 7, torch::kDouble);
+  c.w.fc1_weight = c.w.fc1_weight.view({4, 32, 1, 1});
+  c.w.fc2_weight = c.w.fc2_weight.view({32, 4, 1, 1});
+  check_against_reference(torch::randn({2, 32, 5, 5}, torch::kDouble), c, 1e-10);
+}
+
+TEST(FusedCbam, ReducedPrecision) {
+  torch::manual_seed(8);
+  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    auto c64 = make_case(40, 8, 7, torch::kDouble);
+    auto x64 = torch::randn({2, 40, 9, 9}, torch::kDouble);
+    auto expected = reference_cbam(x64, c64.w, c64.cfg);
+    auto c = c64;
+    for (auto* p : params(c.w))
+      if (p->defined()) *p = p->to(dtype);
+    c.w.bn_running_mean = c.w.bn_running_mean.to(dtype);
+    c.w.bn_running_var = c.w.bn_running_var.to(dtype);
+    auto y = attnkit::ops::cbam(x64.to(dtype), c.w, c.cfg);
+    EXPECT_EQ(y.scalar_type(), dtype);
+    // Inputs and weights rounded to 8 (bf16) or 11 (fp16) bits: a few ulps of the output scale.
+    EXPECT_TRUE(all_close(y, expected, dtype == torch::kBFloat16 ? 0.05 : 0.01, 0.02)) << dtype;
+  }
+}
+
+TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
+  torch::manual_seed(9);
+  auto c = make_case(64, 16, 7, torch::kFloat);
+  for (auto* p : params(c.w))
+    if (p->defined()) p->requires_grad_(true);
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    auto x = torch::randn({3, 64, 20, 20}).contiguous(fmt);
+    std::vector<torch::Tensor> runs[2];
+    const int prev = torch::get_num_threads();
+    for (int threads : {1, 2}) {
+      torch::set_num_threads(threads);
+      auto xi = x.clone().requires_grad_(true);
+      auto y = attnkit::ops::cbam(xi, c.w, c.cfg);
+      auto grads = torch::autograd::grad({y}, {xi, c.w.fc1_weight, c.w.spatial_weight}, {torch::ones_like(y)});
+      runs[threads - 1] = {y, grads[0], grads[1], grads[2]};
+    }
+    torch::set_num_threads(prev);
+    // attnkit's passes give each output element to exactly one task: bit-identical results.
+    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(runs[0][i].equal(runs[1][i])) << "output " << i;
+    // The 7x7 conv's weight gradient comes from ATen's convolution backward, whose reduction order
+    // depends on the thread count: equal to float rounding.
+    EXPECT_TRUE(all_close(runs[0][3], runs[1][3], 1e-5, 1e-5)) << "spatial weight grad";
+  }
+}
+
+TEST(FusedCbam, FiniteDifferenceGradient) {
+  torch::manual_seed(10);
+  auto c = make_case(6, 2, 3, torch::kDouble);
+  auto x = torch::randn({1, 6, 4, 3}, torch::kDouble).requires_grad_(true);
+  auto dy = torch::randn({1, 6, 4, 3}, torch::kDouble);
+  auto loss = [&](const torch::Tensor& xi) { return (attnkit::ops::cbam(xi, c.w, c.cfg) * dy).sum().item<double>(); };
+  auto y = attnkit::ops::cbam(x, c.w, c.cfg);
+  auto g = torch::autograd::grad({y}, {x}, {dy})[0];
+  const double h = 1e-6;
+  auto flat = x.detach().flatten();
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    auto xp = flat.clone(), xm = flat.clone();
+    xp[i] += h;
+    xm[i] -= h;
+    const double fd = (loss(xp.view(x.sizes())) - loss(xm.view(x.sizes()))) / (2 * h);
+    EXPECT_NEAR(g.flatten()[i].item<double>(), fd, 1e-6) << "element " << i;
+  }
+}
+
+TEST(FusedCbam, BadInputNamesTheArgument) {
+  auto c = make_case(16, 4, 7, torch::kFloat);
+  auto expect_error = [&](const torch::Tensor& x, const CbamWeights& w, const std::string& text) {
+    try {
+      attnkit::ops::cbam(x, w, c.cfg);
+      ADD_FAILURE() << "expected an error containing: " << text;
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(text));
+    }
+  };
+  expect_error(torch::randn({2, 16, 5}), c.w, "expected x of shape [N, C, H, W], got [2, 16, 5]");
+  expect_error(torch::randn({2, 8, 5, 5}), c.w, "expected fc1_weight of shape [4, 8], got [4, 16]");
+  expect_error(torch::ones({2, 16, 5, 5}, torch::kLong), c.w, "x must be floating point");
+  auto w = c.w;
+  w.spatial_weight = torch::randn({1, 2, 4, 4});
+  expect_error(torch::randn({2, 16, 5, 5}), w, "odd kernel size");
+  w = c.w;
+  w.fc2_bias = torch::randn({15});
+  expect_error(torch::randn({2, 16, 5, 5}), w, "expected fc2_bias of shape [16], got [15]");
+}
+
+TEST(FusedCbam, CallableThroughTheDispatcher) {
+  // torch.ops.attnkit.cbam is what Python sees once libattnkit is loaded.
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "");
+  EXPECT_THAT(toString(op.schema()), HasSubstr("attnkit::cbam(Tensor x"));
+}
+
+}  // namespace
