@@ -34,3 +34,19 @@ TEST(Foundation, PythonReferencesLoad) {
   if (refs.empty()) GTEST_SKIP() << "no Python references on this machine";
   EXPECT_TRUE(attnkit::testing::all_close(torch::tanh(refs.at("x")), refs.at("y"), 1e-15));
 }
+
+TEST(Factory, EveryNameBuildsAShapePreservingBlock) {
+  torch::manual_seed(0);
+  auto x = torch::randn({2, 32, 8, 9});
+  for (const auto& name : attnkit::attention_names()) {
+    auto block = attnkit::make_attention(name, 32);
+    auto y = block.forward(x);
+    EXPECT_EQ(y.sizes(), x.sizes()) << "attention \"" << name << "\"";
+    EXPECT_FALSE(y.isnan().any().item<bool>()) << name;
+  }
+}
+
+TEST(Factory, NamesAreThoseOfTheIssue) {
+  const std::vector<std::string> expected = {"", "se", "eca", "cbam", "channel", "spatial", "self", "nonlocal", "local"};
+  EXPECT_EQ(attnkit::attention_names(), expected);
+}
