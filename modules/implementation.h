@@ -1,0 +1,30 @@
+// Which code path a block runs: attnkit's fused kernels or the same math composed from ATen ops.
+#pragma once
+
+#include <ostream>
+
+namespace attnkit {
+
+enum class Implementation {
+  /// Fused kernels where attnkit has them for the input's device and dtype, else composite.
+  Auto,
+  /// attnkit's fused kernels; an error where none exists for the input's device.
+  Fused,
+  /// The reference math composed from stock ATen ops (what the fused kernels are tested against).
+  Composite,
+};
+
+inline const char* to_string(Implementation impl) {
+  switch (impl) {
+    case Implementation::Fused:
+      return "fused";
+    case Implementation::Composite:
+      return "composite";
+    default:
+      return "auto";
+  }
+}
+
+inline std::ostream& operator<<(std::ostream& os, Implementation impl) { return os << to_string(impl); }
+
+}  // namespace attnkit
