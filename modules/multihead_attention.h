@@ -26,6 +26,8 @@
 //   - no is_causal hint (pass a causal attn_mask), no static_k/static_v, no fast path.
 //   - forward returns AttentionOutput{output, weights} instead of a tuple; weights are undefined
 //     when need_weights is false.
+//   - work is done batch first; a sequence-first output is a transposed (non-contiguous) view of
+//     it rather than a copy: call .contiguous() before .view() if needed.
 #pragma once
 
 #include <attnkit/modules/functional.h>
