@@ -145,12 +145,7 @@ torch::Tensor SelfAttention2dImpl::forward_multi_head(const torch::Tensor& x) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   std::optional<torch::Tensor> mask;
   if (relative_position_bias_table.defined()) mask = position_bias(h, w, q.scalar_type()).unsqueeze(0);
-  torch::Tensor out;
-  if (n == 0) {
-    out = q.new_zeros({0, heads, l, d});  // some SDPA kernels reject an empty batch
-  } else {
-    out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);
-  }
+  auto out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);
   if (recording()) record_rows(q, k, scale, h, w);
   // [N, heads, L, d] → [N, heads·d, H, W]
   return proj(out.transpose(-1, -2).reshape({n, heads * d, h, w}));
@@ -164,12 +159,7 @@ torch::Tensor SelfAttention2dImpl::forward_non_local(const torch::Tensor& x) {
   auto k = p(x).reshape({n, 1, rd, l}).transpose(-1, -2);
   auto v = g(x).reshape({n, 1, rd, l}).transpose(-1, -2);
   const double scale = options.use_scale() ? 1.0 / std::sqrt(static_cast<double>(options.channels())) : 1.0;
-  torch::Tensor out;
-  if (n == 0) {
-    out = q.new_zeros({0, 1, l, rd});
-  } else {
-    out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale);
-  }
+  auto out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale);
   if (recording()) record_rows(q, k, scale, h, w);
   return norm(z(out.transpose(-1, -2).reshape({n, rd, h, w}))) + x;
 }
