@@ -1,7 +1,11 @@
 #include <attnkit/backbones/state_dict_import.h>
 
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/in_memory_adapter.h>
 #include <nlohmann/json.hpp>
-#include <torch/serialize.h>
+
+#include <memory>
+#include <unordered_map>
 
 #include <algorithm>
 #include <cstring>
@@ -37,15 +41,288 @@ const DtypeName kSafetensorsDtypes[] = {
     {"U8", torch::kUInt8},    {"BOOL", torch::kBool},
 };
 
-// ---- torch.save files ----------------------------------------------------------------------------
+// ---- torch.save files: a small unpickler ---------------------------------------------------------
+// torch::pickle_load cannot read `torch.save(model.state_dict())`: its unpickler turns every
+// collections.OrderedDict (the type of every nn.Module state dict) into None. This reader
+// interprets the pickle opcodes torch.save emits (protocol 2, plus the few of protocols 3–5 that
+// Python may use) and rebuilds tensors from the archive's storages. Anything else in the file
+// (optimizer classes, numpy scalars, argparse namespaces, ...) becomes an opaque value and is
+// ignored. Every read is bounds-checked: corrupt input is an error, never a crash.
 
-void collect_tensors(const c10::IValue& value, const std::string& what, StateDict& out) {
-  TORCH_CHECK(value.isGenericDict(), "read_state_dict: ", what, " holds a ", value.tagKind(),
-              ", expected a dict of tensors (a state dict)");
-  for (const auto& item : value.toGenericDict()) {
-    if (!item.key().isString()) continue;
-    if (item.value().isTensor()) out[item.key().toStringRef()] = item.value().toTensor();
+struct PyVal;
+using Val = std::shared_ptr<PyVal>;
+struct PyVal {
+  enum Kind { None, Bool, Int, Float, Str, Tuple, List, Dict, Tensor, Global, Opaque, Mark } kind = None;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;                              // Str; Global: "module.name"
+  std::vector<Val> items;                     // Tuple, List
+  std::vector<std::pair<Val, Val>> entries;   // Dict (insertion order)
+  torch::Tensor tensor;
+};
+
+Val make(PyVal::Kind k) {
+  auto v = std::make_shared<PyVal>();
+  v->kind = k;
+  return v;
+}
+
+const std::pair<const char*, torch::ScalarType> kStorageTypes[] = {
+    {"DoubleStorage", torch::kFloat64}, {"FloatStorage", torch::kFloat32}, {"HalfStorage", torch::kFloat16},
+    {"BFloat16Storage", torch::kBFloat16}, {"LongStorage", torch::kInt64}, {"IntStorage", torch::kInt32},
+    {"ShortStorage", torch::kInt16},   {"CharStorage", torch::kInt8},     {"ByteStorage", torch::kUInt8},
+    {"BoolStorage", torch::kBool},     {"ComplexFloatStorage", torch::kComplexFloat},
+    {"ComplexDoubleStorage", torch::kComplexDouble}};
+
+class TorchUnpickler {
+ public:
+  TorchUnpickler(caffe2::serialize::PyTorchStreamReader& archive, const std::string& what)
+      : archive_(archive), what_(what) {}
+
+  Val load() {
+    auto [ptr, size] = archive_.getRecord("data.pkl");
+    data_ = static_cast<const unsigned char*>(ptr.get());
+    size_ = size;
+    keep_ = std::move(ptr);
+    while (true) {
+      const unsigned char op = byte();
+      switch (op) {
+        case 0x80: byte(); break;                        // PROTO
+        case 0x95: take(8); break;                       // FRAME
+        case '.': check(stack_.size() == 1, "STOP"); return stack_.back();
+        case '(': marks_.push_back(stack_.size()); break;
+        case '}': push(make(PyVal::Dict)); break;
+        case ']': push(make(PyVal::List)); break;
+        case ')': push(make(PyVal::Tuple)); break;
+        case 'd': { auto d = make(PyVal::Dict); auto xs = pop_mark(); set_items(d, xs); push(d); break; }
+        case 'l': { auto l = make(PyVal::List); l->items = pop_mark(); push(l); break; }
+        case 't': { auto t = make(PyVal::Tuple); t->items = pop_mark(); push(t); break; }
+        case 0x85: case 0x86: case 0x87: {               // TUPLE1..3
+          const size_t n = op - 0x84;
+          check(stack_.size() >= n, "TUPLEn");
+          auto t = make(PyVal::Tuple);
+          t->items.assign(stack_.end() - n, stack_.end());
+          stack_.resize(stack_.size() - n);
+          push(t);
+          break;
+        }
+        case 'X': push(str(le(4))); break;               // BINUNICODE
+        case 0x8c: push(str(byte())); break;             // SHORT_BINUNICODE
+        case 0x8d: push(str(le(8))); break;              // BINUNICODE8
+        case 'T': push(str(le(4))); break;               // BINSTRING
+        case 'U': push(str(byte())); break;              // SHORT_BINSTRING
+        case 'B': push(str(le(4))); break;               // BINBYTES
+        case 'C': push(str(byte())); break;              // SHORT_BINBYTES
+        case 'J': push(integer(static_cast<int32_t>(le(4)))); break;
+        case 'K': push(integer(byte())); break;
+        case 'M': push(integer(le(2))); break;
+        case 0x8a: {                                     // LONG1
+          const size_t n = byte();
+          check(n <= 8, "LONG1 wider than 64 bits");
+          const unsigned char* p = take(n);
+          uint64_t v = 0;
+          for (size_t k = 0; k < n; ++k) v |= uint64_t(p[k]) << (8 * k);
+          if (n > 0 && n < 8 && (p[n - 1] & 0x80)) v |= ~uint64_t(0) << (8 * n);  // sign-extend
+          push(integer(static_cast<int64_t>(v)));
+          break;
+        }
+        case 'G': {                                      // BINFLOAT, big-endian
+          const unsigned char* p = take(8);
+          uint64_t v = 0;
+          for (int k = 0; k < 8; ++k) v = (v << 8) | p[k];
+          auto x = make(PyVal::Float);
+          std::memcpy(&x->f, &v, 8);
+          push(x);
+          break;
+        }
+        case 0x88: case 0x89: { auto b = make(PyVal::Bool); b->i = op == 0x88; push(b); break; }
+        case 'N': push(make(PyVal::None)); break;
+        case 'c': {                                      // GLOBAL "module\nname\n"
+          auto g = make(PyVal::Global);
+          g->s = line();  // two statements: the order of the two reads matters
+          g->s += "." + line();
+          push(g);
+          break;
+        }
+        case 0x93: {                                     // STACK_GLOBAL
+          auto name = pop(), module = pop();
+          auto g = make(PyVal::Global);
+          g->s = module->s + "." + name->s;
+          push(g);
+          break;
+        }
+        case 'R': { auto args = pop(), fn = pop(); push(reduce(fn, args)); break; }
+        case 0x81: { pop(); pop(); push(make(PyVal::Opaque)); break; }  // NEWOBJ
+        case 'b': pop(); check(!stack_.empty(), "BUILD"); break;        // BUILD: state ignored
+        case 'q': memo(byte()); break;
+        case 'r': memo(le(4)); break;
+        case 0x94: memo(memo_.size()); break;            // MEMOIZE
+        case 'h': push(get(byte())); break;
+        case 'j': push(get(le(4))); break;
+        case 's': { auto v = pop(), k = pop(); set_items(top(), {k, v}); break; }
+        case 'u': { auto xs = pop_mark(); set_items(top(), xs); break; }
+        case 'a': { auto v = pop(); append(top(), {v}); break; }
+        case 'e': { auto xs = pop_mark(); append(top(), xs); break; }
+        case 0x8f: push(make(PyVal::List)); break;       // EMPTY_SET (as a list)
+        case 0x90: { auto xs = pop_mark(); append(top(), xs); break; }  // ADDITEMS
+        case 'Q': push(persistent(pop())); break;        // BINPERSID
+        case '0': pop(); break;
+        case '1': pop_mark(); break;
+        case '2': push(top()); break;
+        default:
+          TORCH_CHECK(false, "read_state_dict: ", what_, ": unsupported pickle opcode 0x", std::hex, int(op), std::dec,
+                      " at byte ", pos_ - 1, " of data.pkl");
+      }
+    }
   }
+
+ private:
+  void check(bool ok, const char* op) {
+    TORCH_CHECK(ok, "read_state_dict: ", what_, ": malformed pickle (", op, " at byte ", pos_, " of data.pkl)");
+  }
+  const unsigned char* take(size_t n) {
+    check(n <= size_ - pos_, "unexpected end of data");
+    const unsigned char* p = data_ + pos_;
+    pos_ += n;
+    return p;
+  }
+  unsigned char byte() { return *take(1); }
+  uint64_t le(size_t n) {
+    const unsigned char* p = take(n);
+    uint64_t v = 0;
+    for (size_t k = 0; k < n; ++k) v |= uint64_t(p[k]) << (8 * k);
+    return v;
+  }
+  std::string line() {
+    std::string out;
+    for (char c; (c = static_cast<char>(byte())) != '\n';) out += c;
+    return out;
+  }
+  Val str(uint64_t n) {
+    check(n <= size_ - pos_, "string past the end");
+    auto v = make(PyVal::Str);
+    v->s.assign(reinterpret_cast<const char*>(take(n)), n);
+    return v;
+  }
+  Val integer(int64_t x) {
+    auto v = make(PyVal::Int);
+    v->i = x;
+    return v;
+  }
+  void push(Val v) { stack_.push_back(std::move(v)); }
+  Val pop() {
+    check(!stack_.empty() && (marks_.empty() || stack_.size() > marks_.back()), "pop from an empty stack");
+    auto v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  Val& top() {
+    check(!stack_.empty(), "empty stack");
+    return stack_.back();
+  }
+  std::vector<Val> pop_mark() {
+    check(!marks_.empty() && marks_.back() <= stack_.size(), "MARK");
+    std::vector<Val> xs(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back()), stack_.end());
+    stack_.resize(marks_.back());
+    marks_.pop_back();
+    return xs;
+  }
+  void memo(uint64_t idx) {
+    check(!stack_.empty() && idx <= (1u << 26), "PUT");
+    if (memo_.size() <= idx) memo_.resize(idx + 1);
+    memo_[idx] = stack_.back();
+  }
+  Val get(uint64_t idx) {
+    check(idx < memo_.size() && memo_[idx], "GET of an unknown memo entry");
+    return memo_[idx];
+  }
+  void set_items(const Val& d, const std::vector<Val>& xs) {
+    check(xs.size() % 2 == 0, "SETITEMS with an odd count");
+    if (d->kind != PyVal::Dict) return;  // items of an opaque object
+    for (size_t k = 0; k < xs.size(); k += 2) d->entries.emplace_back(xs[k], xs[k + 1]);
+  }
+  void append(const Val& l, const std::vector<Val>& xs) {
+    if (l->kind == PyVal::List) l->items.insert(l->items.end(), xs.begin(), xs.end());
+  }
+  Val reduce(const Val& fn, const Val& args) {
+    const std::string name = fn->kind == PyVal::Global ? fn->s : "";
+    const auto& a = args->items;
+    if (name == "collections.OrderedDict") return make(PyVal::Dict);
+    if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") {
+      check(a.size() >= 4 && a[0]->kind == PyVal::Tensor && a[1]->kind == PyVal::Int && a[2]->kind == PyVal::Tuple &&
+                a[3]->kind == PyVal::Tuple,
+            "_rebuild_tensor arguments");
+      std::vector<int64_t> sizes, strides;
+      for (const auto& x : a[2]->items) { check(x->kind == PyVal::Int && x->i >= 0, "tensor size"); sizes.push_back(x->i); }
+      for (const auto& x : a[3]->items) { check(x->kind == PyVal::Int && x->i >= 0, "tensor stride"); strides.push_back(x->i); }
+      check(sizes.size() == strides.size(), "tensor sizes and strides");
+      const auto& storage = a[0]->tensor;
+      int64_t last = a[1]->i;  // largest element index the view touches
+      bool empty = false;
+      for (size_t k = 0; k < sizes.size(); ++k) {
+        if (sizes[k] == 0) empty = true;
+        else last += (sizes[k] - 1) * strides[k];
+      }
+      check(a[1]->i >= 0 && (empty || last < storage.numel()), "tensor view outside its storage");
+      auto v = make(PyVal::Tensor);
+      v->tensor = empty ? torch::empty(sizes, storage.options()) : storage.as_strided(sizes, strides, a[1]->i);
+      return v;
+    }
+    if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
+      check(!a.empty(), "_rebuild_parameter arguments");
+      return a[0];
+    }
+    return make(PyVal::Opaque);
+  }
+  Val persistent(const Val& pid) {
+    const auto& a = pid->items;
+    check(pid->kind == PyVal::Tuple && a.size() >= 5 && a[0]->kind == PyVal::Str && a[0]->s == "storage" &&
+              a[1]->kind == PyVal::Global && a[2]->kind == PyVal::Str && a[4]->kind == PyVal::Int,
+          "persistent id");
+    const std::string& key = a[2]->s;
+    auto cached = storages_.find(key);
+    auto v = make(PyVal::Tensor);
+    if (cached != storages_.end()) {
+      v->tensor = cached->second;
+      return v;
+    }
+    const std::string type = a[1]->s.substr(a[1]->s.rfind('.') + 1);
+    auto it = std::find_if(std::begin(kStorageTypes), std::end(kStorageTypes),
+                           [&](const auto& t) { return type == t.first; });
+    TORCH_CHECK(it != std::end(kStorageTypes), "read_state_dict: ", what_, ": unsupported storage type ", a[1]->s);
+    const std::string record = "data/" + key;
+    TORCH_CHECK(archive_.hasRecord(record), "read_state_dict: ", what_, ": missing record ", record);
+    const int64_t numel = a[4]->i;
+    const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(it->second);
+    TORCH_CHECK(numel >= 0 && archive_.getRecordSize(record) == nbytes, "read_state_dict: ", what_, ": record ",
+                record, " has ", archive_.getRecordSize(record), " bytes, expected ", nbytes);
+    auto t = torch::empty({numel}, torch::TensorOptions().dtype(it->second));
+    if (nbytes) archive_.getRecord(record, t.data_ptr(), nbytes);
+    storages_[key] = t;
+    v->tensor = t;
+    return v;
+  }
+
+  caffe2::serialize::PyTorchStreamReader& archive_;
+  std::string what_;
+  at::DataPtr keep_;
+  const unsigned char* data_ = nullptr;
+  size_t size_ = 0, pos_ = 0;
+  std::vector<Val> stack_, memo_;
+  std::vector<size_t> marks_;
+  std::unordered_map<std::string, torch::Tensor> storages_;
+};
+
+Val find_key(const Val& dict, const std::string& key) {
+  for (const auto& [k, v] : dict->entries)
+    if (k->kind == PyVal::Str && k->s == key) return v;
+  return nullptr;
+}
+
+void collect_tensors(const Val& value, const std::string& what, StateDict& out) {
+  TORCH_CHECK(value->kind == PyVal::Dict, "read_state_dict: ", what, " does not hold a dict of tensors (a state dict)");
+  for (const auto& [k, v] : value->entries)
+    if (k->kind == PyVal::Str && v->kind == PyVal::Tensor) out[k->s] = v->tensor;
 }
 
 }  // namespace
@@ -115,22 +392,23 @@ StateDict read_state_dict(const std::string& path) {
                 "_use_new_zipfile_serialization=True) or as .safetensors");
     TORCH_CHECK(false, "read_state_dict: ", what, " is neither a torch.save zip file nor a safetensors file");
   }
-  c10::IValue value;
+  Val value;
   try {
-    value = torch::pickle_load(bytes);
+    caffe2::serialize::PyTorchStreamReader archive(
+        std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes.data(), static_cast<off_t>(bytes.size())));
+    value = TorchUnpickler(archive, what).load();
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "read_state_dict: cannot read ", what, " as a torch.save file: ", e.what_without_backtrace());
   } catch (const std::exception& e) {
     TORCH_CHECK(false, "read_state_dict: cannot read ", what, " as a torch.save file: ", e.what());
   }
   StateDict out;
-  if (value.isGenericDict()) {
+  if (value->kind == PyVal::Dict) {
     // A training checkpoint holds the state dict under one of these keys.
     for (const char* key : {"state_dict", "model_state_dict", "model", "state"}) {
-      auto dict = value.toGenericDict();
-      auto it = dict.find(c10::IValue(std::string(key)));
-      if (it != dict.end() && it->value().isGenericDict()) {
-        collect_tensors(it->value(), what + "[\"" + key + "\"]", out);
+      auto inner = find_key(value, key);
+      if (inner && inner->kind == PyVal::Dict) {
+        collect_tensors(inner, what + "[\"" + key + "\"]", out);
         TORCH_CHECK(!out.empty(), "read_state_dict: ", what, "[\"", key, "\"] holds no tensors");
         return out;
       }

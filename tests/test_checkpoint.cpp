@@ -1,0 +1,435 @@
+// attnkit checkpoints (round trip, atomic write, corrupt/truncated/mismatched files) and the
+// state-dict importer (missing/unexpected keys, shape mismatches, key maps, safetensors).
+#include <attnkit/attnkit.h>
+#include <attnkit/backbones/backbones.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <dirent.h>
+#include <fstream>
+#include <iterator>
+#include <unistd.h>
+
+#include "testing.h"
+
+using namespace attnkit;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+/// A fresh folder under the build tree's temp area, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/attnkit_ckpt_XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    for (const auto& f : files()) std::remove((path_ + "/" + f).c_str());
+    ::rmdir(path_.c_str());
+  }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::vector<std::string> files() const {
+    std::vector<std::string> out;
+    if (DIR* d = ::opendir(path_.c_str())) {
+      while (auto* e = ::readdir(d))
+        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") out.push_back(e->d_name);
+      ::closedir(d);
+    }
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// A small model with non-trivial weights and BatchNorm statistics.
+ResNet small_model(const std::string& attention = "") {
+  torch::manual_seed(3);
+  ResNet model(ResNetOptions(18).stem("small").width(0.125).num_classes(3).attention(attention));
+  torch::NoGradGuard no_grad;
+  for (auto& b : model->named_buffers())
+    if (b.key().find("running_") != std::string::npos) b.value().uniform_(0.5, 1.5);
+  return model;
+}
+
+Checkpoint sample_checkpoint() {
+  auto model = small_model();
+  return make_checkpoint(*model, {"cat", "dog", "bird"}, Preprocessing::small(32, {0.5, 0.4, 0.3}, {0.2, 0.25, 0.3}),
+                         {{"dataset", "toy"}});
+}
+
+void expect_same_state(const StateDict& a, const StateDict& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [k, v] : a) {
+    ASSERT_TRUE(b.count(k)) << k;
+    EXPECT_EQ(v.scalar_type(), b.at(k).scalar_type()) << k;
+    EXPECT_TRUE(v.equal(b.at(k))) << k;  // bit-exact
+  }
+}
+
+}  // namespace
+
+// ---- round trip --------------------------------------------------------------------------------
+
+TEST(Checkpoint, RoundTripIsExact) {
+  TempDir dir;
+  auto model = small_model();
+  const std::vector<std::string> classes = {"cat", "dog", "bird"};
+  Preprocessing pre = Preprocessing::small(32, {0.5, 0.4, 0.3}, {0.2, 0.25, 0.3});
+  pre.color_order = "BGR";
+  pre.pixel_scale = 1.0 / 3.0;  // not exactly representable: JSON must keep every bit
+  const auto saved = make_checkpoint(*model, classes, pre, {{"dataset", "toy"}, {"note", "ünïcode \"quoted\""}});
+  save_checkpoint(saved, dir.file("m.attnkit"));
+
+  const auto read = read_checkpoint(dir.file("m.attnkit"));
+  EXPECT_EQ(read.config, model->config());
+  EXPECT_EQ(read.config.name(), "resnet18");
+  EXPECT_EQ(read.config.width, 0.125);
+  EXPECT_EQ(read.config.stem, "small");
+  EXPECT_EQ(read.class_names, classes);
+  EXPECT_EQ(read.preprocessing, pre);
+  EXPECT_EQ(read.metadata, saved.metadata);
+  expect_same_state(read.state, saved.state);
+
+  Checkpoint info;
+  auto loaded = load_checkpoint(dir.file("m.attnkit"), &info);
+  EXPECT_EQ(info.class_names, classes);
+  EXPECT_TRUE(info.state.empty());
+  model->eval();
+  loaded->module().eval();
+  auto x = torch::randn({2, 3, 32, 32});
+  EXPECT_TRUE(loaded->forward(x).equal(model->forward(x)));
+}
+
+TEST(Checkpoint, RoundTripCifarAndAttention) {
+  TempDir dir;
+  std::string attn;
+  for (const auto& n : attention_names())
+    if (!n.empty()) attn = n;
+  auto model = std::dynamic_pointer_cast<CifarResNetImpl>(
+      build_model(parse_model_name(attn.empty() ? "resnet20" : "resnet20-[," + attn + ",]")));
+  ASSERT_TRUE(model);
+  save_checkpoint(make_checkpoint(*model, {}, Preprocessing::small(32, {0.5, 0.5, 0.5}, {0.25, 0.25, 0.25})),
+                  dir.file("c.attnkit"));
+  auto loaded = load_checkpoint(dir.file("c.attnkit"));
+  EXPECT_EQ(loaded->config(), model->config());
+  model->eval();
+  loaded->module().eval();
+  auto x = torch::randn({1, 3, 32, 32});
+  EXPECT_TRUE(loaded->forward(x).equal(model->forward(x)));
+}
+
+TEST(Checkpoint, ImagenetPreprocessingDefaults) {
+  const auto p = Preprocessing::imagenet();
+  EXPECT_EQ(p.color_order, "RGB");
+  EXPECT_EQ(p.resize, "shorter_side");
+  EXPECT_EQ(p.resize_size, 256);
+  EXPECT_EQ(p.crop, "center");
+  EXPECT_EQ(p.input_height, 224);
+  EXPECT_EQ(p.input_width, 224);
+  EXPECT_EQ(p.mean, (std::vector<double>{0.485, 0.456, 0.406}));
+  EXPECT_EQ(p.std, (std::vector<double>{0.229, 0.224, 0.225}));
+  EXPECT_DOUBLE_EQ(p.pixel_scale, 1.0 / 255.0);
+}
+
+// ---- atomic writes -----------------------------------------------------------------------------
+
+TEST(Checkpoint, WriteIsAtomicAndLeavesNoTemporaryFiles) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  auto first = sample_checkpoint();
+  save_checkpoint(first, path);
+  auto second = first;
+  second.class_names = {"a", "b", "c"};
+  save_checkpoint(second, path);  // replaces the file
+  EXPECT_EQ(read_checkpoint(path).class_names, second.class_names);
+  EXPECT_EQ(dir.files(), std::vector<std::string>{"m.attnkit"});
+
+  // A failed save leaves the previous file untouched and no temporary behind.
+  const auto before = read_bytes(path);
+  auto bad = first;
+  bad.class_names = {"only one"};
+  EXPECT_THAT(error_of([&] { save_checkpoint(bad, path); }), HasSubstr("class_names has 1 names, the model has 3"));
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(dir.files(), std::vector<std::string>{"m.attnkit"});
+
+  EXPECT_THAT(error_of([&] { save_checkpoint(first, dir.file("no/such/folder/m.attnkit")); }),
+              HasSubstr("cannot create a temporary file"));
+  EXPECT_EQ(dir.files(), std::vector<std::string>{"m.attnkit"});
+}
+
+// ---- corrupt, truncated, mismatched files ------------------------------------------------------
+
+TEST(Checkpoint, TruncatedFilesAreErrors) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), path);
+  const auto bytes = read_bytes(path);
+  const auto cut = dir.file("cut.attnkit");
+  for (size_t len : {size_t(0), size_t(3), size_t(100), bytes.size() / 3, bytes.size() / 2, bytes.size() - 100,
+                     bytes.size() - 22, bytes.size() - 1}) {
+    write_bytes(cut, std::vector<char>(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(len)));
+    const auto msg = error_of([&] { read_checkpoint(cut); });
+    EXPECT_THAT(msg, HasSubstr("read_checkpoint: \"" + cut + "\"")) << "truncated at " << len;
+  }
+}
+
+TEST(Checkpoint, FlippedBytesAreErrorsOrHarmless) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  const auto saved = sample_checkpoint();
+  save_checkpoint(saved, path);
+  const auto bytes = read_bytes(path);
+  const auto bad = dir.file("bad.attnkit");
+  int errors = 0, trials = 0;
+  // ~300 positions spread over the whole file (headers, pickle, tensor data, central directory).
+  const size_t step = std::max<size_t>(1, bytes.size() / 300);
+  for (size_t pos = 0; pos < bytes.size(); pos += step, ++trials) {
+    auto copy = bytes;
+    copy[pos] = static_cast<char>(copy[pos] ^ 0x5a);
+    write_bytes(bad, copy);
+    try {
+      const auto read = read_checkpoint(bad);
+      // Only bytes nothing reads (zip alignment padding, ...) may change without an error, and then
+      // the content is exactly what was saved.
+      EXPECT_EQ(read.config, saved.config) << "flip at " << pos;
+      EXPECT_EQ(read.class_names, saved.class_names) << "flip at " << pos;
+      expect_same_state(read.state, saved.state);
+    } catch (const c10::Error& e) {
+      ++errors;
+      EXPECT_THAT(e.what(), HasSubstr(bad)) << "flip at " << pos;
+    }
+  }
+  EXPECT_GT(errors, trials / 2) << "most flips must be detected";
+}
+
+TEST(Checkpoint, TamperedWeightsFailTheChecksum) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), path);
+  // Rewrite the same dict with one weight changed and the old checksum.
+  auto root = torch::pickle_load(read_bytes(path)).toGenericDict();
+  auto state = root.at(std::string("state")).toGenericDict();
+  state.at(std::string("fc.bias")).toTensor().add_(1e-3);
+  write_bytes(path, torch::pickle_save(root));
+  EXPECT_THAT(error_of([&] { read_checkpoint(path); }), HasSubstr("is corrupt: checksum"));
+}
+
+TEST(Checkpoint, WrongFormatVersionAndForeignFiles) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), path);
+  auto root = torch::pickle_load(read_bytes(path)).toGenericDict();
+
+  auto other = root.copy();
+  other.insert_or_assign(std::string("format"), std::string("something-else"));
+  write_bytes(dir.file("f.attnkit"), torch::pickle_save(other));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("f.attnkit")); }),
+              HasSubstr("has format tag \"something-else\", expected \"attnkit-checkpoint\""));
+
+  auto future = root.copy();
+  future.insert_or_assign(std::string("version"), int64_t(99));
+  write_bytes(dir.file("v.attnkit"), torch::pickle_save(future));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("v.attnkit")); }),
+              HasSubstr("has format version 99; this attnkit reads versions 1 to 1"));
+
+  // A plain state dict is not a checkpoint.
+  c10::Dict<std::string, torch::Tensor> plain;
+  plain.insert("fc.bias", torch::zeros({3}));
+  write_bytes(dir.file("s.pt"), torch::pickle_save(plain));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("s.pt")); }), HasSubstr("has no \"format\" entry"));
+
+  write_bytes(dir.file("t.txt"), {'h', 'e', 'l', 'l', 'o'});
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("t.txt")); }), HasSubstr("not a torch zip archive"));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("missing")); }), HasSubstr("cannot open"));
+}
+
+TEST(Checkpoint, ConfigAndWeightsMismatch) {
+  TempDir dir;
+  auto ck = sample_checkpoint();
+  ck.config.depth = 34;  // the weights are ResNet-18's
+  save_checkpoint(ck, dir.file("m.attnkit"));
+  const auto msg = error_of([&] { load_checkpoint(dir.file("m.attnkit")); });
+  EXPECT_THAT(msg, HasSubstr("(resnet34)"));
+  EXPECT_THAT(msg, HasSubstr("missing: layer1.2.conv1.weight"));
+
+  auto wide = sample_checkpoint();
+  wide.config.width = 0.25;
+  save_checkpoint(wide, dir.file("w.attnkit"));
+  EXPECT_THAT(error_of([&] { load_checkpoint(dir.file("w.attnkit")); }),
+              HasSubstr("shape mismatch for \"bn1.bias\": the state dict has [8], the model expects [16]"));
+
+  auto gray = sample_checkpoint();
+  gray.preprocessing.mean = {0.5};
+  EXPECT_THAT(error_of([&] { save_checkpoint(gray, dir.file("g.attnkit")); }),
+              HasSubstr("mean and std must have one entry per input channel (3)"));
+}
+
+// ---- state-dict import -------------------------------------------------------------------------
+
+TEST(StateDictImport, MissingUnexpectedAndShapeMismatch) {
+  auto model = small_model();
+  StateDict state;
+  for (const auto& p : model->named_parameters()) state[p.key()] = p.value().detach().clone() + 1;
+  state.erase("fc.bias");
+  state["extra.weight"] = torch::zeros({2});
+  const auto before_fc = model->fc->bias.clone();
+  auto report = load_state_dict(*model, state);
+  EXPECT_THAT(report.missing, ::testing::Contains("fc.bias"));
+  EXPECT_THAT(report.missing, ::testing::Contains("bn1.running_mean"));  // buffers count too
+  EXPECT_EQ(report.unexpected, std::vector<std::string>{"extra.weight"});
+  EXPECT_TRUE(model->fc->bias.equal(before_fc));  // missing keys keep their values
+  EXPECT_TRUE(model->conv1->weight.equal(state.at("conv1.weight")));
+  EXPECT_THAT(report.summary(), HasSubstr("1 unexpected: extra.weight"));
+
+  EXPECT_THAT(error_of([&] { load_state_dict(*model, state, /*strict=*/true); }),
+              HasSubstr("keys do not match"));
+  EXPECT_THAT(error_of([&] { load_state_dict(*model, state, /*strict=*/true); }), HasSubstr("fc.bias"));
+
+  // A shape mismatch names the key and both shapes, and changes nothing.
+  const auto conv_before = model->conv1->weight.clone();
+  state["conv1.weight"] = torch::zeros({8, 3, 5, 5});
+  state["fc.weight"] = torch::zeros({3, 64});
+  EXPECT_THAT(error_of([&] { load_state_dict(*model, state); }),
+              HasSubstr("shape mismatch for \"conv1.weight\": the state dict has [8, 3, 5, 5], the model expects [8, 3, 3, 3]"));
+  EXPECT_TRUE(model->conv1->weight.equal(conv_before));
+}
+
+TEST(StateDictImport, LinearAndOneByOneConvWeightsInterchange) {
+  torch::nn::Sequential m(torch::nn::Linear(4, 2));
+  StateDict state = {{"0.weight", torch::arange(8.0).reshape({2, 4, 1, 1})}, {"0.bias", torch::ones({2})}};
+  auto report = load_state_dict(*m, state, /*strict=*/true);
+  EXPECT_EQ(report.loaded.size(), 2u);
+  EXPECT_TRUE(m[0]->as<torch::nn::Linear>()->weight.equal(torch::arange(8.0).reshape({2, 4})));
+  state["0.weight"] = torch::zeros({2, 4, 2, 1});
+  EXPECT_THAT(error_of([&] { load_state_dict(*m, state); }), HasSubstr("shape mismatch for \"0.weight\""));
+}
+
+TEST(StateDictImport, KeyMaps) {
+  const auto t = torch::zeros({1});
+  StateDict official = {{"module.conv1.weight", t},
+                        {"module.layer1.0.cbam.ChannelGate.mlp.1.weight", t},
+                        {"module.layer1.0.cbam.ChannelGate.mlp.3.bias", t},
+                        {"module.layer1.0.cbam.SpatialGate.spatial.conv.weight", t},
+                        {"module.layer1.0.cbam.SpatialGate.spatial.bn.running_var", t}};
+  EXPECT_EQ(detect_layout(official), "torchvision");  // "module." is dropped by map_state_dict first
+  auto mapped = map_state_dict(official);
+  std::vector<std::string> keys;
+  for (const auto& kv : mapped) keys.push_back(kv.first);
+  EXPECT_EQ(keys, (std::vector<std::string>{"conv1.weight", "layer1.0.attn.channel.fc1.weight",
+                                            "layer1.0.attn.channel.fc2.bias", "layer1.0.attn.spatial.bn.running_var",
+                                            "layer1.0.attn.spatial.conv.weight"}));
+  StateDict timm = {{"layer2.1.se.fc1.weight", t}, {"layer2.1.se.conv.weight", t},
+                    {"layer3.0.se.spatial.conv.conv.weight", t}, {"layer3.0.se.spatial.conv.bn.bias", t}};
+  EXPECT_EQ(detect_layout(timm), "timm");
+  keys.clear();
+  for (const auto& kv : map_state_dict(timm)) keys.push_back(kv.first);
+  EXPECT_EQ(keys, (std::vector<std::string>{"layer2.1.attn.conv.weight", "layer2.1.attn.fc1.weight",
+                                            "layer3.0.attn.spatial.bn.bias", "layer3.0.attn.spatial.conv.weight"}));
+  // "attnkit" renames nothing but the DataParallel prefix.
+  EXPECT_EQ(map_state_dict({{"module.layer1.0.se.x", t}}, "attnkit").count("layer1.0.se.x"), 1u);
+  EXPECT_THAT(error_of([&] { map_state_dict(timm, "keras"); }), HasSubstr("unknown layout \"keras\"; valid layouts"));
+}
+
+TEST(StateDictImport, PartialLoadLeavesAttentionAtInit) {
+  const auto& names = attention_names();
+  auto it = std::find_if(names.begin(), names.end(), [](const std::string& n) { return !n.empty(); });
+  if (it == names.end()) GTEST_SKIP() << "no attention registered in make_attention yet";
+  auto plain = small_model();
+  ResNet with(ResNetOptions(18).stem("small").width(0.125).num_classes(3).attention(*it));
+  StateDict attn_before;
+  for (const auto& p : with->named_parameters())
+    if (p.key().find(".attn.") != std::string::npos) attn_before[p.key()] = p.value().clone();
+  StateDict state;
+  for (const auto& p : plain->named_parameters()) state[p.key()] = p.value();
+  for (const auto& b : plain->named_buffers()) state[b.key()] = b.value();
+  auto report = load_state_dict(*with, state);
+  EXPECT_TRUE(report.unexpected.empty());
+  EXPECT_EQ(report.loaded.size(), state.size());
+  for (const auto& m : report.missing) EXPECT_THAT(m, HasSubstr(".attn.")) << m;
+  for (const auto& p : with->named_parameters())
+    if (attn_before.count(p.key())) EXPECT_TRUE(p.value().equal(attn_before.at(p.key()))) << p.key();
+}
+
+TEST(StateDictImport, TorchSaveFilesAndTrainingCheckpoints) {
+  TempDir dir;
+  auto model = small_model();
+  c10::Dict<std::string, torch::Tensor> sd;
+  for (const auto& p : model->named_parameters()) sd.insert(p.key(), p.value());
+  c10::impl::GenericDict ck(c10::StringType::get(), c10::AnyType::get());
+  ck.insert(std::string("epoch"), int64_t(3));
+  ck.insert(std::string("model"), sd);
+  write_bytes(dir.file("ck.pt"), torch::pickle_save(ck));
+  const auto state = read_state_dict(dir.file("ck.pt"));
+  EXPECT_EQ(state.size(), sd.size());
+  EXPECT_TRUE(state.at("fc.weight").equal(model->fc->weight));
+
+  write_bytes(dir.file("legacy.pt"), {'\x80', '\x02', 'c', 'x'});
+  EXPECT_THAT(error_of([&] { read_state_dict(dir.file("legacy.pt")); }), HasSubstr("legacy (pre-1.6) format"));
+  write_bytes(dir.file("junk.bin"), {'j', 'u', 'n', 'k', 'j', 'u', 'n', 'k', 'x'});
+  EXPECT_THAT(error_of([&] { read_state_dict(dir.file("junk.bin")); }),
+              HasSubstr("neither a torch.save zip file nor a safetensors file"));
+  auto bytes = read_bytes(dir.file("ck.pt"));
+  bytes.resize(bytes.size() / 2);
+  write_bytes(dir.file("half.pt"), bytes);
+  EXPECT_THAT(error_of([&] { read_state_dict(dir.file("half.pt")); }), HasSubstr("cannot read"));
+}
+
+TEST(StateDictImport, SafetensorsRoundTripAndErrors) {
+  TempDir dir;
+  StateDict state = {{"a", torch::randn({2, 3})},
+                     {"b", torch::arange(5, torch::kInt64)},
+                     {"c", torch::randn({4}).to(torch::kBFloat16)},
+                     {"d", torch::tensor({true, false})},
+                     {"e", torch::randn({3, 2}).t()},  // non-contiguous
+                     {"f", torch::zeros({0, 4})}};
+  write_safetensors(state, dir.file("s.safetensors"));
+  const auto back = read_state_dict(dir.file("s.safetensors"));
+  ASSERT_EQ(back.size(), state.size());
+  for (const auto& [k, v] : state) {
+    EXPECT_EQ(back.at(k).scalar_type(), v.scalar_type()) << k;
+    EXPECT_TRUE(back.at(k).equal(v)) << k;
+  }
+  // Hand-made headers: data offsets outside the file, wrong sizes, bad dtype, bad JSON, bad length.
+  auto file = [](const std::string& header, size_t data) {
+    std::vector<char> b(8, 0);
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    b.insert(b.end(), header.begin(), header.end());
+    b.resize(b.size() + data, 0);
+    return b;
+  };
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4)); }),
+              HasSubstr("outside the data (4 bytes; truncated?)"));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8)); }),
+              HasSubstr("needs 12 bytes, data_offsets give 8"));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"x":{"dtype":"F7","shape":[1],"data_offsets":[0,1]}})", 1)); }),
+              HasSubstr("unsupported dtype F7"));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"x":{"dtype":"F32"}})", 0)); }),
+              HasSubstr("malformed safetensors entry \"x\""));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"x": )", 0)); }), HasSubstr("not valid JSON"));
+  auto huge = file("{}", 0);
+  huge[5] = 1;
+  EXPECT_THAT(error_of([&] { parse_safetensors(huge); }), HasSubstr("exceeds the file"));
+  EXPECT_EQ(parse_safetensors(file(R"({"__metadata__":{"format":"pt"}})", 0)).size(), 0u);
+}
