@@ -1,4 +1,5 @@
 #include <attnkit/modules/cbam.h>
+#include <attnkit/modules/fused_gates.h>
 #include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
 
 namespace attnkit {
@@ -40,7 +41,24 @@ std::tuple<torch::Tensor, torch::Tensor> CBAMImpl::forward_with_attention(const 
   return result;
 }
 
-torch::Tensor CBAMImpl::forward(const torch::Tensor& x) { return std::get<0>(forward_with_attention(x)); }
+torch::Tensor CBAMImpl::forward(const torch::Tensor& x) {
+  detail::check_gate_input(x, options.channels(), "CBAM", channel->fc1->weight);
+  const bool maps = recording() || channel->recording() || (spatial && spatial->recording());
+  if (detail::use_fused(options.impl(), x, maps, "CBAM")) {
+    ops::CbamWeights w{channel->fc1->weight, channel->fc1->bias, channel->fc2->weight, channel->fc2->bias};
+    ops::CbamConfig cfg;
+    cfg.pool_avg = options.pool() != ChannelPool::Max;
+    cfg.pool_max = options.pool() != ChannelPool::Avg;
+    if (!spatial || detail::add_spatial_gate(*spatial, w, cfg)) {
+      auto y = ops::cbam(x, w, cfg);
+      if (spatial) detail::count_batch(*spatial, cfg);
+      return y;
+    }
+    TORCH_CHECK(options.impl() != Implementation::Fused,
+                "CBAM: impl=fused cannot run a spatial BatchNorm with cumulative-average momentum");
+  }
+  return std::get<0>(forward_with_attention(x));
+}
 
 void CBAMImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::CBAM(channels=" << options.channels() << ", reduction=" << options.reduction()

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 #include <attnkit/modules/channel_attention.h>
 #include <attnkit/modules/spatial_attention.h>
 
@@ -67,6 +68,9 @@ struct CBAMOptions {
   TORCH_ARG(bool, bn_zero_init) = true;
   /// Channel gate only (the official code's no_spatial).
   TORCH_ARG(bool, no_spatial) = false;
+  /// fused: attnkit's fused kernels; composite: stock ATen ops; auto: fused where available for the
+  /// input's device, composite where not or while recording the attention map.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 
  public:
   /// timm's CbamModule: hidden width rounded to nearest, no MLP bias, [mean, max], BN as torch's.

@@ -1,4 +1,5 @@
 #include <attnkit/modules/channel_attention.h>
+#include <attnkit/modules/fused_gates.h>
 
 namespace attnkit {
 
@@ -58,7 +59,12 @@ std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_with_atte
 }
 
 torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) {
-  return std::get<0>(forward_with_attention(x));
+  detail::check_gate_input(x, options.channels(), "ChannelAttention", fc1->weight);
+  if (!detail::use_fused(options.impl(), x, recording(), "ChannelAttention")) return std::get<0>(forward_with_attention(x));
+  ops::CbamConfig cfg;
+  cfg.pool_avg = options.pool() != ChannelPool::Max;
+  cfg.pool_max = options.pool() != ChannelPool::Avg;
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, cfg);
 }
 
 void ChannelAttentionImpl::pretty_print(std::ostream& stream) const {

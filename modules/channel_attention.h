@@ -22,6 +22,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 #include <attnkit/modules/squeeze_excite.h>
 
 #include <torch/arg.h>
@@ -53,6 +54,9 @@ struct ChannelAttentionOptions {
   TORCH_ARG(ChannelPool, pool) = ChannelPool::AvgMax;
   /// Whether fc1 and fc2 have biases (official: true; timm's CbamModule: false).
   TORCH_ARG(bool, bias) = true;
+  /// fused: attnkit's fused kernels; composite: stock ATen ops; auto: fused where available for the
+  /// input's device, composite where not or while recording the attention map.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
 class ChannelAttentionImpl : public torch::nn::Cloneable<ChannelAttentionImpl>, public AttentionMapRecorder {

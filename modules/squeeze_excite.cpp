@@ -1,4 +1,5 @@
 #include <attnkit/modules/squeeze_excite.h>
+#include <attnkit/modules/fused_gates.h>
 
 #include <torch/nn/functional/activation.h>
 
@@ -77,7 +78,15 @@ std::tuple<torch::Tensor, torch::Tensor> SqueezeExciteImpl::forward_with_attenti
   return result;
 }
 
-torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) { return std::get<0>(forward_with_attention(x)); }
+torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) {
+  detail::check_gate_input(x, options.channels(), "SqueezeExcite", fc1->weight);
+  if (!detail::use_fused(options.impl(), x, recording(), "SqueezeExcite")) return std::get<0>(forward_with_attention(x));
+  // SE is the fused CBAM op with the average-pooled descriptor only and no spatial gate; the op
+  // takes the 1×1-conv weights [out, in, 1, 1] as they are.
+  ops::CbamConfig cfg;
+  cfg.pool_max = false;
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, cfg);
+}
 
 void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::SqueezeExcite(channels=" << options.channels() << ", hidden=" << hidden_

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -59,6 +60,9 @@ struct SqueezeExciteOptions {
   TORCH_ARG(int64_t, rd_divisor) = 8;
   /// Whether fc1 and fc2 have biases (true in the paper and timm).
   TORCH_ARG(bool, bias) = true;
+  /// fused: attnkit's fused kernels; composite: stock ATen ops; auto: fused where available for the
+  /// input's device, composite where not or while recording the attention map.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
 class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>, public AttentionMapRecorder {

@@ -1,6 +1,6 @@
 // The fused CBAM op against CBAM written with plain ATen ops: forward, every gradient, layouts,
 // dtypes, odd shapes, thread counts, and its error messages.
-#include <attnkit/modules/ops/cbam.h>
+#include <attnkit/attnkit.h>
 #include <gmock/gmock.h>
 #include <torch/torch.h>
 
@@ -255,6 +255,74 @@ TEST(FusedCbam, CallableThroughTheDispatcher) {
   // torch.ops.attnkit.cbam is what Python sees once libattnkit is loaded.
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "");
   EXPECT_THAT(toString(op.schema()), HasSubstr("attnkit::cbam(Tensor x"));
+}
+
+}  // namespace
+
+// ---- the modules on their fused and composite paths ---------------------------------------------
+namespace {
+
+template <typename Module, typename Options>
+void expect_same_module_results(const Options& opts, bool training) {
+  torch::manual_seed(11);
+  Module fused(Options(opts).impl(attnkit::Implementation::Fused));
+  Module composite(Options(opts).impl(attnkit::Implementation::Composite));
+  fused->to(torch::kDouble);
+  composite->to(torch::kDouble);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : fused->named_parameters()) p.value().normal_(0, 0.5);
+    auto src = fused->named_buffers();
+    for (auto& b : composite->named_buffers()) b.value().copy_(src[b.key()]);
+    auto ps = fused->named_parameters();
+    for (auto& p : composite->named_parameters()) p.value().copy_(ps[p.key()]);
+  }
+  fused->train(training);
+  composite->train(training);
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    auto x = torch::randn({3, 40, 6, 7}, torch::kDouble).contiguous(fmt).requires_grad_(true);
+    auto xr = x.detach().clone().requires_grad_(true);
+    auto y = fused->forward(x), yr = composite->forward(xr);
+    ASSERT_TRUE(all_close(y, yr, 1e-10));
+    auto dy = torch::randn_like(y);
+    y.backward(dy);
+    yr.backward(dy);
+    EXPECT_TRUE(all_close(x.grad(), xr.grad(), 1e-10));
+    auto pr = composite->named_parameters();
+    for (auto& p : fused->named_parameters())
+      EXPECT_TRUE(all_close(p.value().grad(), pr[p.key()].grad(), 1e-9)) << p.key();
+    auto br = composite->named_buffers();
+    for (auto& b : fused->named_buffers()) EXPECT_TRUE(all_close(b.value(), br[b.key()], 1e-12)) << b.key();
+  }
+}
+
+TEST(FusedModules, CbamFusedEqualsComposite) {
+  expect_same_module_results<attnkit::CBAM>(attnkit::CBAMOptions(40).reduction(8), /*training=*/false);
+  expect_same_module_results<attnkit::CBAM>(attnkit::CBAMOptions(40).reduction(8), /*training=*/true);
+  expect_same_module_results<attnkit::CBAM>(attnkit::CBAMOptions::timm_style(40).reduction(8), true);
+  expect_same_module_results<attnkit::CBAM>(attnkit::CBAMOptions(40).no_spatial(true), true);
+}
+
+TEST(FusedModules, ChannelGatesFusedEqualsComposite) {
+  for (auto pool : {attnkit::ChannelPool::Avg, attnkit::ChannelPool::Max, attnkit::ChannelPool::AvgMax})
+    expect_same_module_results<attnkit::ChannelAttention>(attnkit::ChannelAttentionOptions(40).reduction(4).pool(pool), true);
+  expect_same_module_results<attnkit::SqueezeExcite>(attnkit::SqueezeExciteOptions(40), true);
+}
+
+TEST(FusedModules, RecordingFallsBackToTheCompositePathUnderAuto) {
+  attnkit::CBAM block(attnkit::CBAMOptions(16).reduction(4));
+  block->record_attention(true);
+  auto y = block->forward(torch::randn({1, 16, 5, 5}));
+  ASSERT_TRUE(block->last_attention().defined());
+  EXPECT_EQ(block->last_attention().sizes(), torch::IntArrayRef({1, 1, 5, 5}));
+  attnkit::CBAM forced(attnkit::CBAMOptions(16).reduction(4).impl(attnkit::Implementation::Fused));
+  forced->record_attention(true);
+  try {
+    forced->forward(torch::randn({1, 16, 5, 5}));
+    ADD_FAILURE() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("impl=fused cannot record attention maps"));
+  }
 }
 
 }  // namespace

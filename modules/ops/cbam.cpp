@@ -1,7 +1,7 @@
 // attnkit::cbam: validation, the small ATen math around the fused passes, autograd, registration.
 #include <attnkit/modules/ops/cbam.h>
 
-#include "cpu/cbam_kernel.h"
+#include <attnkit/modules/ops/cbam_kernels.h>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -11,11 +11,13 @@ namespace attnkit::ops {
 namespace {
 
 using at::Tensor;
-using cpu::CbamKernelTable;
 
 const CbamKernelTable& kernels_for(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return cuda::cbam_kernels();
+#endif
   TORCH_CHECK(device.is_cpu(), "attnkit::cbam: no fused kernel for device ", device,
-              " in this build (CPU only); use the module's composite implementation");
+              " in this build; use the module's composite implementation");
   return cpu::cbam_kernels();
 }
 
@@ -331,7 +333,12 @@ Tensor cbam_forward_only(const Tensor& x, const Tensor& fc1_w, const std::option
 
 }  // namespace
 
-bool has_fused_kernels(const at::Device& device) { return device.is_cpu(); }
+bool has_fused_kernels(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return true;
+#endif
+  return device.is_cpu();
+}
 
 at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "").typed<decltype(cbam_op)>();
@@ -352,6 +359,9 @@ TORCH_LIBRARY_FRAGMENT(attnkit, m) {
       "float bn_eps=1e-5) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(attnkit, CPU, m) { m.impl("cbam", cbam_forward_only); }
+#ifdef ATTNKIT_WITH_CUDA
+TORCH_LIBRARY_IMPL(attnkit, CUDA, m) { m.impl("cbam", cbam_forward_only); }
+#endif
 TORCH_LIBRARY_IMPL(attnkit, Autograd, m) { m.impl("cbam", cbam_op); }
 
 }  // namespace attnkit::ops

@@ -1,19 +1,19 @@
 // Picks the CBAM kernel table compiled for the best instruction set of the running CPU.
-#include "cbam_kernel.h"
+#include <attnkit/modules/ops/cbam_kernels.h>
 
 #include "cpu_capability.h"
 
 namespace attnkit::ops::cpu {
 
-const CbamKernelTable& cbam_kernel_table_DEFAULT();
+const ops::CbamKernelTable& cbam_kernel_table_DEFAULT();
 #ifdef ATTNKIT_HAVE_AVX2_KERNELS
-const CbamKernelTable& cbam_kernel_table_AVX2();
+const ops::CbamKernelTable& cbam_kernel_table_AVX2();
 #endif
 #ifdef ATTNKIT_HAVE_AVX512_KERNELS
-const CbamKernelTable& cbam_kernel_table_AVX512();
+const ops::CbamKernelTable& cbam_kernel_table_AVX512();
 #endif
 
-const CbamKernelTable& cbam_kernels() {
+const ops::CbamKernelTable& cbam_kernels() {
   switch (cpu_capability()) {
 #ifdef ATTNKIT_HAVE_AVX512_KERNELS
     case Capability::kAVX512:

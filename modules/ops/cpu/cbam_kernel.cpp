@@ -7,7 +7,7 @@
 //   NHWC  ([N, P, C] rows of channels): the transpose of the above.
 // Per-element arg-max bookkeeping (max-pool gradients) is done in exact "first index wins" order,
 // as a scalar fix-up after the vectorised sweep: it touches one element per row.
-#include "cbam_kernel.h"
+#include <attnkit/modules/ops/cbam_kernels.h>
 
 #include "vec_util.h"
 
@@ -497,8 +497,8 @@ void backward_input(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& 
 // One table per compiled capability, named after it: cbam_kernel_table_DEFAULT(), ..._AVX2(), ...
 #define ATTNKIT_CONCAT_(a, b) a##b
 #define ATTNKIT_CONCAT(a, b) ATTNKIT_CONCAT_(a, b)
-const CbamKernelTable& ATTNKIT_CONCAT(cbam_kernel_table_, CPU_CAPABILITY)() {
-  static const CbamKernelTable table{CPU_CAPABILITY::channel_pool,     CPU_CAPABILITY::gated_pool,
+const ops::CbamKernelTable& ATTNKIT_CONCAT(cbam_kernel_table_, CPU_CAPABILITY)() {
+  static const ops::CbamKernelTable table{CPU_CAPABILITY::channel_pool,     CPU_CAPABILITY::gated_pool,
                                      CPU_CAPABILITY::apply_gates,      CPU_CAPABILITY::backward_spatial,
                                      CPU_CAPABILITY::backward_gate,    CPU_CAPABILITY::backward_input};
   return table;

@@ -1,4 +1,4 @@
-// The memory-bound passes of the fused CBAM op (and of SE/ECA/channel gates), CPU.
+// The memory-bound passes of the fused CBAM op (and of the SE / channel gates), one table per device.
 //
 // CBAM touches the big feature map x only in these passes; everything else (the channel MLP on
 // [N, C] descriptors, the k×k convolution on the [N, 2, H, W] pooled map) is tiny and runs as
@@ -12,13 +12,14 @@
 // [N, HW] of the accumulation dtype (double for double inputs, float otherwise). Optional tensors
 // may be undefined: no spatial gate means s, dzmax, dzmean and best_c are undefined.
 //
-// The kernel file is compiled once per CPU capability; cbam_kernels() picks the best one for the
-// running CPU (and honours ATEN_CPU_CAPABILITY, like ATen).
+// CPU: modules/ops/cpu/cbam_kernel.cpp, compiled once per CPU capability; cpu::cbam_kernels() picks
+// the best one for the running CPU (and honours ATEN_CPU_CAPABILITY, like ATen).
+// CUDA: modules/ops/cuda/cbam_kernel.cu; cuda::cbam_kernels() (only in builds with CUDA kernels).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-namespace attnkit::ops::cpu {
+namespace attnkit::ops {
 
 struct CbamKernelTable {
   /// avg[n, c] = mean over positions, max[n, c] = max over positions.
@@ -42,7 +43,14 @@ struct CbamKernelTable {
                          const at::Tensor& argmax_p, at::Tensor& dx);
 };
 
+namespace cpu {
 /// The kernels for the best instruction set this CPU supports.
 const CbamKernelTable& cbam_kernels();
+}  // namespace cpu
 
-}  // namespace attnkit::ops::cpu
+namespace cuda {
+/// The CUDA kernels (defined only when attnkit is built with CUDA kernels).
+const CbamKernelTable& cbam_kernels();
+}  // namespace cuda
+
+}  // namespace attnkit::ops

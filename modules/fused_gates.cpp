@@ -1,0 +1,43 @@
+#include <attnkit/modules/fused_gates.h>
+
+namespace attnkit::detail {
+
+bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who) {
+  if (impl == Implementation::Composite) return false;
+  const bool possible = ops::has_fused_kernels(x.device());
+  if (impl == Implementation::Fused) {
+    TORCH_CHECK(possible, who, ": impl=fused but attnkit has no fused kernel for device ", x.device(),
+                " in this build; use Implementation::Auto or Composite");
+    TORCH_CHECK(!recording, who, ": impl=fused cannot record attention maps; use Implementation::Auto");
+    return true;
+  }
+  return possible && !recording;
+}
+
+bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::CbamConfig& cfg) {
+  w.spatial_weight = spatial.conv->weight;
+  w.spatial_bias = spatial.conv->options.bias() ? spatial.conv->bias : torch::Tensor();
+  cfg.spatial_max_first = spatial.options.pool_order() == PoolOrder::MaxMean;
+  cfg.use_bn = !spatial.bn.is_empty();
+  if (cfg.use_bn) {
+    auto& bn = *spatial.bn;
+    if (!bn.options.momentum().has_value()) return false;
+    cfg.bn_momentum = *bn.options.momentum();
+    cfg.bn_eps = bn.options.eps();
+    cfg.bn_training = bn.is_training() || !bn.options.track_running_stats();
+    w.bn_weight = bn.options.affine() ? bn.weight : torch::Tensor();
+    w.bn_bias = bn.options.affine() ? bn.bias : torch::Tensor();
+    w.bn_running_mean = bn.options.track_running_stats() ? bn.running_mean : torch::Tensor();
+    w.bn_running_var = bn.options.track_running_stats() ? bn.running_var : torch::Tensor();
+  }
+  return true;
+}
+
+void count_batch(SpatialAttentionImpl& spatial, const ops::CbamConfig& cfg) {
+  if (cfg.use_bn && cfg.bn_training && spatial.bn->num_batches_tracked.defined()) {
+    torch::NoGradGuard no_grad;
+    spatial.bn->num_batches_tracked.add_(1);
+  }
+}
+
+}  // namespace attnkit::detail

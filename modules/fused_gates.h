@@ -1,0 +1,24 @@
+// How the gate modules (SqueezeExcite, ChannelAttention, CBAM) hand their parameters to the fused
+// op attnkit::ops::cbam, and when they do.
+#pragma once
+
+#include <attnkit/modules/implementation.h>
+#include <attnkit/modules/ops/cbam.h>
+#include <attnkit/modules/spatial_attention.h>
+
+namespace attnkit::detail {
+
+/// Whether a block asked for `impl` runs the fused op on `x`. Auto: where a fused kernel exists for
+/// x's device and the block is not recording its attention map (the fused op never builds the map).
+/// Fused: the same, but an error naming `who` where impossible.
+bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who);
+
+/// Adds the spatial gate's conv and BatchNorm to the op's weights and config. Returns false where the
+/// fused op cannot express this gate (BatchNorm with cumulative-average momentum).
+bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::CbamConfig& cfg);
+
+/// After a fused forward in training mode: what torch::nn::BatchNorm2d's own forward would also
+/// have done (count the batch).
+void count_batch(SpatialAttentionImpl& spatial, const ops::CbamConfig& cfg);
+
+}  // namespace attnkit::detail
