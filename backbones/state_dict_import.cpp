@@ -248,6 +248,12 @@ class TorchUnpickler {
     const std::string name = fn->kind == PyVal::Global ? fn->s : "";
     const auto& a = args->items;
     if (name == "collections.OrderedDict") return make(PyVal::Dict);
+    // torch::pickle_save (TorchScript's pickler) wraps typed containers: restore_type_tag(dict, "Dict[str,Tensor]"),
+    // build_intlist([...]), ...; the wrapped value is the first argument.
+    if (name == "torch.jit._pickle.restore_type_tag" || name.rfind("torch.jit._pickle.build_", 0) == 0) {
+      check(!a.empty(), "torch.jit._pickle arguments");
+      return a[0];
+    }
     if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") {
       check(a.size() >= 4 && a[0]->kind == PyVal::Tensor && a[1]->kind == PyVal::Int && a[2]->kind == PyVal::Tuple &&
                 a[3]->kind == PyVal::Tuple,

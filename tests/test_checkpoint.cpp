@@ -278,7 +278,7 @@ TEST(Checkpoint, ConfigAndWeightsMismatch) {
   wide.config.width = 0.25;
   save_checkpoint(wide, dir.file("w.attnkit"));
   EXPECT_THAT(error_of([&] { load_checkpoint(dir.file("w.attnkit")); }),
-              HasSubstr("shape mismatch for \"bn1.bias\": the state dict has [8], the model expects [16]"));
+              HasSubstr("shape mismatch for \"conv1.weight\": the state dict has [8, 3, 3, 3], the model expects [16, 3, 3, 3]"));
 
   auto gray = sample_checkpoint();
   gray.preprocessing.mean = {0.5};
@@ -333,7 +333,7 @@ TEST(StateDictImport, KeyMaps) {
                         {"module.layer1.0.cbam.ChannelGate.mlp.3.bias", t},
                         {"module.layer1.0.cbam.SpatialGate.spatial.conv.weight", t},
                         {"module.layer1.0.cbam.SpatialGate.spatial.bn.running_var", t}};
-  EXPECT_EQ(detect_layout(official), "torchvision");  // "module." is dropped by map_state_dict first
+  EXPECT_EQ(detect_layout(official), "cbam-official");
   auto mapped = map_state_dict(official);
   std::vector<std::string> keys;
   for (const auto& kv : mapped) keys.push_back(kv.first);
