@@ -19,6 +19,7 @@ enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2 };
 Runner add_blocks_command(CLI::App& cli);
 Runner add_train_command(CLI::App& cli);
 Runner add_eval_command(CLI::App& cli);
+Runner add_bench_command(CLI::App& cli);
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();

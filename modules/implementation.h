@@ -3,6 +3,10 @@
 
 #include <ostream>
 
+namespace torch::nn {
+class Module;
+}
+
 namespace attnkit {
 
 enum class Implementation {
@@ -24,6 +28,11 @@ inline const char* to_string(Implementation impl) {
       return "auto";
   }
 }
+
+/// Sets `impl` on every block under `root` (root included) that has a fused implementation: how a
+/// whole network (a backbone, say) is switched between fused and composite attention.
+/// Returns how many blocks were switched.
+int set_implementation(torch::nn::Module& root, Implementation impl);
 
 inline std::ostream& operator<<(std::ostream& os, Implementation impl) { return os << to_string(impl); }
 

@@ -1,0 +1,263 @@
+// attnkit bench: times each op's fused kernels against the same math composed from stock LibTorch
+// ops, and against a plain copy of the input (one read + one write: the memory-traffic yardstick),
+// all in the same run, and prints medians and ratios. `--json` prints one object per line.
+#include "commands.h"
+
+#include <attnkit/attnkit.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+namespace attnkit::app {
+namespace {
+
+struct BenchArgs {
+  std::vector<std::string> ops = {"cbam"};
+  std::vector<int64_t> shape;  // N,C,H,W; empty: the op's default
+  int64_t batch = 0;           // overrides N when > 0
+  int threads = 0;             // 0: LibTorch's default
+  std::string dtype = "float32";
+  std::string device = "auto";
+  std::string attention = "cbam";
+  std::string pass = "both";
+  int iters = 0;  // 0: enough for ~1 s per case, between 5 and 200
+  int warmup = 3;
+  bool json = false;
+};
+
+// One thing to time: a forward closure, and whether forward+backward makes sense for it.
+struct Impl {
+  std::string name;
+  std::function<torch::Tensor()> forward;
+  bool backward = true;
+};
+
+struct Timing {
+  double median_ms = 0, min_ms = 0;
+};
+
+void sync(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize(d.index());
+}
+
+Timing time_it(const std::function<void()>& fn, const torch::Device& device, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) fn();
+  sync(device);
+  if (iters <= 0) {  // calibrate: about one second per case
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    sync(device);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    iters = static_cast<int>(std::clamp(1000.0 / std::max(ms, 1e-3), 5.0, 200.0));
+  }
+  std::vector<double> ms;
+  ms.reserve(iters);
+  for (int i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    sync(device);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front()};
+}
+
+torch::Dtype parse_dtype(const std::string& s) {
+  if (s == "float32") return torch::kFloat;
+  if (s == "float64") return torch::kDouble;
+  if (s == "bfloat16") return torch::kBFloat16;
+  return torch::kHalf;
+}
+
+std::string shape_str(torch::IntArrayRef s) {
+  std::ostringstream o;
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? "x" : "") << s[i];
+  return o.str();
+}
+
+// A block built twice, fused and composite, with the same weights.
+template <typename Module, typename Options>
+std::vector<Impl> module_pair(Options opts, const torch::Tensor& x) {
+  Module fused(opts.impl(Implementation::Fused));
+  Module composite(opts.impl(Implementation::Composite));
+  fused->to(x.device(), x.scalar_type());
+  composite->to(x.device(), x.scalar_type());
+  {
+    torch::NoGradGuard no_grad;
+    auto src = fused->named_parameters();
+    for (auto& p : composite->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  return {{"fused", [fused, x]() mutable { return fused->forward(x); }},
+          {"composite", [composite, x]() mutable { return composite->forward(x); }}};
+}
+
+// The composite path of a block that has no fused kernel yet: timed alone, against the copy.
+template <typename Module, typename Options>
+std::vector<Impl> composite_only(Options opts, const torch::Tensor& x) {
+  Module m(opts);
+  m->to(x.device(), x.scalar_type());
+  return {{"composite", [m, x]() mutable { return m->forward(x); }}};
+}
+
+std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
+  const int64_t C = x.size(1);
+  if (op == "cbam") return module_pair<CBAM>(CBAMOptions(C), x);
+  if (op == "channel") return module_pair<ChannelAttention>(ChannelAttentionOptions(C), x);
+  if (op == "se") return module_pair<SqueezeExcite>(SqueezeExciteOptions(C), x);
+  if (op == "spatial") return composite_only<SpatialAttention>(SpatialAttentionOptions(), x);
+  if (op == "eca") return composite_only<ECA>(ECAOptions(C), x);
+  if (op == "local") return composite_only<LocalAttention2d>(LocalAttention2dOptions(C).heads(4).kernel_size(7), x);
+  if (op == "self") {
+    // 4 heads of 64 for the default 256 channels.
+    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), L = x.size(2) * x.size(3);
+    auto impls = composite_only<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x);
+    // ATen's own scaled_dot_product_attention on q, k, v of the same sizes: the attention core alone.
+    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(x.requires_grad());
+    auto k = torch::randn_like(q).requires_grad_(x.requires_grad()), v = torch::randn_like(q).requires_grad_(x.requires_grad());
+    impls.push_back({"sdpa", [q, k, v]() { return at::scaled_dot_product_attention(q, k, v); }});
+    return impls;
+  }
+  TORCH_CHECK(false, "bench: unknown op ", op);
+}
+
+std::vector<Impl> resnet_impls(const std::string& op, const torch::Tensor& x, const BenchArgs& args) {
+  auto build = [&](const std::string& attention, Implementation impl) {
+    std::shared_ptr<Backbone> model = make_model(op + (attention.empty() ? "" : "-" + attention), 1000, x.size(1));
+    set_implementation(model->module(), impl);
+    model->module().eval();
+    model->module().to(x.device(), x.scalar_type());
+    return model;
+  };
+  auto plain = build("", Implementation::Auto);
+  auto composite = build(args.attention, Implementation::Composite);
+  auto fused = build(args.attention, Implementation::Fused);
+  return {{"none", [plain, x]() { return plain->forward(x); }, false},
+          {"composite", [composite, x]() { return composite->forward(x); }, false},
+          {"fused", [fused, x]() { return fused->forward(x); }, false}};
+}
+
+int run_bench(const BenchArgs& args) {
+  const torch::Device device = args.device == "auto"
+                                   ? (torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU))
+                                   : torch::Device(args.device);
+  TORCH_CHECK(!device.is_cuda() || torch::cuda::is_available(), "bench: --device cuda but no CUDA device is available");
+  if (args.threads > 0) torch::set_num_threads(args.threads);
+  const auto dtype = parse_dtype(args.dtype);
+  torch::manual_seed(0);
+
+  std::vector<nlohmann::json> rows;
+  for (const auto& op : args.ops) {
+    const bool resnet = op.rfind("resnet", 0) == 0;
+    std::vector<int64_t> shape = args.shape;
+    if (shape.empty()) {
+      if (resnet) shape = {1, 3, 224, 224};
+      else if (op == "local") shape = {2, 128, 56, 56};
+      else if (op == "self") shape = {1, 256, 56, 56};
+      else shape = {8, 256, 56, 56};
+    }
+    TORCH_CHECK(shape.size() == 4, "bench: --shape must be N,C,H,W, got ", shape.size(), " numbers");
+    if (args.batch > 0) shape[0] = args.batch;
+    auto x = torch::randn(shape, torch::TensorOptions().device(device).dtype(dtype));
+    if (!resnet) x.requires_grad_(true);  // forward passes run under NoGradGuard
+    std::vector<Impl> impls = resnet ? resnet_impls(op, x, args) : impls_for(op, x);
+    // The yardstick: copying x once (read + write), what any elementwise pass at least costs.
+    auto out = torch::empty_like(x);
+    impls.push_back({"copy", [x, out]() mutable { return out.copy_(x.detach()); }, false});
+
+    std::vector<std::string> passes;
+    if (args.pass != "backward") passes.push_back("forward");
+    if (args.pass != "forward" && !resnet) passes.push_back("backward");
+    for (const auto& pass : passes) {
+      std::map<std::string, Timing> t;
+      for (auto& impl : impls) {
+        if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
+        std::function<void()> fn;
+        if (pass == "forward" || impl.name == "copy") {
+          fn = [&impl]() {
+            torch::NoGradGuard no_grad;
+            impl.forward();
+          };
+        } else {
+          fn = [&impl, &x]() {
+            auto y = impl.forward();
+            y.backward(torch::ones_like(y));
+            x.mutable_grad().reset();  // no accumulation pass between iterations
+          };
+        }
+        t[impl.name] = time_it(fn, device, args.warmup, args.iters);
+      }
+      for (const auto& [name, timing] : t) {
+        nlohmann::json row = {{"op", op},
+                              {"pass", pass},
+                              {"shape", shape_str(shape)},
+                              {"dtype", args.dtype},
+                              {"device", device.str()},
+                              {"threads", torch::get_num_threads()},
+                              {"impl", name},
+                              {"median_ms", timing.median_ms},
+                              {"min_ms", timing.min_ms}};
+        if (resnet) row["attention"] = args.attention;
+        if (t.count("composite") && name != "composite") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
+        if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
+        if (resnet && t.count("none") && name != "none") row["vs_none"] = timing.median_ms / t["none"].median_ms;
+        rows.push_back(row);
+        if (args.json) std::cout << row.dump() << std::endl;
+      }
+    }
+  }
+  if (args.json) return kOk;
+
+  std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
+            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(11) << "impl" << std::right
+            << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(14) << "speed-up"
+            << std::setw(10) << "x copy" << "\n";
+  for (const auto& r : rows) {
+    std::ostringstream speed, copy;
+    if (r.contains("vs_composite")) speed << std::fixed << std::setprecision(2) << r["vs_composite"].get<double>() << "x";
+    if (r.contains("vs_none")) speed << " (" << std::fixed << std::setprecision(3) << r["vs_none"].get<double>() << " of none)";
+    if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
+    std::cout << std::left << std::setw(10) << r["op"].get<std::string>() << std::setw(10) << r["pass"].get<std::string>()
+              << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
+              << std::setw(8) << r["threads"].get<int>() << std::setw(11) << r["impl"].get<std::string>() << std::right
+              << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
+              << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str() << "\n";
+  }
+  std::cout << "\nspeed-up: composite median / this median (fused/sdpa rows; resnets: of the plain network in brackets).\n"
+               "x copy: this median / the median of copying the input once (read + write).\n";
+  return kOk;
+}
+
+}  // namespace
+
+Runner add_bench_command(CLI::App& cli) {
+  auto args = std::make_shared<BenchArgs>();
+  auto* cmd = cli.add_subcommand(
+      "bench", "Time fused kernels against stock LibTorch compositions and a memory copy, in one run");
+  const std::vector<std::string> ops = {"cbam", "channel", "spatial", "se", "eca", "local", "self", "resnet18", "resnet50"};
+  cmd->add_option("--op", args->ops, "Ops to time (several allowed)")
+      ->check(CLI::IsMember(ops))->capture_default_str()->delimiter(',');
+  cmd->add_option("--shape", args->shape, "Input shape N,C,H,W (default per op: cbam-family 8,256,56,56; local "
+                                         "2,128,56,56; self 1,256,56,56; resnets 1,3,224,224)")
+      ->delimiter(',')->expected(4);
+  cmd->add_option("--batch", args->batch, "Batch size N, overriding --shape's")->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", args->threads, "CPU threads (default: LibTorch's, usually the core count)")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--dtype", args->dtype, "Element type")
+      ->check(CLI::IsMember({"float32", "float64", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_option("--device", args->device, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  cmd->add_option("--attention", args->attention, "Attention block inside the resnets")->capture_default_str();
+  cmd->add_option("--pass", args->pass, "forward, backward (forward+backward) or both")
+      ->check(CLI::IsMember({"forward", "backward", "both"}))->capture_default_str();
+  cmd->add_option("--iters", args->iters, "Timed runs per case (default: about one second's worth, 5 to 200)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", args->warmup, "Untimed runs before timing")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_flag("--json", args->json, "One JSON object per line: op, pass, shape, dtype, threads, impl, median_ms, min_ms, ...");
+  return [cmd, args]() -> int { return cmd->parsed() ? run_bench(*args) : -1; };
+}
+
+}  // namespace attnkit::app
