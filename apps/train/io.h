@@ -1,0 +1,23 @@
+// File helpers of the training code: whole-file reads that see through gzip, and atomic writes
+// (a kill at any moment leaves either the old file or the new one, never a torn one).
+#pragma once
+
+#include <string>
+
+namespace attnkit::train {
+
+/// The bytes of `path`; a gzip file (magic 1f 8b) is decompressed. Throws std::runtime_error naming
+/// the file when it cannot be opened, is not valid gzip, or when this build has no zlib.
+std::string read_file(const std::string& path);
+
+/// True when `bytes` starts with the gzip magic.
+bool is_gzip(const std::string& bytes);
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename over
+/// `path`, fsync of the folder. Throws std::runtime_error naming the file on any failure.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+/// `path` when it exists, else `path + ".gz"` when that exists, else "".
+std::string find_maybe_gz(const std::string& path);
+
+}  // namespace attnkit::train

@@ -1,0 +1,33 @@
+// Per-epoch progress on stderr: a redrawn bar (loss, accuracy, images/s, ETA) when stderr is a
+// terminal; otherwise nothing until the epoch's one summary line, so logs stay readable.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace attnkit::train {
+
+class ProgressBar {
+ public:
+  /// `enabled` = false prints nothing at all (quiet runs, tests).
+  ProgressBar(std::string title, int64_t total_steps, bool enabled);
+  /// True when update() would redraw now (a terminal and ≥ 0.2 s since the last draw): lets the caller
+  /// skip synchronising device values it only needs for display.
+  bool due() const;
+  void update(int64_t step, double loss, double acc, double images_per_s);
+  /// Clears the bar and prints `line` (with a newline).
+  void finish(const std::string& line);
+  bool interactive() const { return interactive_; }
+
+ private:
+  std::string title_;
+  int64_t total_;
+  bool enabled_, interactive_;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+/// "1:23" / "1:02:03" for a number of seconds.
+std::string format_duration(double seconds);
+
+}  // namespace attnkit::train

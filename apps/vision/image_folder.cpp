@@ -1,0 +1,169 @@
+#include "image_folder.h"
+
+#include "train/csv.h"
+#include "train/io.h"
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+
+namespace attnkit::vision {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Item {
+  std::string path;
+  int64_t label;
+};
+
+bool is_image_name(const fs::path& p) {
+  static const std::vector<std::string> exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"};
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return std::find(exts.begin(), exts.end(), e) != exts.end();
+}
+
+/// Decodes every item into one uint8 [N, C, S, S] tensor; unreadable files are skipped and reported.
+train::Dataset decode(const std::vector<Item>& items, const std::vector<std::string>& classes, const train::DataSpec& spec) {
+  int64_t channels = spec.channels, size = spec.image_size;
+  std::vector<std::string> skipped;
+  std::vector<uint8_t> pixels;
+  std::vector<int64_t> labels;
+  for (const auto& item : items) {
+    cv::Mat img = cv::imread(item.path, cv::IMREAD_UNCHANGED);
+    if (img.empty() || img.depth() != CV_8U) {
+      skipped.push_back(item.path);
+      continue;
+    }
+    if (channels == 0) channels = img.channels() == 1 ? 1 : 3;
+    if (size == 0) size = img.rows;
+    cv::Mat converted;
+    if (channels == 1) {
+      if (img.channels() == 1) converted = img;
+      else cv::cvtColor(img, converted, img.channels() == 4 ? cv::COLOR_BGRA2GRAY : cv::COLOR_BGR2GRAY);
+    } else {
+      if (img.channels() == 1) cv::cvtColor(img, converted, cv::COLOR_GRAY2RGB);
+      else cv::cvtColor(img, converted, img.channels() == 4 ? cv::COLOR_BGRA2RGB : cv::COLOR_BGR2RGB);
+    }
+    if (converted.rows != size || converted.cols != size) {
+      const bool shrink = converted.rows > size || converted.cols > size;
+      cv::resize(converted, converted, cv::Size(static_cast<int>(size), static_cast<int>(size)), 0, 0,
+                 shrink ? cv::INTER_AREA : cv::INTER_LINEAR);
+    }
+    if (!converted.isContinuous()) converted = converted.clone();
+    // HWC → CHW as we append.
+    const size_t base = pixels.size();
+    pixels.resize(base + static_cast<size_t>(channels * size * size));
+    const auto* src = converted.ptr<uint8_t>();
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < size * size; ++i) pixels[base + c * size * size + i] = src[i * channels + c];
+    labels.push_back(item.label);
+  }
+  if (!skipped.empty()) {
+    std::ostringstream msg;
+    msg << "attnkit: warning: skipped " << skipped.size() << " unreadable image(s) of " << items.size() << " in " << spec.path << ": ";
+    for (size_t i = 0; i < std::min<size_t>(skipped.size(), 5); ++i) msg << (i ? ", " : "") << skipped[i];
+    if (skipped.size() > 5) msg << ", ...";
+    std::cerr << msg.str() << "\n";
+  }
+  if (labels.empty()) throw std::runtime_error(spec.path + ": no readable image (" + std::to_string(items.size()) + " file(s) tried)");
+  const auto n = static_cast<int64_t>(labels.size());
+  return train::Dataset{torch::from_blob(pixels.data(), {n, channels, size, size}, torch::kUInt8).clone(),
+                        torch::tensor(labels, torch::kLong), classes};
+}
+
+}  // namespace
+
+train::Dataset read_image_folder(const train::DataSpec& spec) {
+  std::vector<std::string> classes;
+  for (const auto& entry : fs::directory_iterator(spec.path)) {
+    if (entry.is_directory()) classes.push_back(entry.path().filename().string());
+  }
+  std::sort(classes.begin(), classes.end());
+  if (classes.empty()) throw std::runtime_error(spec.path + ": no class folders (an image folder has one sub-folder per class)");
+  if (!spec.known_classes.empty()) {
+    for (const auto& c : classes) {
+      if (std::find(spec.known_classes.begin(), spec.known_classes.end(), c) == spec.known_classes.end()) {
+        throw std::runtime_error(spec.path + ": class folder '" + c + "' is not one of the model's classes");
+      }
+    }
+    classes = spec.known_classes;
+  }
+  std::vector<Item> items;
+  for (size_t k = 0; k < classes.size(); ++k) {
+    const fs::path dir = fs::path(spec.path) / classes[k];
+    if (!fs::is_directory(dir)) continue;
+    std::vector<std::string> files;
+    for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+      if (entry.is_regular_file() && is_image_name(entry.path())) files.push_back(entry.path().string());
+    }
+    std::sort(files.begin(), files.end());
+    for (auto& f : files) items.push_back({f, static_cast<int64_t>(k)});
+  }
+  if (items.empty()) throw std::runtime_error(spec.path + ": no image files in the class folders");
+  return decode(items, classes, spec);
+}
+
+train::Dataset read_image_csv(const train::DataSpec& spec) {
+  std::istringstream in(train::read_file(spec.path));
+  const fs::path base = fs::path(spec.path).parent_path();
+  std::vector<std::pair<std::string, std::string>> rows;
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto f = train::split_csv_line(line);
+    if (f.size() != 2) {
+      throw std::runtime_error(spec.path + ":" + std::to_string(line_no) + ": " + std::to_string(f.size()) + " fields, expected path,label");
+    }
+    if (rows.empty() && (f[0] == "path" || f[0] == "file" || f[0] == "filename") && !train::is_integer(f[1])) continue;
+    const fs::path p(f[0]);
+    rows.emplace_back(p.is_absolute() ? p.string() : (base / p).string(), f[1]);
+  }
+  if (rows.empty()) throw std::runtime_error(spec.path + ": no path,label rows");
+  // Labels: all integers → indices (names from --classes or the indices themselves); otherwise
+  // class names, in sorted order unless the model's order is given.
+  const bool numeric = std::all_of(rows.begin(), rows.end(), [](const auto& r) { return train::is_integer(r.second); });
+  std::vector<std::string> classes = spec.known_classes;
+  if (classes.empty() && !spec.class_names.empty()) classes = train::parse_class_names(spec.class_names);
+  std::vector<Item> items;
+  if (numeric) {
+    int64_t max_label = 0;
+    for (const auto& r : rows) max_label = std::max<int64_t>(max_label, std::stoll(r.second));
+    if (classes.empty()) {
+      for (int64_t k = 0; k <= max_label; ++k) classes.push_back(std::to_string(k));
+    }
+    for (const auto& r : rows) {
+      const int64_t label = std::stoll(r.second);
+      if (label < 0 || label >= static_cast<int64_t>(classes.size())) {
+        throw std::runtime_error(spec.path + ": label " + r.second + " of " + r.first + " is outside [0, " +
+                                 std::to_string(classes.size()) + ")");
+      }
+      items.push_back({r.first, label});
+    }
+  } else {
+    if (classes.empty()) {
+      for (const auto& r : rows) classes.push_back(r.second);
+      std::sort(classes.begin(), classes.end());
+      classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+    }
+    for (const auto& r : rows) {
+      const auto it = std::find(classes.begin(), classes.end(), r.second);
+      if (it == classes.end()) throw std::runtime_error(spec.path + ": class '" + r.second + "' of " + r.first + " is unknown");
+      items.push_back({r.first, it - classes.begin()});
+    }
+  }
+  return decode(items, classes, spec);
+}
+
+train::ImageReaders opencv_image_readers() { return {read_image_folder, read_image_csv}; }
+
+}  // namespace attnkit::vision
