@@ -173,6 +173,9 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--amp", a->amp, "Mixed precision: auto (bf16 on CUDA, off on CPU), off or bf16")
       ->check(CLI::IsMember({"auto", "off", "bf16"}))->capture_default_str();
   cmd->add_flag("--channels-last", o.channels_last, "Channels-last memory format (faster on CUDA tensor cores)");
+  cmd->add_option("--weights-dtype", o.weights_dtype,
+                  "Element type of the saved model weights (float16 halves the file; loading casts back)")
+      ->check(CLI::IsMember({"float32", "float16", "bfloat16"}))->capture_default_str();
   cmd->add_option("--prefetch", o.prefetch, "Batches the loader thread prepares ahead (0 = no thread)")
       ->check(CLI::Range(0, 64))->capture_default_str();
   o.out_dir.clear();

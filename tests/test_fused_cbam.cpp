@@ -326,3 +326,60 @@ TEST(FusedModules, RecordingFallsBackToTheCompositePathUnderAuto) {
 }
 
 }  // namespace
+
+// ---- CUDA: the fused op on the GPU against the CPU reference ----------------------------------------
+namespace {
+
+TEST(FusedCbamCuda, MatchesCpuReferenceAllDtypesAndLayouts) {
+  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  if (!attnkit::ops::has_fused_kernels(torch::Device(torch::kCUDA, 0))) GTEST_SKIP() << "built without CUDA kernels";
+  torch::manual_seed(20);
+  struct Tol {
+    torch::Dtype dtype;
+    double atol, rtol;
+  };
+  for (const auto& t : {Tol{torch::kDouble, 1e-10, 0}, Tol{torch::kFloat, 1e-5, 1e-5}, Tol{torch::kBFloat16, 0.05, 0.02},
+                        Tol{torch::kHalf, 0.01, 0.01}}) {
+    for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+      for (bool training : {false, true}) {
+        for (auto shape : {std::vector<int64_t>{3, 37, 9, 11}, std::vector<int64_t>{2, 64, 1, 1},
+                           std::vector<int64_t>{64, 24, 7, 7}, std::vector<int64_t>{0, 8, 4, 4}}) {
+          auto c = make_case(shape[1], 8, 7, torch::kDouble);
+          c.cfg.bn_training = training;
+          auto x64 = torch::randn(shape, torch::kDouble);
+          auto dy64 = torch::randn(shape, torch::kDouble);
+          // Reference: CPU, float64, from the same (rounded) inputs the GPU sees.
+          auto xr = x64.to(t.dtype).to(torch::kDouble).requires_grad_(true);
+          CbamWeights wr = c.w;
+          for (auto* p : params(wr))
+            if (p->defined()) *p = p->to(t.dtype).to(torch::kDouble).detach().requires_grad_(true);
+          wr.bn_running_mean = wr.bn_running_mean.clone();
+          wr.bn_running_var = wr.bn_running_var.clone();
+          auto yr = reference_cbam(xr, wr, c.cfg);
+          const auto dev = torch::Device(torch::kCUDA, 0);
+          auto x = x64.to(t.dtype).to(dev).contiguous(fmt).requires_grad_(true);
+          CbamWeights w = c.w;
+          for (auto* p : params(w))
+            if (p->defined()) *p = p->to(t.dtype).to(dev).detach().requires_grad_(true);
+          // Running statistics in float32 at least, as BatchNorm keeps them.
+          const auto stat_dtype = t.dtype == torch::kDouble ? torch::kDouble : torch::kFloat;
+          w.bn_running_mean = c.w.bn_running_mean.to(stat_dtype).to(dev);
+          w.bn_running_var = c.w.bn_running_var.to(stat_dtype).to(dev);
+          auto y = attnkit::ops::cbam(x, w, c.cfg);
+          EXPECT_TRUE(all_close(y, yr, t.atol, t.rtol)) << t.dtype << " forward " << shape[0];
+          if (y.numel() == 0) continue;
+          yr.backward(dy64);
+          y.backward(dy64.to(t.dtype).to(dev));
+          // Gradients sum over many elements: allow for the accumulation error of the dtype.
+          const double gtol = t.dtype == torch::kDouble ? 1e-9 : t.atol * 20;
+          EXPECT_TRUE(all_close(x.grad(), xr.grad(), gtol, t.rtol * 5)) << t.dtype << " grad x";
+          EXPECT_TRUE(all_close(w.fc1_weight.grad(), wr.fc1_weight.grad(), gtol * 10, t.rtol * 5)) << t.dtype << " grad fc1";
+          EXPECT_TRUE(all_close(w.spatial_weight.grad(), wr.spatial_weight.grad(), gtol * 10, t.rtol * 5)) << t.dtype << " grad conv";
+          if (training) EXPECT_TRUE(all_close(w.bn_running_mean, wr.bn_running_mean, t.atol, t.rtol)) << "running mean";
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -260,7 +260,10 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
     for (const auto& item : recipe_fingerprint(o)) recipe += (recipe.empty() ? "" : " ") + item;
     meta["recipe"] = recipe;
     Checkpoint ck = make_checkpoint(*model, train_data.classes, pre, meta);
-    for (auto& [name, tensor] : ck.state) tensor = tensor.contiguous();
+    const auto dtype = o.weights_dtype == "float16" ? torch::kHalf
+                       : o.weights_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+    for (auto& [name, tensor] : ck.state)
+      tensor = (tensor.is_floating_point() ? tensor.to(dtype) : tensor).contiguous();
     save_checkpoint(ck, path);
   };
 

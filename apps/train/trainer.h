@@ -51,6 +51,9 @@ struct TrainOptions {
   /// Mixed precision on CUDA or CPU: "off" or "bf16".
   std::string amp = "off";
   bool channels_last = false;
+  /// Element type of the floating-point weights in best.pt/last.pt: float32, float16 or bfloat16
+  /// (half the file size; loading casts back to the model's dtype).
+  std::string weights_dtype = "float32";
   /// Batches prepared ahead by the loader thread (0 = none).
   int prefetch = 2;
   /// Average the logits of each validation image and its mirror.

@@ -3,6 +3,8 @@
 
 #include "cpu_capability.h"
 
+#include <attnkit/cpu_kernels_config.h>
+
 namespace attnkit::ops::cpu {
 
 const ops::CbamKernelTable& cbam_kernel_table_DEFAULT();

@@ -48,7 +48,8 @@ void channel_pool_impl(const Tensor& x, bool nhwc, Tensor& avg_t, Tensor& max_t)
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
   A* avg = avg_t.data_ptr<A>();
   A* mx = max_t.data_ptr<A>();
@@ -107,7 +108,8 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
   const A* g = g_t.data_ptr<A>();
   A* zmax = zmax_t.data_ptr<A>();
@@ -172,7 +174,8 @@ void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tenso
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const A* g = g_t.data_ptr<A>();
@@ -216,7 +219,8 @@ void backward_spatial_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy_t.data_ptr<T>();
   const A* g = g_t.data_ptr<A>();
@@ -296,7 +300,8 @@ void backward_gate_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Te
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
   const T* dyp = dy_t.data_ptr<T>();
   const A* s = opt_ptr<T>(s_t);
@@ -381,7 +386,8 @@ void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const T
   using A = typename L::A;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const auto [N, C, P] = shape_of(x, nhwc);
+  const Shape sh = shape_of(x, nhwc);
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* dyp = dy_t.data_ptr<T>();
   const A* g = g_t.data_ptr<A>();
   const A* s = opt_ptr<T>(s_t);

@@ -360,7 +360,8 @@ const A* opt(const Tensor& t) {
 void channel_pool(const Tensor& x, bool nhwc, Tensor& avg, Tensor& max) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::channel_pool", [&] {
     using A = acc_t<scalar_t>;
     if (nhwc)
@@ -376,7 +377,8 @@ void channel_pool(const Tensor& x, bool nhwc, Tensor& avg, Tensor& max) {
 void gated_pool(const Tensor& x, bool nhwc, const Tensor& g, Tensor& zmax, Tensor& zmean) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::gated_pool", [&] {
     using A = acc_t<scalar_t>;
     if (nhwc)
@@ -392,7 +394,8 @@ void gated_pool(const Tensor& x, bool nhwc, const Tensor& g, Tensor& zmax, Tenso
 void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::apply_gates", [&] {
     using A = acc_t<scalar_t>;
     apply_gates_kernel<scalar_t, A><<<blocks_for(N * C * P), kThreads, 0, stream>>>(
@@ -404,7 +407,8 @@ void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, T
 void backward_spatial(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& g, Tensor& ds, Tensor& best_c) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::backward_spatial", [&] {
     using A = acc_t<scalar_t>;
     if (nhwc)
@@ -423,7 +427,8 @@ void backward_gate(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& s
                    const Tensor& dzmean, const Tensor& best_c, const Tensor& max, Tensor& dg, Tensor& argmax_p) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::backward_gate", [&] {
     using A = acc_t<scalar_t>;
     if (nhwc)
@@ -448,7 +453,8 @@ void backward_input(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& 
                     const Tensor& dmax, const Tensor& argmax_p, Tensor& dx) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto [N, C, P] = dims(x, nhwc);
+  const Dims d = dims(x, nhwc);
+  const int64_t N = d.N, C = d.C, P = d.P;
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::backward_input", [&] {
     using A = acc_t<scalar_t>;
     backward_input_kernel<scalar_t, A><<<blocks_for(N * C * P), kThreads, 0, stream>>>(
