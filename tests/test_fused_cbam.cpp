@@ -349,7 +349,7 @@ TEST(FusedCbamCuda, MatchesCpuReferenceAllDtypesAndLayouts) {
           auto x64 = torch::randn(shape, torch::kDouble);
           auto dy64 = torch::randn(shape, torch::kDouble);
           // Reference: CPU, float64, from the same (rounded) inputs the GPU sees.
-          auto xr = x64.to(t.dtype).to(torch::kDouble).requires_grad_(true);
+          auto xr = x64.to(t.dtype).to(torch::kDouble).clone().requires_grad_(true);
           CbamWeights wr = c.w;
           for (auto* p : params(wr))
             if (p->defined()) *p = p->to(t.dtype).to(torch::kDouble).detach().requires_grad_(true);
@@ -357,7 +357,7 @@ TEST(FusedCbamCuda, MatchesCpuReferenceAllDtypesAndLayouts) {
           wr.bn_running_var = wr.bn_running_var.clone();
           auto yr = reference_cbam(xr, wr, c.cfg);
           const auto dev = torch::Device(torch::kCUDA, 0);
-          auto x = x64.to(t.dtype).to(dev).contiguous(fmt).requires_grad_(true);
+          auto x = x64.to(t.dtype).to(dev).contiguous(fmt).detach().requires_grad_(true);
           CbamWeights w = c.w;
           for (auto* p : params(w))
             if (p->defined()) *p = p->to(t.dtype).to(dev).detach().requires_grad_(true);

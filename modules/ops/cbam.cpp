@@ -90,15 +90,17 @@ Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t 
     const bool batch_stats = cfg.bn_training;
     Tensor rm = batch_stats && !update_stats ? Tensor() : w.bn_running_mean;
     Tensor rv = batch_stats && !update_stats ? Tensor() : w.bn_running_var;
-    if (rm.defined() && rm.scalar_type() != t) {
-      // Running statistics stay in their own dtype; BatchNorm reads them in ours.
-      TORCH_CHECK(!(batch_stats && update_stats), "attnkit::cbam: bn running statistics must be float32/float64 "
-                  "when training in reduced precision, got ", rm.scalar_type());
-      rm = rm.to(t);
-      rv = rv.to(t);
-    }
-    a = at::batch_norm(a, opt_to(w.bn_weight, t), opt_to(w.bn_bias, t), rm, rv, batch_stats, cfg.bn_momentum,
+    // BatchNorm works in the accumulation dtype; running statistics kept in another dtype (a module
+    // converted to half, say) are read through a copy and, when updated, written back.
+    const bool convert = rm.defined() && rm.scalar_type() != t;
+    Tensor rm_t = convert ? rm.to(t) : rm, rv_t = convert ? rv.to(t) : rv;
+    a = at::batch_norm(a, opt_to(w.bn_weight, t), opt_to(w.bn_bias, t), rm_t, rv_t, batch_stats, cfg.bn_momentum,
                        cfg.bn_eps, /*cudnn_enabled=*/true);
+    if (convert && batch_stats && update_stats) {
+      at::NoGradGuard no_grad;
+      rm.copy_(rm_t);
+      rv.copy_(rv_t);
+    }
   }
   return at::sigmoid(a).view({N, H * W});
 }

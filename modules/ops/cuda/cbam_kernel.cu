@@ -58,16 +58,17 @@ __device__ __forceinline__ int warp_min_int(int v) {
   return v;
 }
 
-// Block-wide reductions for blocks of kThreads threads; result valid in thread 0.
+// Block-wide reductions for blocks of kThreads threads; result valid in thread 0. `identity` fills
+// the lanes of the last warp that hold no partial result.
 constexpr int kThreads = 256;
 template <typename A, typename Op>
-__device__ A block_reduce(A v, Op op, A* shared) {
+__device__ A block_reduce(A v, Op op, A identity, A* shared) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = op(v);
   if (lane == 0) shared[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < kThreads / 32 ? shared[lane] : shared[0];
+    v = lane < kThreads / 32 ? shared[lane] : identity;
     v = op(v);
   }
   __syncthreads();
@@ -89,8 +90,8 @@ __global__ void channel_pool_rows(const T* x, int64_t P, A* avg, A* mx) {  // NC
     s += v;
     m = nan_max(m, v);
   }
-  s = block_reduce(s, [](A v) { return warp_sum(v); }, sh);
-  m = block_reduce(m, [](A v) { return warp_max(v); }, sh);
+  s = block_reduce(s, [](A v) { return warp_sum(v); }, A(0), sh);
+  m = block_reduce(m, [](A v) { return warp_max(v); }, neg_inf<A>(), sh);
   if (threadIdx.x == 0) {
     avg[blockIdx.x] = s / static_cast<A>(P);
     mx[blockIdx.x] = m;
@@ -246,7 +247,7 @@ __global__ void backward_gate_rows(const T* dy, const T* x, const A* s, const A*
     acc += xv * t;
     if (xv == m && i < first) first = static_cast<int>(i);
   }
-  acc = block_reduce(acc, [](A v) { return warp_sum(v); }, sh);
+  acc = block_reduce(acc, [](A v) { return warp_sum(v); }, A(0), sh);
   // Smallest index: reuse the reduction with an int shared buffer.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   first = warp_min_int(first);
