@@ -23,7 +23,8 @@ APT_PACKAGES=(
   python3-venv
   libopencv-dev        # apps: image/video I/O, drawing, windows (FFmpeg + GStreamer back-ends)
   libcli11-dev         # apps: command-line parsing
-  nlohmann-json3-dev   # apps: JSON output, checkpoint metadata
+  nlohmann-json3-dev   # JSON: checkpoint metadata, safetensors headers, --json output
+  zlib1g-dev           # apps: gzipped IDX data (the Fashion-MNIST package)
   libgtest-dev libgmock-dev  # tests
   libbenchmark-dev     # micro-benchmarks
   dataset-fashion-mnist  # training data for the bundled weights and the tests
