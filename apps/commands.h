@@ -20,6 +20,7 @@ Runner add_blocks_command(CLI::App& cli);
 Runner add_train_command(CLI::App& cli);
 Runner add_eval_command(CLI::App& cli);
 Runner add_bench_command(CLI::App& cli);
+Runner add_import_command(CLI::App& cli);
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   cli.require_subcommand(0, 1);
   cli.footer("Run 'attnkit COMMAND --help' for the options of a command.");
   const std::vector<Runner> commands = {add_blocks_command(cli), add_train_command(cli), add_eval_command(cli),
-                                         add_bench_command(cli)};
+                                         add_bench_command(cli), add_import_command(cli)};
 
   try {
     cli.parse(argc, argv);
