@@ -283,24 +283,24 @@ bool needs_grad(std::initializer_list<const Tensor*> ts) {
 
 Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
-// Kernels as seen by the dispatcher: optional tensors arrive as std::optional.
-Tensor cbam_op(const Tensor& x, const Tensor& fc1_w, const std::optional<Tensor>& fc1_b, const Tensor& fc2_w,
-               const std::optional<Tensor>& fc2_b, const std::optional<Tensor>& sw, const std::optional<Tensor>& sb,
-               const std::optional<Tensor>& bnw, const std::optional<Tensor>& bnb, const std::optional<Tensor>& rm,
-               const std::optional<Tensor>& rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn,
-               bool bn_training, double momentum, double eps) {
-  const CbamWeights w{fc1_w,
-                      value_or_undefined(fc1_b),
-                      fc2_w,
-                      value_or_undefined(fc2_b),
-                      value_or_undefined(sw),
-                      value_or_undefined(sb),
-                      value_or_undefined(bnw),
-                      value_or_undefined(bnb),
-                      value_or_undefined(rm),
-                      value_or_undefined(rv)};
-  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};
-  check_inputs(x, w, cfg);
+// The op's schema as a C++ signature: optional tensors arrive as std::optional.
+#define ATTNKIT_CBAM_OP_ARGS                                                                                      \
+  const Tensor &x, const Tensor &fc1_w, const std::optional<Tensor>&fc1_b, const Tensor &fc2_w,                  \
+      const std::optional<Tensor>&fc2_b, const std::optional<Tensor>&sw, const std::optional<Tensor>&sb,         \
+      const std::optional<Tensor>&bnw, const std::optional<Tensor>&bnb, const std::optional<Tensor>&rm,          \
+      const std::optional<Tensor>&rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn, bool bn_training, \
+      double momentum, double eps
+#define ATTNKIT_CBAM_UNPACK_ARGS                                                                                   \
+  const CbamWeights w{fc1_w,                  value_or_undefined(fc1_b), fc2_w,                                   \
+                      value_or_undefined(fc2_b), value_or_undefined(sw), value_or_undefined(sb),                  \
+                      value_or_undefined(bnw), value_or_undefined(bnb), value_or_undefined(rm),                   \
+                      value_or_undefined(rv)};                                                                    \
+  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};                       \
+  check_inputs(x, w, cfg)
+
+// Autograd key: records the fused backward when a gradient is wanted.
+Tensor cbam_op(ATTNKIT_CBAM_OP_ARGS) {
+  ATTNKIT_CBAM_UNPACK_ARGS;
   if (!needs_grad({&x, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
                    &w.spatial_bias, &w.bn_weight, &w.bn_bias})) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -312,24 +312,9 @@ Tensor cbam_op(const Tensor& x, const Tensor& fc1_w, const std::optional<Tensor>
   return CbamFunction::apply(x, at::TensorList(defined_params), w, cfg);
 }
 
-Tensor cbam_forward_only(const Tensor& x, const Tensor& fc1_w, const std::optional<Tensor>& fc1_b,
-                         const Tensor& fc2_w, const std::optional<Tensor>& fc2_b, const std::optional<Tensor>& sw,
-                         const std::optional<Tensor>& sb, const std::optional<Tensor>& bnw,
-                         const std::optional<Tensor>& bnb, const std::optional<Tensor>& rm,
-                         const std::optional<Tensor>& rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn,
-                         bool bn_training, double momentum, double eps) {
-  const CbamWeights w{fc1_w,
-                      value_or_undefined(fc1_b),
-                      fc2_w,
-                      value_or_undefined(fc2_b),
-                      value_or_undefined(sw),
-                      value_or_undefined(sb),
-                      value_or_undefined(bnw),
-                      value_or_undefined(bnb),
-                      value_or_undefined(rm),
-                      value_or_undefined(rv)};
-  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};
-  check_inputs(x, w, cfg);
+// CPU and CUDA keys: forward only (reached below autograd, e.g. under inference mode).
+Tensor cbam_forward_only(ATTNKIT_CBAM_OP_ARGS) {
+  ATTNKIT_CBAM_UNPACK_ARGS;
   return forward_impl(x, w, cfg).out;
 }
 

@@ -155,21 +155,26 @@ __global__ void gated_pool_nhwc(const T* x, const A* g, int64_t N, int64_t C, in
 }
 
 // ---------------------------------------------------------------------------------------------
+// (n, c, p) of flat element i in either layout.
+__device__ __forceinline__ void decompose(int64_t i, int64_t C, int64_t P, bool nhwc, int64_t& n, int64_t& c,
+                                          int64_t& p) {
+  n = i / (C * P);
+  if (nhwc) {
+    c = i % C;
+    p = (i / C) % P;
+  } else {
+    p = i % P;
+    c = (i / P) % C;
+  }
+}
+
 template <typename T, typename A>
 __global__ void apply_gates_kernel(const T* x, const A* g, const A* s, int64_t N, int64_t C, int64_t P, bool nhwc,
                                    T* out) {
   const int64_t total = N * C * P;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n, c, p;
-    if (nhwc) {
-      c = i % C;
-      p = (i / C) % P;
-      n = i / (C * P);
-    } else {
-      p = i % P;
-      c = (i / P) % C;
-      n = i / (C * P);
-    }
+    decompose(i, C, P, nhwc, n, c, p);
     A v = static_cast<A>(x[i]) * g[n * C + c];
     if (s) v *= s[n * P + p];
     out[i] = static_cast<T>(v);
@@ -305,15 +310,7 @@ __global__ void backward_input_kernel(const T* dy, const A* g, const A* s, const
   const A inv_c = A(1) / static_cast<A>(C), inv_p = A(1) / static_cast<A>(P);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n, c, p;
-    if (nhwc) {
-      c = i % C;
-      p = (i / C) % P;
-      n = i / (C * P);
-    } else {
-      p = i % P;
-      c = (i / P) % C;
-      n = i / (C * P);
-    }
+    decompose(i, C, P, nhwc, n, c, p);
     A t = static_cast<A>(dy[i]);
     if (s) t *= s[n * P + p];
     if (dzmean) t += dzmean[n * P + p] * inv_c;
