@@ -1,6 +1,8 @@
 #include <attnkit/modules/squeeze_excite.h>
 #include <attnkit/modules/fused_gates.h>
 
+#include <ATen/autocast_mode.h>
+
 #include <torch/nn/functional/activation.h>
 
 #include <sstream>
@@ -33,8 +35,9 @@ void check_gate_input(const torch::Tensor& x, int64_t channels, const char* bloc
   if (like.defined()) {
     TORCH_CHECK(x.device() == like.device(), block, ": expected input on ", like.device(),
                 " (the parameters' device), got ", x.device());
-    TORCH_CHECK(x.scalar_type() == like.scalar_type(), block, ": expected input of dtype ", like.scalar_type(),
-                " (the parameters' dtype), got ", x.scalar_type());
+    // Under autocast a block sees reduced-precision activations with float32 parameters, by design.
+    TORCH_CHECK(x.scalar_type() == like.scalar_type() || at::autocast::is_autocast_enabled(x.device().type()), block,
+                ": expected input of dtype ", like.scalar_type(), " (the parameters' dtype), got ", x.scalar_type());
   }
 }
 

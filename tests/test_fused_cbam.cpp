@@ -3,6 +3,7 @@
 #include <attnkit/attnkit.h>
 #include <gmock/gmock.h>
 #include <torch/torch.h>
+#include <ATen/autocast_mode.h>
 
 #include "testing.h"
 
@@ -379,6 +380,32 @@ TEST(FusedCbamCuda, MatchesCpuReferenceAllDtypesAndLayouts) {
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Mixed precision training runs blocks on bf16 activations with float32 parameters.
+TEST(FusedModules, CbamUnderAutocastTakesReducedPrecisionInputs) {
+  torch::manual_seed(12);
+  attnkit::CBAM block(attnkit::CBAMOptions(32).reduction(8));
+  auto x = torch::randn({2, 32, 6, 6});
+  auto expected = block->forward(x);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  for (auto impl : {attnkit::Implementation::Fused, attnkit::Implementation::Composite}) {
+    block->options.impl(impl);
+    auto y = block->forward(x.to(torch::kBFloat16));
+    EXPECT_TRUE(all_close(y, expected, 0.05, 0.02)) << impl;
+  }
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  try {
+    block->forward(x.to(torch::kBFloat16));
+    ADD_FAILURE() << "outside autocast a dtype mismatch is an error";
+  } catch (const c10::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("the parameters' dtype"));
   }
 }
 

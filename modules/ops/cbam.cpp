@@ -139,6 +139,8 @@ struct Forward {
 };
 
 Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  // The small math runs in the accumulation dtype whatever autocast says: the kernels read it so.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto acc = x.options().dtype(acc_type(x.scalar_type()));
   Forward f;
@@ -218,6 +220,7 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
 
     std::vector<Tensor> param_grads(kParams);
     Tensor dx;
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     if (N > 0 && grads[0].defined()) {
       const auto& k = kernels_for(x.device());
       const auto acc = x.options().dtype(acc_type(x.scalar_type()));
