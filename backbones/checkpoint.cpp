@@ -256,7 +256,16 @@ Checkpoint read_checkpoint(const std::string& path) {
   for (const auto& item : state_value.toGenericDict()) {
     TORCH_CHECK(item.key().isString() && item.value().isTensor(), "read_checkpoint: \"", path,
                 "\": \"state\" must map names to tensors");
-    ck.state[item.key().toStringRef()] = item.value().toTensor();
+    const torch::Tensor t = item.value().toTensor();
+    // A damaged archive can pair a tensor's shape with a shorter storage: reading it would run past
+    // the buffer. Check the extent before anything touches the data.
+    int64_t last = t.storage_offset();
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    TORCH_CHECK(t.numel() == 0 || (t.storage_offset() >= 0 && (last + 1) * static_cast<int64_t>(t.element_size()) <=
+                                                                  static_cast<int64_t>(t.storage().nbytes())),
+                "read_checkpoint: \"", path, "\" is corrupt: tensor \"", item.key().toStringRef(), "\" of shape ",
+                t.sizes(), " needs more data than the file holds");
+    ck.state[item.key().toStringRef()] = t;
   }
   const auto sum = get("checksum");
   TORCH_CHECK(sum.isString(), "read_checkpoint: \"", path, "\": \"checksum\" must be a string");
