@@ -2,7 +2,7 @@
 
 namespace attnkit::detail {
 
-bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who) {
+bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused) {
   if (impl == Implementation::Composite) return false;
   const bool possible = ops::has_fused_kernels(x.device());
   if (impl == Implementation::Fused) {
@@ -11,7 +11,7 @@ bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, cons
     TORCH_CHECK(!recording, who, ": impl=fused cannot record attention maps; use Implementation::Auto");
     return true;
   }
-  return possible && !recording;
+  return auto_fused && possible && !recording;
 }
 
 bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::CbamConfig& cfg) {

@@ -8,10 +8,11 @@
 
 namespace attnkit::detail {
 
-/// Whether a block asked for `impl` runs the fused op on `x`. Auto: where a fused kernel exists for
-/// x's device and the block is not recording its attention map (the fused op never builds the map).
-/// Fused: the same, but an error naming `who` where impossible.
-bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who);
+/// Whether a block asked for `impl` runs the fused op on `x`. Auto: where `auto_fused` (the block's
+/// fused path measured faster than its composite one), a fused kernel exists for x's device and the
+/// block is not recording its attention map (the fused op never builds the map). Fused: the same,
+/// but an error naming `who` where impossible.
+bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused = true);
 
 /// Adds the spatial gate's conv and BatchNorm to the op's weights and config. Returns false where the
 /// fused op cannot express this gate (BatchNorm with cumulative-average momentum).

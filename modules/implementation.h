@@ -10,7 +10,8 @@ class Module;
 namespace attnkit {
 
 enum class Implementation {
-  /// Fused kernels where attnkit has them for the input's device and dtype, else composite.
+  /// The fused kernels where attnkit has them for the input's device and they were measured faster
+  /// (CBAM today), else composite.
   Auto,
   /// attnkit's fused kernels; an error where none exists for the input's device.
   Fused,
