@@ -46,9 +46,7 @@ torch::Tensor CBAMImpl::forward(const torch::Tensor& x) {
   const bool maps = recording() || channel->recording() || (spatial && spatial->recording());
   if (detail::use_fused(options.impl(), x, maps, "CBAM")) {
     ops::CbamWeights w{channel->fc1->weight, channel->fc1->bias, channel->fc2->weight, channel->fc2->bias};
-    ops::CbamConfig cfg;
-    cfg.pool_avg = options.pool() != ChannelPool::Max;
-    cfg.pool_max = options.pool() != ChannelPool::Avg;
+    ops::CbamConfig cfg = detail::channel_gate_config(options.pool());
     if (!spatial || detail::add_spatial_gate(*spatial, w, cfg)) {
       auto y = ops::cbam(x, w, cfg);
       if (spatial) detail::count_batch(*spatial, cfg);

@@ -64,10 +64,7 @@ torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) {
   // 2.1 ms at 8x256x56x56, attnkit bench --op channel), although its backward is 3.4x faster.
   if (!detail::use_fused(options.impl(), x, recording(), "ChannelAttention", /*auto_fused=*/false))
     return std::get<0>(forward_with_attention(x));
-  ops::CbamConfig cfg;
-  cfg.pool_avg = options.pool() != ChannelPool::Max;
-  cfg.pool_max = options.pool() != ChannelPool::Avg;
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, cfg);
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, detail::channel_gate_config(options.pool()));
 }
 
 void ChannelAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -14,6 +14,13 @@ bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, cons
   return auto_fused && possible && !recording;
 }
 
+ops::CbamConfig channel_gate_config(ChannelPool pool) {
+  ops::CbamConfig cfg;
+  cfg.pool_avg = pool != ChannelPool::Max;
+  cfg.pool_max = pool != ChannelPool::Avg;
+  return cfg;
+}
+
 bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::CbamConfig& cfg) {
   w.spatial_weight = spatial.conv->weight;
   w.spatial_bias = spatial.conv->options.bias() ? spatial.conv->bias : torch::Tensor();

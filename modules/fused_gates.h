@@ -2,6 +2,7 @@
 // op attnkit::ops::cbam, and when they do.
 #pragma once
 
+#include <attnkit/modules/channel_attention.h>
 #include <attnkit/modules/implementation.h>
 #include <attnkit/modules/ops/cbam.h>
 #include <attnkit/modules/spatial_attention.h>
@@ -13,6 +14,9 @@ namespace attnkit::detail {
 /// block is not recording its attention map (the fused op never builds the map). Fused: the same,
 /// but an error naming `who` where impossible.
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused = true);
+
+/// The op's configuration for a channel gate pooling with `pool` (no spatial gate yet).
+ops::CbamConfig channel_gate_config(ChannelPool pool);
 
 /// Adds the spatial gate's conv and BatchNorm to the op's weights and config. Returns false where the
 /// fused op cannot express this gate (BatchNorm with cumulative-average momentum).

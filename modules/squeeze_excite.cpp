@@ -89,9 +89,7 @@ torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) {
     return std::get<0>(forward_with_attention(x));
   // SE is the fused CBAM op with the average-pooled descriptor only and no spatial gate; the op
   // takes the 1×1-conv weights [out, in, 1, 1] as they are.
-  ops::CbamConfig cfg;
-  cfg.pool_max = false;
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, cfg);
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, detail::channel_gate_config(ChannelPool::Avg));
 }
 
 void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {

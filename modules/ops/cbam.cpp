@@ -13,11 +13,11 @@ namespace {
 using at::Tensor;
 
 const CbamKernelTable& kernels_for(const at::Device& device) {
+  TORCH_CHECK(has_fused_kernels(device), "attnkit::cbam: no fused kernel for device ", device,
+              " in this build; use the module's composite implementation");
 #ifdef ATTNKIT_WITH_CUDA
   if (device.is_cuda()) return cuda::cbam_kernels();
 #endif
-  TORCH_CHECK(device.is_cpu(), "attnkit::cbam: no fused kernel for device ", device,
-              " in this build; use the module's composite implementation");
   return cpu::cbam_kernels();
 }
 
