@@ -3,6 +3,8 @@
 // a PNG picture of the confusion matrix.
 #include "commands.h"
 
+#include "bundled.h"
+
 #include "train/data_source.h"
 #include "train/device.h"
 #include "train/metrics.h"
@@ -52,6 +54,7 @@ int run_eval(EvalArgs& a) {
   if (!a.png.empty()) throw std::runtime_error("--png: this attnkit was built without OpenCV and cannot draw pictures");
 #endif
 
+  a.weights = weights_or_bundled(a.weights);
   Checkpoint info;
   auto model = load_checkpoint(a.weights, &info);
   const auto& cfg = info.config;
@@ -156,7 +159,8 @@ int run_eval(EvalArgs& a) {
 Runner add_eval_command(CLI::App& cli) {
   auto a = std::make_shared<EvalArgs>();
   auto* cmd = cli.add_subcommand("eval", "Accuracy, per-class accuracy and confusion matrix of a checkpoint");
-  cmd->add_option("--weights", a->weights, "attnkit checkpoint (best.pt/last.pt of attnkit train)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--weights", a->weights, "attnkit checkpoint (best.pt/last.pt of attnkit train); default: the bundled Fashion-MNIST model")
+      ->check(CLI::ExistingFile);
   a->data.path = "/usr/share/datasets/fashion-mnist";
   a->data.split = "test";
   cmd->add_option("--data", a->data.path, "Data: an MNIST-style IDX folder, an image folder, a CSV of label,pixels or of path,label")

@@ -1,0 +1,127 @@
+#include "preprocess.h"
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <stdexcept>
+
+namespace attnkit::vision {
+
+cv::Mat read_image(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) throw std::runtime_error(path + ": no such file");
+  if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(path + ": is a folder, not an image");
+  cv::Mat img;
+  try {
+    img = cv::imread(path, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception&) {
+    img.release();  // OpenCV throws on some corrupt files instead of returning an empty Mat
+  }
+  if (img.empty()) throw std::runtime_error(path + ": cannot decode the image (unreadable, corrupt or not an image format OpenCV knows)");
+  if (img.depth() == CV_16U) img.convertTo(img, CV_8U, 1.0 / 257.0);
+  else if (img.depth() == CV_32F || img.depth() == CV_64F) img.convertTo(img, CV_8U, 255.0);
+  else if (img.depth() != CV_8U) throw std::runtime_error(path + ": unsupported pixel depth");
+  cv::Mat bgr;
+  switch (img.channels()) {
+    case 1: cv::cvtColor(img, bgr, cv::COLOR_GRAY2BGR); break;
+    case 3: bgr = img; break;
+    case 4: cv::cvtColor(img, bgr, cv::COLOR_BGRA2BGR); break;
+    default: throw std::runtime_error(path + ": images with " + std::to_string(img.channels()) + " channels are not supported");
+  }
+  return bgr;
+}
+
+namespace {
+
+cv::Mat resize_to(const cv::Mat& img, int width, int height) {
+  if (img.cols == width && img.rows == height) return img;
+  const bool shrink = width < img.cols || height < img.rows;
+  cv::Mat out;
+  cv::resize(img, out, cv::Size(width, height), 0, 0, shrink ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return out;
+}
+
+}  // namespace
+
+NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
+  TORCH_CHECK(!bgr.empty() && bgr.type() == CV_8UC3, "prepare_input: expected an 8-bit BGR image");
+  const int64_t channels = pre.color_order == "GRAY" ? 1 : 3;
+  pre.validate(channels);
+  const int in_w = static_cast<int>(pre.input_width), in_h = static_cast<int>(pre.input_height);
+
+  cv::Mat img;
+  if (pre.color_order == "GRAY") cv::cvtColor(bgr, img, cv::COLOR_BGR2GRAY);
+  else if (pre.color_order == "RGB") cv::cvtColor(bgr, img, cv::COLOR_BGR2RGB);
+  else img = bgr;
+
+  // Resize; sx, sy map original pixels to resized pixels.
+  if (pre.resize == "stretch") {
+    img = resize_to(img, in_w, in_h);
+  } else if (pre.resize == "shorter_side") {
+    const int64_t s = pre.resize_size;
+    int64_t w = img.cols, h = img.rows;
+    if (w <= h) {  // torchvision: the long side is truncated, not rounded
+      h = static_cast<int64_t>(static_cast<double>(s) * h / w);
+      w = s;
+    } else {
+      w = static_cast<int64_t>(static_cast<double>(s) * w / h);
+      h = s;
+    }
+    img = resize_to(img, static_cast<int>(w), static_cast<int>(h));
+  }
+  const double sx = static_cast<double>(img.cols) / bgr.cols, sy = static_cast<double>(img.rows) / bgr.rows;
+
+  // Crop (or check) to the input size; (left, top) is the crop's corner in resized pixels.
+  int left = 0, top = 0;
+  if (img.cols != in_w || img.rows != in_h) {
+    if (pre.crop != "center")
+      throw std::runtime_error("image is " + std::to_string(img.cols) + "x" + std::to_string(img.rows) +
+                               " after resizing but the model takes " + std::to_string(in_w) + "x" +
+                               std::to_string(in_h) + " and its preprocessing has no crop");
+    // torchvision CenterCrop: zero padding first when the image is smaller than the crop.
+    const int pad_w = std::max(0, in_w - img.cols), pad_h = std::max(0, in_h - img.rows);
+    int pad_left = 0, pad_top = 0;
+    if (pad_w || pad_h) {
+      pad_left = pad_w / 2;
+      pad_top = pad_h / 2;
+      cv::copyMakeBorder(img, img, pad_top, pad_h - pad_top, pad_left, pad_w - pad_left, cv::BORDER_CONSTANT, cv::Scalar::all(0));
+    }
+    const int crop_left = static_cast<int>(std::lround((img.cols - in_w) / 2.0));
+    const int crop_top = static_cast<int>(std::lround((img.rows - in_h) / 2.0));
+    img = img(cv::Rect(crop_left, crop_top, in_w, in_h));
+    left = crop_left - pad_left;
+    top = crop_top - pad_top;
+  }
+
+  NetworkInput out;
+  out.window.input_width = in_w;
+  out.window.input_height = in_h;
+  out.window.region = cv::Rect2d(left / sx, top / sy, in_w / sx, in_h / sy);
+
+  cv::Mat contiguous = img.isContinuous() ? img : img.clone();
+  auto hwc = torch::from_blob(contiguous.data, {in_h, in_w, channels}, torch::kUInt8);
+  auto chw = hwc.permute({2, 0, 1}).to(torch::kFloat32).mul_(pre.pixel_scale);
+  const auto mean = torch::tensor(pre.mean, torch::kFloat64).to(torch::kFloat32).view({channels, 1, 1});
+  const auto stdev = torch::tensor(pre.std, torch::kFloat64).to(torch::kFloat32).view({channels, 1, 1});
+  out.tensor = chw.sub_(mean).div_(stdev).contiguous();
+  return out;
+}
+
+cv::Mat map_to_image(const torch::Tensor& map, const InputWindow& window, cv::Size image_size) {
+  TORCH_CHECK(map.dim() == 2 && map.numel() > 0, "map_to_image: expected a non-empty [h, w] map, got ", map.sizes());
+  auto m = map.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  cv::Mat small(static_cast<int>(m.size(0)), static_cast<int>(m.size(1)), CV_32F, m.data_ptr<float>());
+  const cv::Rect2d& r = window.region;
+  const int rw = std::max(1, static_cast<int>(std::lround(r.width))), rh = std::max(1, static_cast<int>(std::lround(r.height)));
+  cv::Mat scaled;
+  cv::resize(small, scaled, cv::Size(rw, rh), 0, 0, cv::INTER_LINEAR);
+  cv::Mat out = cv::Mat::zeros(image_size, CV_32F);
+  const cv::Rect placed(static_cast<int>(std::lround(r.x)), static_cast<int>(std::lround(r.y)), rw, rh);
+  const cv::Rect visible = placed & cv::Rect(0, 0, image_size.width, image_size.height);
+  if (visible.area() > 0) scaled(visible - placed.tl()).copyTo(out(visible));
+  return out;
+}
+
+}  // namespace attnkit::vision
