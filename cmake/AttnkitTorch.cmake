@@ -134,5 +134,27 @@ else()
     target_compile_definitions(attnkit_torch INTERFACE "${_abi}")
   endif()
 endif()
+# at::parallel_for is a header template whose parallel branch exists only where _OPENMP is defined
+# (ATen/ParallelOpenMP.h): code compiled without -fopenmp runs every parallel_for on ONE thread.
+# So compile with OpenMP and link the libgomp that LibTorch ships, so that a single OpenMP runtime
+# (and its thread pool and at::set_num_threads) serves LibTorch and attnkit alike.
+# ATTNKIT_OPENMP=OFF is for ThreadSanitizer builds only: libgomp is not instrumented, so TSan cannot
+# see its barriers and would flag every parallel region.
+option(ATTNKIT_OPENMP "Compile attnkit with OpenMP so its at::parallel_for loops run multi-threaded" ON)
+find_file(ATTNKIT_TORCH_GOMP NAMES libgomp.so.1 libgomp.so PATHS "${ATTNKIT_TORCH_ROOT}/lib" NO_DEFAULT_PATH)
+if(NOT ATTNKIT_OPENMP)
+  message(STATUS "attnkit: OpenMP off (ATTNKIT_OPENMP=OFF): CPU kernels run on one thread")
+elseif(ATTNKIT_TORCH_GOMP)
+  target_compile_options(attnkit_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
+  target_link_libraries(attnkit_torch INTERFACE "${ATTNKIT_TORCH_GOMP}")
+else()
+  find_package(OpenMP COMPONENTS CXX)
+  if(OpenMP_CXX_FOUND)
+    target_compile_options(attnkit_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${OpenMP_CXX_FLAGS}>)
+    target_link_libraries(attnkit_torch INTERFACE ${OpenMP_CXX_LIBRARIES})
+  else()
+    message(WARNING "attnkit: no OpenMP: attnkit's CPU kernels will run on one thread")
+  endif()
+endif()
 target_compile_features(attnkit_torch INTERFACE cxx_std_17)
 message(STATUS "attnkit: LibTorch ${ATTNKIT_TORCH_VERSION} at ${ATTNKIT_TORCH_ROOT}, CUDA kernels: ${ATTNKIT_WITH_CUDA}")

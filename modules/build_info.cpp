@@ -1,5 +1,6 @@
 #include <attnkit/attnkit.h>
 
+#include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -13,6 +14,9 @@ BuildInfo build_info() {
   info.cuda_kernels = true;
 #endif
   info.cuda_available = torch::cuda::is_available();
+#ifdef INTRA_OP_PARALLEL
+  info.parallel_kernels = true;
+#endif
   return info;
 }
 

@@ -2,6 +2,11 @@
 #include <attnkit/attnkit.h>
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+
 TEST(Foundation, BuildInfoNamesVersions) {
   const auto info = attnkit::build_info();
   EXPECT_EQ(info.version, ATTNKIT_VERSION);
@@ -9,6 +14,18 @@ TEST(Foundation, BuildInfoNamesVersions) {
 #ifndef ATTNKIT_WITH_CUDA
   EXPECT_FALSE(info.cuda_kernels);
 #endif
+}
+
+// ATen's parallel_for is a header template: only code compiled with OpenMP runs it on several
+// threads. The library (kernels included) and this test get the same flags from attnkit_torch.
+TEST(Foundation, ParallelForUsesSeveralThreads) {
+  EXPECT_TRUE(attnkit::build_info().parallel_kernels);
+  const int prev = at::get_num_threads();
+  at::set_num_threads(2);
+  std::atomic<int> mask{0};
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) { mask |= 1 << std::min(at::get_thread_num(), 30); });
+  at::set_num_threads(prev);
+  EXPECT_EQ(mask.load(), 3) << "parallel_for ran on thread ids mask " << mask.load();
 }
 
 TEST(Foundation, EmptyAttentionNameIsIdentity) {

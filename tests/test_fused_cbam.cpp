@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 #include <ATen/autocast_mode.h>
 
+#include <thread>
+
 #include "testing.h"
 
 namespace {
@@ -210,6 +212,30 @@ TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
     // depends on the thread count: equal to float rounding.
     EXPECT_TRUE(all_close(runs[0][3], runs[1][3], 1e-5, 1e-5)) << "spatial weight grad";
   }
+}
+
+// Calls from several threads at once share no mutable state (caches, statics): each thread gets the
+// result it gets alone. The ThreadSanitizer preset runs this (there without OpenMP: see the preset).
+TEST(FusedCbam, ConcurrentCallsFromTwoThreads) {
+  torch::manual_seed(10);
+  auto c = make_case(24, 4, 7, torch::kFloat);
+  std::vector<torch::Tensor> inputs = {torch::randn({2, 24, 9, 11}), torch::randn({3, 24, 6, 6}).contiguous(torch::MemoryFormat::ChannelsLast)};
+  auto run = [&](const torch::Tensor& x) {
+    auto xi = x.clone().requires_grad_(true);
+    auto y = attnkit::ops::cbam(xi, c.w, c.cfg);
+    auto gx = torch::autograd::grad({y}, {xi}, {torch::ones_like(y)})[0];
+    return std::vector<torch::Tensor>{y.detach(), gx};
+  };
+  std::vector<std::vector<torch::Tensor>> alone, together(inputs.size());
+  for (const auto& x : inputs) alone.push_back(run(x));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 3; ++rep) together[i] = run(inputs[i]);
+    });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < inputs.size(); ++i)
+    for (size_t j = 0; j < 2; ++j) EXPECT_TRUE(alone[i][j].equal(together[i][j])) << "input " << i << " result " << j;
 }
 
 TEST(FusedCbam, FiniteDifferenceGradient) {
