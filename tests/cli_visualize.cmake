@@ -77,22 +77,23 @@ add_test(NAME cli.visualize.missing_and_corrupt_inputs
     echo \"$out\" | grep -q '2 of 3 images failed' && echo all-good")
 set_tests_properties(cli.visualize.missing_and_corrupt_inputs PROPERTIES PASS_REGULAR_EXPRESSION "all-good")
 
-add_test(NAME cli.visualize.unknown_layer
-  COMMAND sh -c "${_exe} visualize ${_sample} --layer layer9 --out ${_vis}/never 2>&1; test $? -eq 1 && test ! -e ${_vis}/never/${_stem}.gradcam.grid.png")
-set_tests_properties(cli.visualize.unknown_layer PROPERTIES PASS_REGULAR_EXPRESSION
-  "^attnkit: --layer \"layer9\": not a layer gradcam can use on resnet20; valid layers: layer1, layer2, layer3, layer1.0, [^\n]*, all\n$")
+# _vis_error(NAME REGEX ARGS...): visualize the sample with ARGS fails with exit 1, says REGEX, writes nothing.
+function(_vis_error name regex)
+  string(REPLACE ";" " " _args "${ARGN}")
+  add_test(NAME cli.visualize.${name}
+    COMMAND sh -c "${_exe} visualize ${_sample} ${_args} --out ${_vis}/never 2>&1; test $? -eq 1 && test ! -e ${_vis}/never/${_stem}.gradcam.grid.png")
+  set_tests_properties(cli.visualize.${name} PROPERTIES PASS_REGULAR_EXPRESSION "${regex}")
+endfunction()
+_vis_error(unknown_layer
+  "^attnkit: --layer \"layer9\": not a layer gradcam can use on resnet20; valid layers: layer1, layer2, layer3, layer1.0, [^\n]*, all\n$"
+  --layer layer9)
+_vis_error(bad_target "--target \"Hat\": not a class index in \\[0, 10\\) nor a class name \\(T-shirt/top, Trouser" --target Hat)
+_vis_error(native_without_attention "--method native: model resnet20 has no spatial attention" --method native)
+_vis_error(bad_query "--query \"0.5\": expected X,Y with both in \\[0, 1\\]" --query 0.5)
 
 add_test(NAME cli.visualize.target_by_name
   COMMAND attnkit_cli visualize ${_sample} --target Sandal --out ${_vis}/target --overwrite)
 set_tests_properties(cli.visualize.target_by_name PROPERTIES PASS_REGULAR_EXPRESSION "; maps for Sandal \\(class 5\\)")
-add_test(NAME cli.visualize.bad_target
-  COMMAND sh -c "${_exe} visualize ${_sample} --target Hat --out ${_vis}/never 2>&1; test $? -eq 1")
-set_tests_properties(cli.visualize.bad_target PROPERTIES PASS_REGULAR_EXPRESSION
-  "--target \"Hat\": not a class index in \\[0, 10\\) nor a class name \\(T-shirt/top, Trouser")
-add_test(NAME cli.visualize.native_without_attention
-  COMMAND sh -c "${_exe} visualize ${_sample} --method native --out ${_vis}/never 2>&1; test $? -eq 1")
-set_tests_properties(cli.visualize.native_without_attention PROPERTIES PASS_REGULAR_EXPRESSION
-  "--method native: model resnet20 has no spatial attention")
 
 # Native maps: a resnet20-cbam checkpoint from one epoch on 64 Fashion-MNIST images (the honest way
 # to get a checkpoint: the program's own training), then auto → native, one map per CBAM block.

@@ -18,13 +18,26 @@ using ::testing::HasSubstr;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
+using attnkit::testing::error_of;
+
+/// A fresh model in eval mode, seeded.
+std::shared_ptr<Backbone> eval_model(const std::string& name, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto model = make_model(name, 10);
+  model->module().eval();
+  return model;
+}
+
+/// `recorder`'s map after one forward of `model` with recording on (and off again).
+torch::Tensor recorded_map(Backbone& model, const torch::Tensor& x, AttentionMapRecorder& recorder) {
+  recorder.record_attention(true);
+  {
+    torch::NoGradGuard no_grad;
+    model.forward(x);
   }
-  return "<no error>";
+  auto map = recorder.last_attention();
+  recorder.record_attention(false);
+  return map;
 }
 
 /// The attention module of every block, in order (null where a block has none).
@@ -220,9 +233,7 @@ TEST(ExplainReference, CamFamilyMatchesIndependentFormulations) {
 }
 
 TEST(ExplainReference, EachMethodAloneEqualsTheSharedPassAndBatchesAreIndependent) {
-  torch::manual_seed(3);
-  auto model = make_model("resnet20-cbam", 10);
-  model->module().eval();
+  auto model = eval_model("resnet20-cbam", 3);
   const auto x = torch::randn({2, 3, 32, 32});
   const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus,
                                               ExplainMethod::LayerCam, ExplainMethod::EigenCam};
@@ -286,9 +297,7 @@ TEST(ExplainNative, CbamMapsAreTheSpatialGatesRecordedDirectly) {
 }
 
 TEST(ExplainNative, LocalAttentionReceivedSumsToOneAndAQueryLightsItsWindow) {
-  torch::manual_seed(11);
-  auto model = make_model("resnet20-[,,local]", 10);
-  model->module().eval();
+  auto model = eval_model("resnet20-[,,local]", 11);
   const auto x = torch::randn({2, 3, 32, 32});
   ExplainOptions o = with(ExplainMethod::Native, {"layer3.1"});
   o.normalize = false;
@@ -299,13 +308,7 @@ TEST(ExplainNative, LocalAttentionReceivedSumsToOneAndAQueryLightsItsWindow) {
   // Brute force: every query's window weights placed at their keys, averaged over queries and heads.
   auto local = std::dynamic_pointer_cast<LocalAttention2dImpl>(block_attention(*model)[7]);
   ASSERT_TRUE(local);
-  local->record_attention(true);
-  {
-    torch::NoGradGuard no_grad;
-    model->forward(x);
-  }
-  const auto w = local->last_attention().mean(1);  // [N, H, W, k, k]
-  local->record_attention(false);
+  const auto w = recorded_map(*model, x, *local).mean(1);  // [N, H, W, k, k]
   const int64_t k = local->options.kernel_size();
   auto expected = torch::zeros({2, 8, 8});
   auto at_query = torch::zeros({2, 8, 8});
@@ -326,9 +329,7 @@ TEST(ExplainNative, LocalAttentionReceivedSumsToOneAndAQueryLightsItsWindow) {
 }
 
 TEST(ExplainNative, SelfAttentionReceivedSumsToOneAndAQueryIsItsRecordedRow) {
-  torch::manual_seed(13);
-  auto model = make_model("resnet20-[,,self]", 10);
-  model->module().eval();
+  auto model = eval_model("resnet20-[,,self]", 13);
   const auto x = torch::randn({2, 3, 32, 32});
   ExplainOptions o = with(ExplainMethod::Native, {"layer3"});
   o.normalize = false;
@@ -345,34 +346,19 @@ TEST(ExplainNative, SelfAttentionReceivedSumsToOneAndAQueryIsItsRecordedRow) {
   EXPECT_TRUE(self->options.record_queries().empty()) << "record_queries restored";
   EXPECT_FALSE(self->recording());
   self->options.record_queries({{7, 0}});
-  self->record_attention(true);
-  {
-    torch::NoGradGuard no_grad;
-    model->forward(x);
-  }
-  const auto row = self->last_attention().mean({1, 2});  // [N, heads, 1, H, W] → [N, H, W]
-  self->record_attention(false);
-  self->options.record_queries({});
-  EXPECT_TRUE(all_close(q, row, 1e-6));
+  EXPECT_TRUE(all_close(q, recorded_map(*model, x, *self).mean({1, 2}), 1e-6));  // [N, heads, 1, H, W] → [N, H, W]
   // Averaged over all queries = the mean of every query's row.
   std::vector<Position2d> all;
   for (int64_t r = 0; r < 8; ++r)
     for (int64_t c = 0; c < 8; ++c) all.emplace_back(r, c);
   self->options.record_queries(all);
-  self->record_attention(true);
-  {
-    torch::NoGradGuard no_grad;
-    model->forward(x);
-  }
-  EXPECT_TRUE(all_close(avg.maps[0].map, self->last_attention().mean({1, 2}), 1e-6));
-  self->record_attention(false);
+  EXPECT_TRUE(all_close(avg.maps[0].map, recorded_map(*model, x, *self).mean({1, 2}), 1e-6));
 }
 
 // ---- (d) errors ---------------------------------------------------------------------------------
 
 TEST(ExplainErrors, NameTheProblemAndTheValidChoices) {
-  auto model = make_model("resnet20-cbam", 10);
-  model->module().eval();
+  auto model = eval_model("resnet20-cbam", 0);
   const auto x = torch::randn({1, 3, 32, 32});
   const auto unknown = error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {"layer9"})); });
   EXPECT_THAT(unknown, HasSubstr("unknown layer \"layer9\""));
@@ -388,16 +374,14 @@ TEST(ExplainErrors, NameTheProblemAndTheValidChoices) {
   q.query_y = 0.5;
   EXPECT_THAT(error_of([&] { explain(*model, x, q); }), HasSubstr("query point must lie in [0, 1]"));
 
-  auto se = make_model("resnet20-se", 10);
-  se->module().eval();
+  auto se = eval_model("resnet20-se", 0);
   EXPECT_THAT(error_of([&] { explain(*se, x, with(ExplainMethod::Native)); }),
               HasSubstr("model resnet20-se has none (attention per stage: se,se,se)"));
   EXPECT_EQ(explain(*se, x).method, ExplainMethod::GradCam);  // Auto without spatial maps
   EXPECT_FALSE(has_spatial_attention(*se));
   EXPECT_TRUE(explainable_layers(*se, ExplainMethod::Native).empty());
 
-  auto local = make_model("resnet20-[,,local]", 10);
-  local->module().eval();
+  auto local = eval_model("resnet20-[,,local]", 0);
   EXPECT_THAT(error_of([&] { explain(*local, x, with(ExplainMethod::Native, {"layer1"})); }),
               HasSubstr("layer \"layer1\" of resnet20-[,,local] has no spatial attention map; native layers: layer3, "
                         "layer3.0, layer3.1, layer3.2, all"));
@@ -440,9 +424,7 @@ TEST(ExplainState, ModeRecordingFlagsAndGradientsAreLeftAsTheyWere) {
 
 TEST(ExplainDevices, CudaMatchesCpu) {
   if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
-  torch::manual_seed(17);
-  auto model = make_model("resnet20-[cbam,local,self]", 10);
-  model->module().eval();
+  auto model = eval_model("resnet20-[cbam,local,self]", 17);
   const auto x = torch::randn({2, 3, 32, 32});
   const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::LayerCam,
                                               ExplainMethod::EigenCam};
