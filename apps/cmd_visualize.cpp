@@ -19,6 +19,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstring>
@@ -227,8 +228,13 @@ class Visualizer {
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const int64_t top1 = probs.argmax().item<int64_t>(), target = first.targets[0].item<int64_t>();
     const std::string prediction = classes_[top1] + " " + percent(probs[top1].item<double>());
+    // Native maps and Eigen-CAM do not depend on the class; the gradient CAMs explain `target`.
+    const bool uses_target = std::any_of(methods_.begin(), methods_.end(), [](ExplainMethod m) {
+      return m == ExplainMethod::GradCam || m == ExplainMethod::GradCamPlusPlus || m == ExplainMethod::LayerCam;
+    });
+    const bool other_target = uses_target && target != top1;
     std::string grid_title = prediction;
-    if (target != top1) grid_title += "\nmaps for " + classes_[target] + " " + percent(probs[target].item<double>());
+    if (other_target) grid_title += "\nmaps for " + classes_[target] + " " + percent(probs[target].item<double>());
 
     // Everything is drawn and encoded first; then the files are checked and written.
     const cv::Mat display = vision::upscale_for_display(image, a_.display_size);
@@ -262,7 +268,7 @@ class Visualizer {
         throw std::runtime_error(path + ": " + o.path + " exists; pass --overwrite to replace it (nothing written for this image)");
     }
     std::cout << path << ": " << prediction << " (class " << top1 << ")";
-    if (target != top1) std::cout << "; maps for " << classes_[target] << " (class " << target << ")";
+    if (other_target) std::cout << "; maps for " << classes_[target] << " (class " << target << ")";
     std::cout << "; " << std::fixed << std::setprecision(1) << ms << " ms\n";
     for (const auto& o : outputs) {
       train::write_file_atomic(o.path, o.bytes);
