@@ -21,6 +21,8 @@ Runner add_train_command(CLI::App& cli);
 Runner add_eval_command(CLI::App& cli);
 Runner add_bench_command(CLI::App& cli);
 Runner add_import_command(CLI::App& cli);
+/// Only in builds with OpenCV (ATTNKIT_HAVE_OPENCV).
+Runner add_classify_command(CLI::App& cli);
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();
