@@ -120,8 +120,10 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
     std::cerr << cmd.help();
     return usage_error("give at least one PATH or --list FILE");
   }
-  if (!a.output.empty() && !a.overwrite && fs::exists(a.output)) {
-    throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
+  if (!a.output.empty() && fs::exists(a.output)) {
+    // The file is replaced by a rename: never do that to a device such as /dev/null, or a folder.
+    if (!fs::is_regular_file(a.output)) throw std::runtime_error("classify: --output \"" + a.output + "\" is not a regular file");
+    if (!a.overwrite) throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
   }
   std::vector<std::string> inputs = a.paths;
   if (!a.list.empty()) {
@@ -161,6 +163,7 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   const auto start = std::chrono::steady_clock::now();
   vision::ImagePrefetcher images(found.files, info.preprocessing, static_cast<size_t>(2 * a.batch_size));
   size_t done = 0, failed = 0;
+  double first_batch_s = 0;  // includes the warm-up of the first forward pass
   std::vector<vision::PreparedImage> pending;  // in file order: errors and the images of the batch
   int64_t batch_images = 0;
   const auto flush = [&] {
@@ -192,6 +195,7 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
       }
     }
     out.flush();
+    if (done == 0) first_batch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     done += pending.size();
     pending.clear();
     batch_images = 0;
@@ -212,9 +216,9 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
 
   if (!a.output.empty()) train::write_file_atomic(a.output, buffered.str());
   char summary[256];
-  std::snprintf(summary, sizeof summary, "classify: %zu images, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld)%s%s",
-                done, failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),
-                device_name.c_str(), static_cast<long long>(a.batch_size), a.output.empty() ? "" : "; results in ",
+  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)%s%s",
+                done, done == 1 ? "" : "s", failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),
+                device_name.c_str(), static_cast<long long>(a.batch_size), first_batch_s, a.output.empty() ? "" : "; results in ",
                 a.output.c_str());
   bar.finish(summary);
   return failed ? kFailure : kOk;
@@ -230,8 +234,9 @@ Runner add_classify_command(CLI::App& cli) {
       "pattern (quote it to let attnkit expand it). Files are preprocessed as the checkpoint says.\n"
       "Output: table (path, then \"label (prob%)\"), json (one object per line: {\"path\", \"top\": [{\"label\",\n"
       "\"index\", \"prob\"}]} or {\"path\", \"error\"}) or csv (path,rank,label,index,prob,error).\n"
-      "A summary (images, failures, images/s, ms per image, timed from the first decode to the last\n"
-      "result, model loading excluded) goes to stderr, with a progress bar for 100+ files on a terminal.\n"
+      "A summary goes to stderr: images, failures, images/s and ms per image (from the first decode to\n"
+      "the last result; model loading excluded, warm-up included) and the first batch's time. A progress\n"
+      "bar too, for 100+ files, when stderr is a terminal and the results do not go to the same one.\n"
       "Exit code: 0 all classified, 1 some file failed (one error line each, the rest go on), 2 usage\n"
       "error (bad option, no image found).");
   cmd->add_option("PATH", a->paths, "Image files, folders or glob patterns");
@@ -249,7 +254,7 @@ Runner add_classify_command(CLI::App& cli) {
   cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")->check(CLI::Range(0, 1024))->capture_default_str();
   cmd->add_option("--format", a->format, "Output format: table, json (JSON lines) or csv")
       ->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
-  cmd->add_option("--output,-o", a->output, "Write the results to this file (atomically, at the end) instead of stdout");
+  cmd->add_option("--output,-o", a->output, "Write the results to this regular file (atomically, at the end) instead of stdout");
   cmd->add_flag("--overwrite", a->overwrite, "Replace --output if it exists");
   return [cmd, a]() -> int { return cmd->parsed() ? run_classify(*a, *cmd) : -1; };
 }

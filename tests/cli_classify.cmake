@@ -20,7 +20,7 @@ set_tests_properties(cli.classify_help PROPERTIES PASS_REGULAR_EXPRESSION
 # The bundled samples with the bundled model: a table line per file and the summary line.
 add_test(NAME cli.classify_samples_table COMMAND attnkit_cli classify ${_samples} --top-k 3)
 set_tests_properties(cli.classify_samples_table PROPERTIES PASS_REGULAR_EXPRESSION
-  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image")
+  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image \\([a-z]+, batch 32, first batch [0-9.]+ s\\)")
 
 # PATHs first, then the --list entries (relative to the list's folder, comments skipped); a quoted
 # glob pattern is expanded by attnkit.
@@ -54,6 +54,9 @@ set_tests_properties(cli.classify_bad_values PROPERTIES PASS_REGULAR_EXPRESSION 
 add_test(NAME cli.classify_output_refuses_to_clobber WORKING_DIRECTORY ${_ck}
   COMMAND sh -c "printf keep > kept.json && ${_ak} classify ${_samples} -o kept.json 2>&1; test $? -eq 1 && test \"$(cat kept.json)\" = keep")
 set_tests_properties(cli.classify_output_refuses_to_clobber PROPERTIES PASS_REGULAR_EXPRESSION "kept.json\" exists; pass --overwrite")
+add_test(NAME cli.classify_output_not_a_file WORKING_DIRECTORY ${_ck}
+  COMMAND sh -c "rm -rf outdir && mkdir outdir && ${_ak} classify ${_samples} -o outdir --overwrite 2>&1; test $? -eq 1 && test -d outdir")
+set_tests_properties(cli.classify_output_not_a_file PROPERTIES PASS_REGULAR_EXPRESSION "--output \"outdir\" is not a regular file")
 add_test(NAME cli.classify_output_overwrite WORKING_DIRECTORY ${_ck}
   COMMAND sh -c "printf old > out.json && ${_ak} classify ${_samples} --format json -o out.json --overwrite 2>&1 && test $(grep -c '^{\"path\"' out.json) -eq 10 && echo ten-lines")
 set_tests_properties(cli.classify_output_overwrite PROPERTIES PASS_REGULAR_EXPRESSION "results in out.json\nten-lines")
