@@ -215,12 +215,11 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   if (!a.output.empty()) train::write_file_atomic(a.output, buffered.str());
-  char summary[256];
-  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)%s%s",
+  char summary[192];
+  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)",
                 done, done == 1 ? "" : "s", failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),
-                device_name.c_str(), static_cast<long long>(a.batch_size), first_batch_s, a.output.empty() ? "" : "; results in ",
-                a.output.c_str());
-  bar.finish(summary);
+                device_name.c_str(), static_cast<long long>(a.batch_size), first_batch_s);
+  bar.finish(summary + (a.output.empty() ? std::string() : "; results in " + a.output));
   return failed ? kFailure : kOk;
 }
 
