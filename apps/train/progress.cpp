@@ -31,15 +31,22 @@ bool ProgressBar::due() const {
 
 void ProgressBar::update(int64_t step, double loss, double acc, double images_per_s) {
   if (!interactive_) return;
+  char detail[128];
+  std::snprintf(detail, sizeof detail, "loss %.4f acc %.2f%% %.0f img/s", loss, 100 * acc, images_per_s);
+  update(step, detail);
+}
+
+void ProgressBar::update(int64_t step, const std::string& detail) {
+  if (!interactive_) return;
   last_draw_ = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(last_draw_ - start_).count();
   const double eta = step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : -1;
   constexpr int width = 24;
   const int filled = total_ > 0 ? static_cast<int>(width * step / total_) : 0;
-  char line[256];
-  std::snprintf(line, sizeof line, "\r%s [%s%s] %lld/%lld loss %.4f acc %.2f%% %.0f img/s ETA %s\033[K", title_.c_str(),
-                std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), static_cast<long long>(step),
-                static_cast<long long>(total_), loss, 100 * acc, images_per_s, format_duration(eta).c_str());
+  char line[384];
+  std::snprintf(line, sizeof line, "\r%s [%s%s] %lld/%lld %s ETA %s\033[K", title_.c_str(), std::string(filled, '#').c_str(),
+                std::string(width - filled, '.').c_str(), static_cast<long long>(step), static_cast<long long>(total_),
+                detail.c_str(), format_duration(eta).c_str());
   std::cerr << line << std::flush;
 }
 

@@ -1,5 +1,6 @@
-// Per-epoch progress on stderr: a redrawn bar (loss, accuracy, images/s, ETA) when stderr is a
-// terminal; otherwise nothing until the epoch's one summary line, so logs stay readable.
+// Progress on stderr (per epoch of training, over the files of classify): a redrawn bar (loss,
+// accuracy, images/s, ETA) when stderr is a terminal; otherwise nothing until the one summary line,
+// so logs stay readable.
 #pragma once
 
 #include <chrono>
@@ -15,7 +16,10 @@ class ProgressBar {
   /// True when update() would redraw now (a terminal and ≥ 0.2 s since the last draw): lets the caller
   /// skip synchronising device values it only needs for display.
   bool due() const;
+  /// Redraws the bar with the training numbers: "loss 0.1234 acc 95.00% 812 img/s".
   void update(int64_t step, double loss, double acc, double images_per_s);
+  /// Redraws the bar with `detail` (any short text) between the count and the ETA.
+  void update(int64_t step, const std::string& detail);
   /// Clears the bar and prints `line` (with a newline).
   void finish(const std::string& line);
   bool interactive() const { return interactive_; }

@@ -1,0 +1,262 @@
+// attnkit classify: the top-k classes of image files (files, folders, glob patterns, list files) with
+// a checkpoint, as a table, JSON lines or CSV. Images are decoded by a background thread while the
+// model runs on the previous batch; every image is preprocessed as its checkpoint says. A file that
+// cannot be read gives one error line and the others go on (exit code 1 at the end).
+// Needs OpenCV (decoding); without it the command is not compiled.
+#ifdef ATTNKIT_HAVE_OPENCV
+#include "commands.h"
+
+#include "bundled.h"
+
+#include "train/device.h"
+#include "train/io.h"
+#include "train/progress.h"
+#include "vision/image_list.h"
+#include "vision/prefetch.h"
+
+#include <attnkit/backbones/checkpoint.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include <unistd.h>
+
+namespace attnkit::app {
+namespace {
+
+struct ClassifyArgs {
+  std::vector<std::string> paths;
+  std::string list;
+  bool recursive = false;
+  std::string weights;
+  int64_t top_k = 5;
+  int64_t batch_size = 32;
+  std::string device = "auto";
+  int threads = 0;
+  std::string format = "table";
+  std::string output;
+  bool overwrite = false;
+};
+
+/// Files at least this many show a progress bar (on a terminal).
+constexpr size_t kProgressMinFiles = 100;
+
+struct Guess {
+  std::string label;
+  int64_t index;
+  double prob;
+};
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos && (s.empty() || (s.front() != ' ' && s.back() != ' '))) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+/// Writes results in one of the three formats, one image at a time.
+class ResultWriter {
+ public:
+  ResultWriter(std::ostream& out, std::string format, size_t path_width)
+      : out_(out), format_(std::move(format)), path_width_(path_width) {
+    if (format_ == "csv") out_ << "path,rank,label,index,prob,error\n";
+  }
+
+  void result(const std::string& path, const std::vector<Guess>& top) {
+    if (format_ == "json") {
+      auto list = nlohmann::ordered_json::array();
+      for (const auto& g : top) list.push_back({{"label", g.label}, {"index", g.index}, {"prob", g.prob}});
+      line(nlohmann::ordered_json{{"path", path}, {"top", list}});
+    } else if (format_ == "csv") {
+      for (size_t r = 0; r < top.size(); ++r) {
+        char prob[32];
+        std::snprintf(prob, sizeof prob, "%.6g", top[r].prob);
+        out_ << csv_field(path) << "," << r + 1 << "," << csv_field(top[r].label) << "," << top[r].index << "," << prob << ",\n";
+      }
+    } else {
+      out_ << padded(path);
+      for (size_t r = 0; r < top.size(); ++r) {
+        char pct[32];
+        std::snprintf(pct, sizeof pct, " (%.2f%%)", 100 * top[r].prob);
+        out_ << (r ? ", " : "  ") << top[r].label << pct;
+      }
+      out_ << "\n";
+    }
+  }
+
+  void error(const std::string& path, const std::string& message) {
+    if (format_ == "json") line(nlohmann::ordered_json{{"path", path}, {"error", message}});
+    else if (format_ == "csv") out_ << csv_field(path) << ",,,,," << csv_field(message) << "\n";
+    else out_ << path << ": error: " << message << "\n";
+  }
+
+ private:
+  void line(const nlohmann::ordered_json& j) {
+    // Paths need not be UTF-8; replace what is not rather than failing.
+    out_ << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+  std::string padded(const std::string& path) const {
+    return path.size() >= path_width_ ? path : path + std::string(path_width_ - path.size(), ' ');
+  }
+
+  std::ostream& out_;
+  const std::string format_;
+  const size_t path_width_;
+};
+
+int usage_error(const std::string& message) {
+  std::cerr << "attnkit classify: " << message << "\nRun 'attnkit classify --help' for usage.\n";
+  return kUsage;
+}
+
+int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
+  namespace fs = std::filesystem;
+  if (a.paths.empty() && a.list.empty()) {
+    std::cerr << cmd.help();
+    return usage_error("give at least one PATH or --list FILE");
+  }
+  if (!a.output.empty() && fs::exists(a.output)) {
+    // The file is replaced by a rename: never do that to a device such as /dev/null, or a folder.
+    if (!fs::is_regular_file(a.output)) throw std::runtime_error("classify: --output \"" + a.output + "\" is not a regular file");
+    if (!a.overwrite) throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
+  }
+  std::vector<std::string> inputs = a.paths;
+  if (!a.list.empty()) {
+    const auto listed = vision::read_list_file(a.list);
+    inputs.insert(inputs.end(), listed.begin(), listed.end());
+  }
+  const vision::ImageList found = vision::expand_inputs(inputs, {a.recursive});
+  for (const auto& w : found.warnings) std::cerr << "attnkit classify: warning: " << w << "\n";
+  if (found.files.empty()) return usage_error("no image files found in the inputs");
+
+  train::configure_threads(a.threads);
+  const std::string device_name = train::resolve_device(a.device);
+  train::configure_cuda_speed(device_name);
+  const torch::Device device(device_name);
+  const std::string weights = weights_or_bundled(a.weights);
+  Checkpoint info;
+  auto model = load_checkpoint(weights, &info);
+  model->module().to(device);
+  model->module().eval();
+  const int64_t num_classes = info.config.num_classes;
+  std::vector<std::string> classes = info.class_names;
+  for (auto k = static_cast<int64_t>(classes.size()); k < num_classes; ++k) classes.push_back(std::to_string(k));
+  const int64_t k = std::min(a.top_k, num_classes);
+
+  std::ostringstream buffered;
+  std::ostream& out = a.output.empty() ? std::cout : buffered;
+  size_t path_width = 0;
+  for (const auto& f : found.files) path_width = std::max(path_width, f.size());
+  ResultWriter writer(out, a.format, std::min<size_t>(path_width, 60));
+
+  // A bar only when it does not mix with results printed on the same terminal.
+  const size_t total = found.files.size();
+  const bool bar_wanted = total >= kProgressMinFiles && (!a.output.empty() || ::isatty(1) != 1);
+  train::ProgressBar bar("classify", static_cast<int64_t>(total), true);
+
+  c10::InferenceMode inference;
+  const auto start = std::chrono::steady_clock::now();
+  vision::ImagePrefetcher images(found.files, info.preprocessing, static_cast<size_t>(2 * a.batch_size));
+  size_t done = 0, failed = 0;
+  double first_batch_s = 0;  // includes the warm-up of the first forward pass
+  std::vector<vision::PreparedImage> pending;  // in file order: errors and the images of the batch
+  int64_t batch_images = 0;
+  const auto flush = [&] {
+    std::vector<torch::Tensor> inputs_of_batch;
+    for (const auto& p : pending)
+      if (p.error.empty()) inputs_of_batch.push_back(p.input.tensor);
+    torch::Tensor probs = torch::empty({0, k}, torch::kFloat64), indices = torch::empty({0, k}, torch::kLong);
+    if (!inputs_of_batch.empty()) {
+      const auto logits = model->forward(torch::stack(inputs_of_batch).to(device));
+      auto [p, i] = torch::softmax(logits.to(torch::kFloat32), 1).topk(k, 1);
+      probs = p.to(torch::kCPU, torch::kFloat64).contiguous();
+      indices = i.to(torch::kCPU).contiguous();
+    }
+    const auto prob_at = probs.accessor<double, 2>();
+    const auto index_at = indices.accessor<int64_t, 2>();
+    int64_t row = 0;
+    for (const auto& p : pending) {
+      if (!p.error.empty()) {
+        writer.error(p.path, p.error);
+        ++failed;
+      } else {
+        std::vector<Guess> top;
+        for (int64_t r = 0; r < k; ++r) {
+          const int64_t c = index_at[row][r];
+          top.push_back({classes[static_cast<size_t>(c)], c, prob_at[row][r]});
+        }
+        writer.result(p.path, top);
+        ++row;
+      }
+    }
+    out.flush();
+    if (done == 0) first_batch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    done += pending.size();
+    pending.clear();
+    batch_images = 0;
+    if (bar_wanted && bar.due()) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      char detail[64];
+      std::snprintf(detail, sizeof detail, "%zu failed %.0f img/s", failed, static_cast<double>(done) / s);
+      bar.update(static_cast<int64_t>(done), detail);
+    }
+  };
+  while (auto item = images.next()) {
+    if (item->error.empty()) ++batch_images;
+    pending.push_back(std::move(*item));
+    if (batch_images == a.batch_size) flush();
+  }
+  if (!pending.empty()) flush();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  if (!a.output.empty()) train::write_file_atomic(a.output, buffered.str());
+  char summary[192];
+  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)",
+                done, done == 1 ? "" : "s", failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),
+                device_name.c_str(), static_cast<long long>(a.batch_size), first_batch_s);
+  bar.finish(summary + (a.output.empty() ? std::string() : "; results in " + a.output));
+  return failed ? kFailure : kOk;
+}
+
+}  // namespace
+
+Runner add_classify_command(CLI::App& cli) {
+  auto a = std::make_shared<ClassifyArgs>();
+  auto* cmd = cli.add_subcommand("classify", "Top-k classes of image files with a checkpoint (table, JSON lines or CSV)");
+  cmd->footer(
+      "Each PATH is an image file, a folder (its images, sorted; --recursive for subfolders) or a glob\n"
+      "pattern (quote it to let attnkit expand it). Files are preprocessed as the checkpoint says.\n"
+      "Output: table (path, then \"label (prob%)\"), json (one object per line: {\"path\", \"top\": [{\"label\",\n"
+      "\"index\", \"prob\"}]} or {\"path\", \"error\"}) or csv (path,rank,label,index,prob,error).\n"
+      "A summary goes to stderr: images, failures, images/s and ms per image (from the first decode to\n"
+      "the last result; model loading excluded, warm-up included) and the first batch's time. A progress\n"
+      "bar too, for 100+ files, when stderr is a terminal and the results do not go to the same one.\n"
+      "Exit code: 0 all classified, 1 some file failed (one error line each, the rest go on), 2 usage\n"
+      "error (bad option, no image found).");
+  cmd->add_option("PATH", a->paths, "Image files, folders or glob patterns");
+  cmd->add_option("--list", a->list,
+                  "Text file of inputs, one per line ('#' starts a comment line; relative paths are relative to the file's folder)")
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--recursive,-r", a->recursive, "Also take the images in the subfolders of folder inputs");
+  cmd->add_option("--weights", a->weights, "attnkit checkpoint; default: the bundled Fashion-MNIST model (" + std::string(kBundledModelName) + ")")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--top-k,-k", a->top_k, "Classes shown per image, most probable first (at most the model's class count)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}))->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")->check(CLI::Range(int64_t{1}, int64_t{4096}))->capture_default_str();
+  cmd->add_option("--device", a->device, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")->check(CLI::Range(0, 1024))->capture_default_str();
+  cmd->add_option("--format", a->format, "Output format: table, json (JSON lines) or csv")
+      ->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
+  cmd->add_option("--output,-o", a->output, "Write the results to this regular file (atomically, at the end) instead of stdout");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace --output if it exists");
+  return [cmd, a]() -> int { return cmd->parsed() ? run_classify(*a, *cmd) : -1; };
+}
+
+}  // namespace attnkit::app
+#endif  // ATTNKIT_HAVE_OPENCV
