@@ -21,6 +21,9 @@ Runner add_train_command(CLI::App& cli);
 Runner add_eval_command(CLI::App& cli);
 Runner add_bench_command(CLI::App& cli);
 Runner add_import_command(CLI::App& cli);
+#ifdef ATTNKIT_HAVE_OPENCV
+Runner add_stream_command(CLI::App& cli);
+#endif
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.
 std::string version_line();

@@ -35,8 +35,11 @@ int main(int argc, char** argv) {
   cli.set_version_flag("--version", version_line(), "Print the version, the LibTorch/OpenCV versions and CUDA support, then exit");
   cli.require_subcommand(0, 1);
   cli.footer("Run 'attnkit COMMAND --help' for the options of a command.");
-  const std::vector<Runner> commands = {add_blocks_command(cli), add_train_command(cli), add_eval_command(cli),
-                                         add_bench_command(cli), add_import_command(cli)};
+  std::vector<Runner> commands = {add_blocks_command(cli), add_train_command(cli), add_eval_command(cli),
+                                   add_bench_command(cli), add_import_command(cli)};
+#ifdef ATTNKIT_HAVE_OPENCV
+  commands.push_back(add_stream_command(cli));
+#endif
 
   try {
     cli.parse(argc, argv);

@@ -1,5 +1,7 @@
 #include "image_folder.h"
 
+#include "preprocess.h"
+
 #include "train/csv.h"
 #include "train/io.h"
 
@@ -22,13 +24,6 @@ struct Item {
   std::string path;
   int64_t label;
 };
-
-bool is_image_name(const fs::path& p) {
-  static const std::vector<std::string> exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"};
-  std::string e = p.extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return std::find(exts.begin(), exts.end(), e) != exts.end();
-}
 
 /// Decodes every item into one uint8 [N, C, S, S] tensor; unreadable files are skipped and reported.
 train::Dataset decode(const std::vector<Item>& items, const std::vector<std::string>& classes, const train::DataSpec& spec) {

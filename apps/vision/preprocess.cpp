@@ -3,11 +3,20 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <stdexcept>
 
 namespace attnkit::vision {
+
+bool is_image_name(const std::filesystem::path& p) {
+  static const std::vector<std::string> exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"};
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return std::find(exts.begin(), exts.end(), e) != exts.end();
+}
 
 cv::Mat read_image(const std::string& path) {
   std::error_code ec;

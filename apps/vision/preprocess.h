@@ -14,9 +14,13 @@
 #include <opencv2/core.hpp>
 #include <torch/types.h>
 
+#include <filesystem>
 #include <string>
 
 namespace attnkit::vision {
+
+/// True when the file name has an image extension OpenCV decodes (.png, .jpg, .bmp, .pgm, ...; any case).
+bool is_image_name(const std::filesystem::path& p);
 
 /// Decodes an image file into 8-bit BGR at its own resolution (gray and 16-bit images are
 /// converted, alpha dropped). Throws std::runtime_error naming the file when it does not exist,
