@@ -127,7 +127,10 @@ std::string save_snapshot(const cv::Mat& image, const std::string& dir, int64_t 
 }
 
 int run_stream(StreamArgs& a) {
-  cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_ERROR);  // our errors are one line each
+  // Our errors are one line each: silence OpenCV's and FFmpeg's own logs (OPENCV_FFMPEG_LOGLEVEL=-8 is
+  // AV_LOG_QUIET; set it yourself, e.g. to 24, to see FFmpeg's warnings again).
+  cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
+  ::setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
   train::configure_threads(a.threads);
   const std::string device_name = train::resolve_device(a.device);
   train::configure_cuda_speed(device_name);
@@ -152,14 +155,14 @@ int run_stream(StreamArgs& a) {
   const vision::SourceSpec spec = vision::parse_source(a.source);
   vision::VideoSource source(spec, {a.width, a.height, a.fps});
   const auto& mode = source.mode();
-  info_out << "source: " << source.name() << ": " << vision::describe(mode) << "\n"
-           << "model: " << info.config.name() << ", " << explain_method_name(first_view.method) << " maps, " << device_name << "\n"
-           << std::flush;
   std::unique_ptr<vision::VideoFileWriter> writer;
   if (!a.output.empty()) {
     const double out_fps = mode.fps > 0 && mode.fps < 1000 ? mode.fps : (a.fps > 0 ? a.fps : 25.0);
     writer = std::make_unique<vision::VideoFileWriter>(a.output, cv::Size(mode.width, mode.height), out_fps);
   }
+  info_out << "source: " << source.name() << ": " << vision::describe(mode) << "\n"
+           << "model: " << info.config.name() << ", " << explain_method_name(first_view.method) << " maps, " << device_name << "\n"
+           << std::flush;
   if (display) cv::namedWindow(kWindow, cv::WINDOW_AUTOSIZE);
 
   SigintGuard sigint;

@@ -170,7 +170,7 @@ elseif(STEP STREQUAL "truncated")
   run_attnkit(stream --source ${WORK}/truncated.avi --no-display --output ${WORK}/kept.avi)
   expect("exit code 1" rc EQUAL 1)
   expect("one line naming the failure and the kept video" err MATCHES "^attnkit: [^\n]*decoding stopped[^\n]*kept in [^\n]*kept.avi\n$")
-  expect("a summary line" out MATCHES "^stream: [0-9]+ frames")
+  expect("a summary line" out MATCHES "\nstream: [0-9]+ frames")
   string(REGEX REPLACE ".*the ([0-9]+) frames before it.*" "\\1" kept "${err}")
   expect_video(${WORK}/kept.avi ${kept})
 
@@ -192,7 +192,7 @@ elseif(STEP STREQUAL "sigint")
     return()
   endif()
   file(REMOVE ${WORK}/interrupted.avi)
-  execute_process(COMMAND ${TIMEOUT} -s INT 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
+  execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
                           --no-display --output ${WORK}/interrupted.avi --json
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")

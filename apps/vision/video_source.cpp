@@ -90,7 +90,7 @@ VideoSource::VideoSource(const SourceSpec& spec, const CaptureRequest& request) 
     }
     case SourceKind::File:
       if (!fs::exists(spec.text, ec)) throw std::runtime_error(spec.text + ": no such file");
-      if (!capture_.open(spec.text, cv::CAP_ANY) || !capture_.isOpened())
+      if (!capture_.open(spec.text, cv::CAP_FFMPEG) || !capture_.isOpened())
         throw std::runtime_error(spec.text + ": cannot open as a video (corrupt, or a format this OpenCV cannot decode)");
       break;
     case SourceKind::Pipeline:
