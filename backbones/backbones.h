@@ -3,6 +3,7 @@
 
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/cifar_resnet.h>
+#include <attnkit/backbones/explain.h>
 #include <attnkit/backbones/registry.h>
 #include <attnkit/backbones/resnet.h>
 #include <attnkit/backbones/state_dict_import.h>

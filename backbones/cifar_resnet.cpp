@@ -45,9 +45,13 @@ void CifarResNetImpl::reset() {
   torch::nn::init::kaiming_normal_(conv1->weight, 0, torch::kFanOut, torch::kReLU);
 }
 
-std::vector<torch::Tensor> CifarResNetImpl::features(const torch::Tensor& x) {
+torch::Tensor CifarResNetImpl::forward_stem(const torch::Tensor& x) {
   detail::check_image_input(x, options.in_channels(), "CifarResNet");
-  auto y = F::relu(bn1(conv1(x)));
+  return F::relu(bn1(conv1(x)));
+}
+
+std::vector<torch::Tensor> CifarResNetImpl::features(const torch::Tensor& x) {
+  auto y = forward_stem(x);
   std::vector<torch::Tensor> out;
   for (auto* layer : {&layer1, &layer2, &layer3}) {
     y = (*layer)->forward(y);

@@ -48,6 +48,8 @@ class CifarResNetImpl : public torch::nn::Cloneable<CifarResNetImpl>, public Bac
   torch::Tensor forward_head(const std::vector<torch::Tensor>& features) override;
   /// Logits [N, num_classes].
   torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor forward_stem(const torch::Tensor& x) override;
+  std::vector<torch::nn::Sequential> stages() override { return {layer1, layer2, layer3}; }
   ModelConfig config() const override;
   torch::nn::Module& module() override { return *this; }
   void pretty_print(std::ostream& stream) const override;

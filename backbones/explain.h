@@ -11,8 +11,35 @@
 //   eigencam   Muhammad & Yeasin 2020: projection of A on its first principal component (no gradient)
 // where A is the activation of the chosen layer and y the target class's logit.
 //
+// Exactly what is computed, with A [C, h, w] one image's activation and G = ∂y/∂A:
+//   gradcam    w_c = mean_hw G_c;                         map = ReLU(Σ_c w_c A_c)
+//   gradcam++  α = G² / (2G² + (Σ_hw A_c)·G³), α = 0 where that denominator is 0 (the paper's closed
+//              form for Y = exp(score); pytorch-grad-cam adds 1e-7 to the denominator instead, which
+//              changes α where gradients are small); w_c = Σ_hw α·ReLU(G_c); map = ReLU(Σ_c w_c A_c)
+//   layercam   map = ReLU(Σ_c ReLU(G_c) ⊙ A_c)
+//   eigencam   M = Aᵀ as [hw, C] with each channel's spatial mean removed, v = first right singular
+//              vector of M (torch.linalg.svd), map = ReLU(M v), the sign of v chosen so that M v
+//              correlates positively with Σ_c A_c (the SVD's sign is arbitrary; pytorch-grad-cam
+//              leaves it to chance, attnkit fixes it).
+//   native     CBAM / spatial gate: the gate m itself ([N, 1, H, W] → [N, H, W]).
+//              local (LocalAttention2d, k×k windows): "attention received" by each key position:
+//                averaged: R(key) = (1/L) Σ_query mean_heads P(query → key), L = H·W queries;
+//                query point: R(key) = mean_heads P(q → key), zero outside q's window;
+//              self / nonlocal (SelfAttention2d): the same, from the recorded rows (record_queries
+//                is set to every position, or to the query point, for that forward only; averaging
+//                over all queries costs heads·L² floats per image while it runs).
+//              Unnormalised, each local/self map sums to 1 over the positions.
+// Layers: a block name ("layer3.1") is that block's output (native: that block's attention map);
+// a stage name ("layer3") is the stage's output for CAMs and, for native, every block of the stage
+// that has a spatial map; "all" is every stage for CAMs and every block with a spatial map for
+// native. The query point (query_x, query_y) ∈ [0, 1]² selects position
+// (min(⌊y·h⌋, h-1), min(⌊x·w⌋, w-1)) of each map.
+//
 // Every map is returned per image at the layer's resolution, min-max normalised to [0, 1] (an
-// all-constant map becomes 0). The model's train/eval mode is left as it is (call eval() first).
+// all-constant map, to 1e-6 of its largest magnitude, becomes 0) unless ExplainOptions::normalize
+// is off. The model's train/eval mode is left as it is (call eval() first); the attention blocks'
+// recording flags and record_queries are restored, parameters' .grad are not touched, and the
+// gradient CAMs work under a torch::NoGradGuard too. The input is moved to the model's device.
 #pragma once
 
 #include <attnkit/backbones/resnet.h>
@@ -43,6 +70,9 @@ struct ExplainOptions {
   /// Native local/self attention: a query point in normalised map coordinates ([0, 1], x then y);
   /// negative = the average over all queries.
   double query_x = -1, query_y = -1;
+  /// Min-max normalise every image's map to [0, 1] (off: the raw map: gate values, attention
+  /// received, or the CAM before scaling).
+  bool normalize = true;
 };
 
 /// One layer's maps for the whole batch.
@@ -68,7 +98,18 @@ struct Explanation {
 /// without spatial attention, a target outside [0, num_classes).
 Explanation explain(Backbone& model, const torch::Tensor& input, const ExplainOptions& options = {});
 
-/// The layer names `method` accepts for `model` (for --help, errors and the `l` key of stream).
+/// Several methods from ONE forward pass and at most one backward (e.g. a grid of every method):
+/// one Explanation per entry of `methods`, in order, sharing logits and targets; options.method is
+/// ignored, the rest applies to every method.
+std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
+                                 const ExplainOptions& options = {});
+
+/// Whether any block of `model` records a spatial attention map (what Auto checks).
+bool has_spatial_attention(Backbone& model);
+
+/// The layer names `method` accepts for `model` (for --help, errors and the `l` key of stream):
+/// stage names, then block names, then "all" (native: only those with a spatial map; empty when
+/// there is none).
 std::vector<std::string> explainable_layers(Backbone& model, ExplainMethod method);
 
 }  // namespace attnkit

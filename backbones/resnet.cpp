@@ -270,10 +270,15 @@ void ResNetImpl::reset() {
   torch::nn::init::kaiming_normal_(conv1->weight, 0, torch::kFanOut, torch::kReLU);
 }
 
-std::vector<torch::Tensor> ResNetImpl::features(const torch::Tensor& x) {
+torch::Tensor ResNetImpl::forward_stem(const torch::Tensor& x) {
   detail::check_image_input(x, options.in_channels(), "ResNet");
   auto y = F::relu(bn1(conv1(x)));
   if (options.stem() == "imagenet") y = F::max_pool2d(y, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  return y;
+}
+
+std::vector<torch::Tensor> ResNetImpl::features(const torch::Tensor& x) {
+  auto y = forward_stem(x);
   std::vector<torch::Tensor> out;
   for (auto* layer : {&layer1, &layer2, &layer3, &layer4}) {
     y = (*layer)->forward(y);

@@ -70,6 +70,11 @@ class Backbone {
   virtual torch::Tensor forward_head(const std::vector<torch::Tensor>& features) = 0;
   /// forward_head(features(x)).
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  /// Everything before the first stage (conv1, bn1, ReLU and, for the ImageNet stem, the max-pool).
+  virtual torch::Tensor forward_stem(const torch::Tensor& x) = 0;
+  /// The stages, first to last (layer1, layer2, ...), each a Sequential of residual blocks:
+  /// features(x) runs them in turn on forward_stem(x). For running block by block (explain.h).
+  virtual std::vector<torch::nn::Sequential> stages() = 0;
   /// The architecture, for checkpoints.
   virtual ModelConfig config() const = 0;
   /// The module itself (parameters, train/eval, to(device), ...).
@@ -179,6 +184,8 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public Backbone {
   torch::Tensor forward_head(const std::vector<torch::Tensor>& features) override;
   /// Logits [N, num_classes].
   torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor forward_stem(const torch::Tensor& x) override;
+  std::vector<torch::nn::Sequential> stages() override { return {layer1, layer2, layer3, layer4}; }
   ModelConfig config() const override;
   torch::nn::Module& module() override { return *this; }
   void pretty_print(std::ostream& stream) const override;

@@ -1,0 +1,423 @@
+#include <attnkit/backbones/explain.h>
+#include <attnkit/modules/cbam.h>
+#include <attnkit/modules/local_attention2d.h>
+#include <attnkit/modules/relative_position.h>
+#include <attnkit/modules/self_attention2d.h>
+#include <attnkit/modules/spatial_attention.h>
+
+#include <ATen/ops/linalg_svd.h>
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <sstream>
+
+namespace attnkit {
+
+// ---- method names ------------------------------------------------------------------------------
+
+const std::vector<std::string>& explain_method_names() {
+  static const std::vector<std::string> names = {"auto", "native", "gradcam", "gradcam++", "layercam", "eigencam"};
+  return names;
+}
+
+ExplainMethod explain_method_from_name(const std::string& name) {
+  const auto& names = explain_method_names();
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == name) return static_cast<ExplainMethod>(i);
+  std::string valid;
+  for (const auto& n : names) valid += (valid.empty() ? "" : ", ") + n;
+  TORCH_CHECK(false, "explain: unknown method \"", name, "\"; valid methods: ", valid);
+}
+
+std::string explain_method_name(ExplainMethod method) {
+  return explain_method_names().at(static_cast<size_t>(method));
+}
+
+namespace {
+
+// ---- the model's layout: stages and blocks, and which blocks record a spatial map ----------------
+
+enum class MapKind { None, Gate, Local, Self };
+
+struct BlockInfo {
+  std::string name;   // "layer3.1"
+  size_t stage = 0;   // index into Layout::stages
+  torch::nn::AnyModule module;
+  int64_t stride = 1;
+  MapKind kind = MapKind::None;
+  AttentionMapRecorder* recorder = nullptr;  // the attention block, when kind != None
+  LocalAttention2dImpl* local = nullptr;
+  SelfAttention2dImpl* self = nullptr;
+};
+
+struct Layout {
+  std::vector<std::string> stages;       // "layer1", ...
+  std::vector<size_t> stage_last_block;  // index into blocks of each stage's last block
+  std::vector<BlockInfo> blocks;
+  bool has_maps() const {
+    return std::any_of(blocks.begin(), blocks.end(), [](const BlockInfo& b) { return b.kind != MapKind::None; });
+  }
+};
+
+void describe_attention(const torch::nn::AnyModule& attn, BlockInfo& b) {
+  if (attn.is_empty()) return;
+  auto* m = attn.ptr().get();
+  if (auto* cbam = dynamic_cast<CBAMImpl*>(m)) {
+    if (cbam->spatial) b.kind = MapKind::Gate, b.recorder = cbam;
+  } else if (auto* spatial = dynamic_cast<SpatialAttentionImpl*>(m)) {
+    b.kind = MapKind::Gate, b.recorder = spatial;
+  } else if (auto* local = dynamic_cast<LocalAttention2dImpl*>(m)) {
+    b.kind = MapKind::Local, b.recorder = local, b.local = local;
+  } else if (auto* self = dynamic_cast<SelfAttention2dImpl*>(m)) {
+    b.kind = MapKind::Self, b.recorder = self, b.self = self;
+  }
+}
+
+Layout describe(Backbone& model) {
+  Layout layout;
+  const auto stages = model.stages();
+  for (size_t s = 0; s < stages.size(); ++s) {
+    layout.stages.push_back("layer" + std::to_string(s + 1));
+    int64_t j = 0;
+    for (const auto& any : *stages[s]) {
+      BlockInfo b;
+      b.name = layout.stages.back() + "." + std::to_string(j++);
+      b.stage = s;
+      b.module = any;
+      if (auto* basic = dynamic_cast<BasicBlockImpl*>(any.ptr().get())) {
+        b.stride = basic->options.stride();
+        describe_attention(basic->attn, b);
+      } else if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(any.ptr().get())) {
+        b.stride = bottleneck->options.stride();
+        describe_attention(bottleneck->attn, b);
+      }
+      layout.blocks.push_back(std::move(b));
+    }
+    TORCH_CHECK(j > 0, "explain: stage ", layout.stages.back(), " has no blocks");
+    layout.stage_last_block.push_back(layout.blocks.size() - 1);
+  }
+  return layout;
+}
+
+bool is_gradient_method(ExplainMethod m) {
+  return m == ExplainMethod::GradCam || m == ExplainMethod::GradCamPlusPlus || m == ExplainMethod::LayerCam;
+}
+
+std::vector<std::string> layer_names(const Layout& layout, bool native) {
+  std::vector<std::string> out;
+  for (size_t s = 0; s < layout.stages.size(); ++s) {
+    const bool any = std::any_of(layout.blocks.begin(), layout.blocks.end(),
+                                 [&](const BlockInfo& b) { return b.stage == s && b.kind != MapKind::None; });
+    if (!native || any) out.push_back(layout.stages[s]);
+  }
+  for (const auto& b : layout.blocks)
+    if (!native || b.kind != MapKind::None) out.push_back(b.name);
+  if (!out.empty()) out.push_back("all");
+  return out;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+std::string attention_summary(Backbone& model) {
+  std::string out;
+  for (const auto& a : model.config().attention) out += (out.empty() ? "" : ",") + (a.empty() ? std::string("none") : a);
+  return out;
+}
+
+/// One map to produce: its label and the block whose output (CAMs) or attention (native) it uses.
+struct Request {
+  std::string label;
+  size_t block = 0;
+};
+
+std::vector<Request> resolve_layers(Backbone& model, const Layout& layout, ExplainMethod method,
+                                    const std::vector<std::string>& asked) {
+  const bool native = method == ExplainMethod::Native;
+  const auto valid = layer_names(layout, native);
+  if (native) {
+    TORCH_CHECK(!valid.empty(), "explain: native maps need spatial attention (cbam, spatial, self, nonlocal or local), "
+                "and model ", model.config().name(), " has none (attention per stage: ", attention_summary(model),
+                "); use gradcam, gradcam++, layercam or eigencam");
+  }
+  std::vector<Request> out;
+  auto add = [&](const std::string& label, size_t block) {
+    for (const auto& r : out)
+      if (r.label == label) return;
+    out.push_back({label, block});
+  };
+  auto add_stage = [&](size_t s) {
+    if (!native) return add(layout.stages[s], layout.stage_last_block[s]);
+    for (size_t i = 0; i < layout.blocks.size(); ++i)
+      if (layout.blocks[i].stage == s && layout.blocks[i].kind != MapKind::None) add(layout.blocks[i].name, i);
+  };
+  const std::vector<std::string> names = asked.empty() ? std::vector<std::string>{native ? "all" : layout.stages.back()} : asked;
+  for (const auto& name : names) {
+    const bool known = std::find(valid.begin(), valid.end(), name) != valid.end();
+    if (!known) {
+      const bool exists = std::find(layout.stages.begin(), layout.stages.end(), name) != layout.stages.end() ||
+                          std::any_of(layout.blocks.begin(), layout.blocks.end(), [&](const BlockInfo& b) { return b.name == name; });
+      TORCH_CHECK(!(native && exists), "explain: layer \"", name, "\" of ", model.config().name(),
+                  " has no spatial attention map; native layers: ", join(valid));
+      TORCH_CHECK(false, "explain: unknown layer \"", name, "\" for ", explain_method_name(method), " on ",
+                  model.config().name(), "; valid layers: ", join(valid));
+    }
+    if (name == "all") {
+      for (size_t s = 0; s < layout.stages.size(); ++s) add_stage(s);
+      continue;
+    }
+    const auto stage = std::find(layout.stages.begin(), layout.stages.end(), name);
+    if (stage != layout.stages.end()) {
+      add_stage(static_cast<size_t>(stage - layout.stages.begin()));
+      continue;
+    }
+    for (size_t i = 0; i < layout.blocks.size(); ++i)
+      if (layout.blocks[i].name == name) add(name, i);
+  }
+  return out;
+}
+
+/// Restores the recording flags and record_queries of the blocks it touched, whatever happens.
+class RecordingGuard {
+ public:
+  void record(BlockInfo& b) {
+    if (!touched(b.recorder)) saved_.emplace_back(b.recorder, b.recorder->recording());
+    b.recorder->record_attention(true);
+  }
+  void set_queries(SelfAttention2dImpl* self, std::vector<Position2d> queries) {
+    if (std::none_of(queries_.begin(), queries_.end(), [&](const auto& q) { return q.first == self; }))
+      queries_.emplace_back(self, self->options.record_queries());
+    self->options.record_queries(std::move(queries));
+  }
+  ~RecordingGuard() {
+    for (auto& [r, on] : saved_) r->record_attention(on);
+    for (auto& [s, q] : queries_) s->options.record_queries(q);
+  }
+
+ private:
+  bool touched(AttentionMapRecorder* r) const {
+    return std::any_of(saved_.begin(), saved_.end(), [&](const auto& s) { return s.first == r; });
+  }
+  std::vector<std::pair<AttentionMapRecorder*, bool>> saved_;
+  std::vector<std::pair<SelfAttention2dImpl*, std::vector<Position2d>>> queries_;
+};
+
+int64_t query_index(double q, int64_t size) {
+  return std::min<int64_t>(static_cast<int64_t>(std::floor(q * static_cast<double>(size))), size - 1);
+}
+
+// ---- the maps ----------------------------------------------------------------------------------
+
+/// [N, h, w] → each image min-max scaled to [0, 1]; (near-)constant images become 0.
+torch::Tensor normalize01(const torch::Tensor& map) {
+  const auto flat = map.flatten(1);
+  const auto lo = std::get<0>(flat.min(1, true)), hi = std::get<0>(flat.max(1, true));
+  const auto range = hi - lo;
+  const auto scale = torch::maximum(hi.abs(), lo.abs());
+  const auto flat_ok = range > scale * 1e-6;
+  auto out = torch::where(flat_ok, (flat - lo) / torch::where(flat_ok, range, torch::ones_like(range)),
+                          torch::zeros_like(flat));
+  return out.view_as(map);
+}
+
+torch::Tensor grad_cam(const torch::Tensor& a, const torch::Tensor& g) {
+  const auto w = g.mean({2, 3}, true);
+  return torch::relu((w * a).sum(1));
+}
+
+torch::Tensor grad_cam_plus_plus(const torch::Tensor& a, const torch::Tensor& g) {
+  const auto g2 = g * g, g3 = g2 * g;
+  const auto sum_a = a.sum({2, 3}, true);
+  const auto denom = 2 * g2 + sum_a * g3;
+  const auto alpha = torch::where(denom != 0, g2 / torch::where(denom != 0, denom, torch::ones_like(denom)),
+                                  torch::zeros_like(denom));
+  const auto w = (alpha * torch::relu(g)).sum({2, 3}, true);
+  return torch::relu((w * a).sum(1));
+}
+
+torch::Tensor layer_cam(const torch::Tensor& a, const torch::Tensor& g) { return torch::relu((torch::relu(g) * a).sum(1)); }
+
+torch::Tensor eigen_cam(const torch::Tensor& a) {
+  const int64_t n = a.size(0), c = a.size(1), h = a.size(2), w = a.size(3);
+  // SVD runs in float at least (no half-precision SVD).
+  const auto acc = a.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto m = a.to(acc).reshape({n, c, h * w}).transpose(1, 2);  // [N, hw, C]
+  m = m - m.mean(1, true);
+  const auto vh = std::get<2>(at::linalg_svd(m, /*full_matrices=*/false));  // [N, k, C]
+  auto proj = torch::matmul(m, vh.select(1, 0).unsqueeze(-1)).squeeze(-1);  // [N, hw]
+  const auto total = a.to(acc).sum(1).reshape({n, h * w});
+  const auto sign = torch::where((proj * total).sum(1, true) < 0, -torch::ones({1}, proj.options()),
+                                 torch::ones({1}, proj.options()));
+  return torch::relu(proj * sign).view({n, h, w});
+}
+
+/// The native map of one block after its recorded forward, [N, h, w].
+torch::Tensor native_map(const BlockInfo& b, const ExplainOptions& o, bool query) {
+  const auto& rec = b.recorder->last_attention();
+  TORCH_CHECK(rec.defined(), "explain: block ", b.name, " recorded no attention map");
+  switch (b.kind) {
+    case MapKind::Gate: return rec.squeeze(1);
+    case MapKind::Self: return rec.mean({1, 2});  // [N, heads, Q, H, W]
+    case MapKind::Local: {
+      // [N, heads, H, W, k, k] → per query, the weights of its k² window slots, then onto key positions.
+      const int64_t n = rec.size(0), h = rec.size(2), w = rec.size(3), l = h * w;
+      const auto& lo = b.local->options;
+      const auto nb = neighborhood_index(h, w, lo.kernel_size(), lo.dilation(), rec.device());
+      const auto p = rec.mean(1).reshape({n, l, -1});
+      auto received = torch::zeros({n, l}, p.options());
+      if (query) {
+        const int64_t qi = query_index(o.query_y, h) * w + query_index(o.query_x, w);
+        received.index_add_(1, nb.keys[qi], p.select(1, qi));
+      } else {
+        received.index_add_(1, nb.keys.reshape(-1), p.reshape({n, -1}));
+        received.div_(static_cast<double>(l));
+      }
+      return received.view({n, h, w});
+    }
+    case MapKind::None: break;
+  }
+  TORCH_CHECK(false, "explain: block ", b.name, " has no spatial attention map");
+}
+
+torch::Device model_device(Backbone& model) {
+  for (const auto& p : model.module().parameters()) return p.device();
+  return torch::kCPU;
+}
+
+}  // namespace
+
+// ---- public ------------------------------------------------------------------------------------
+
+bool has_spatial_attention(Backbone& model) { return describe(model).has_maps(); }
+
+std::vector<std::string> explainable_layers(Backbone& model, ExplainMethod method) {
+  const auto layout = describe(model);
+  if (method == ExplainMethod::Auto) method = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
+  return layer_names(layout, method == ExplainMethod::Native);
+}
+
+std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods_in,
+                                 const ExplainOptions& options) {
+  TORCH_CHECK(!methods_in.empty(), "explain: no method given");
+  TORCH_CHECK(input.defined() && input.dim() == 4, "explain: expected an input of shape [N, C, H, W], got ",
+              input.defined() ? input.sizes() : torch::IntArrayRef{});
+  const bool query = options.query_x >= 0 && options.query_y >= 0;
+  if (query) {
+    TORCH_CHECK(options.query_x <= 1 && options.query_y <= 1, "explain: the query point must lie in [0, 1]², got (",
+                options.query_x, ", ", options.query_y, ")");
+  }
+  auto layout = describe(model);
+  std::vector<ExplainMethod> methods = methods_in;
+  for (auto& m : methods)
+    if (m == ExplainMethod::Auto) m = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
+
+  // What each method needs: native → recording in its blocks; CAMs → the blocks' outputs.
+  std::vector<std::vector<Request>> requests;
+  std::vector<bool> keep(layout.blocks.size(), false), record(layout.blocks.size(), false);
+  bool need_grad = false;
+  for (auto m : methods) {
+    requests.push_back(resolve_layers(model, layout, m, options.layers));
+    for (const auto& r : requests.back()) (m == ExplainMethod::Native ? record : keep)[r.block] = true;
+    need_grad = need_grad || is_gradient_method(m);
+  }
+  const int64_t num_classes = model.config().num_classes;
+  TORCH_CHECK(options.target >= -1 && options.target < num_classes, "explain: target class ", options.target,
+              " is outside [0, ", num_classes, ") (or -1 for each image's top-1)");
+
+  // One forward pass, block by block.
+  const auto device = model_device(model);
+  RecordingGuard guard;
+  std::optional<torch::NoGradGuard> no_grad;
+  std::optional<torch::AutoGradMode> grad_on;
+  auto x = input.to(device).detach();
+  if (need_grad) {
+    grad_on.emplace(true);
+    // Gradients reach the activations even when the parameters are frozen.
+    x.requires_grad_(true);
+  } else {
+    no_grad.emplace();
+  }
+  std::vector<torch::Tensor> kept(layout.blocks.size()), stage_outputs;
+  auto y = model.forward_stem(x);
+  for (size_t i = 0; i < layout.blocks.size(); ++i) {
+    auto& b = layout.blocks[i];
+    if (record[i]) {
+      guard.record(b);
+      if (b.kind == MapKind::Self) {
+        // The map's size is the block's output size (its 3×3 convolution carries the stride).
+        const int64_t h = (y.size(2) - 1) / b.stride + 1, w = (y.size(3) - 1) / b.stride + 1;
+        std::vector<Position2d> queries;
+        if (query) {
+          queries.emplace_back(query_index(options.query_y, h), query_index(options.query_x, w));
+        } else {
+          for (int64_t r = 0; r < h; ++r)
+            for (int64_t c = 0; c < w; ++c) queries.emplace_back(r, c);
+        }
+        guard.set_queries(b.self, std::move(queries));
+      }
+    }
+    y = b.module.forward(y);
+    if (keep[i]) kept[i] = y;
+    if (layout.stage_last_block[b.stage] == i) stage_outputs.push_back(y);
+  }
+  const auto logits = model.forward_head(stage_outputs);
+  const auto targets = options.target >= 0 ? torch::full({logits.size(0)}, options.target, torch::dtype(torch::kLong).device(logits.device()))
+                                           : logits.detach().argmax(1);
+
+  // One backward pass for every gradient method, to every kept activation at once.
+  std::vector<torch::Tensor> grads(layout.blocks.size());
+  if (need_grad) {
+    std::vector<size_t> which;
+    std::vector<torch::Tensor> inputs;
+    for (size_t m = 0; m < methods.size(); ++m) {
+      if (!is_gradient_method(methods[m])) continue;
+      for (const auto& r : requests[m]) {
+        if (std::find(which.begin(), which.end(), r.block) != which.end()) continue;
+        which.push_back(r.block);
+        inputs.push_back(kept[r.block]);
+      }
+    }
+    const auto score = logits.gather(1, targets.view({-1, 1})).sum();
+    const auto g = torch::autograd::grad({score}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                         /*allow_unused=*/true);
+    for (size_t k = 0; k < which.size(); ++k) grads[which[k]] = g[k].defined() ? g[k] : torch::zeros_like(inputs[k]);
+  }
+
+  torch::NoGradGuard maps_without_grad;
+  std::vector<Explanation> out;
+  for (size_t m = 0; m < methods.size(); ++m) {
+    Explanation e;
+    e.logits = logits.detach();
+    e.targets = targets;
+    e.method = methods[m];
+    for (const auto& r : requests[m]) {
+      const auto& b = layout.blocks[r.block];
+      const auto a = kept[r.block].defined() ? kept[r.block].detach() : torch::Tensor();
+      const auto& g = grads[r.block];
+      torch::Tensor map;
+      switch (methods[m]) {
+        case ExplainMethod::Native: map = native_map(b, options, query); break;
+        case ExplainMethod::GradCam: map = grad_cam(a, g); break;
+        case ExplainMethod::GradCamPlusPlus: map = grad_cam_plus_plus(a, g); break;
+        case ExplainMethod::LayerCam: map = layer_cam(a, g); break;
+        case ExplainMethod::EigenCam: map = eigen_cam(a); break;
+        case ExplainMethod::Auto: TORCH_CHECK(false, "explain: Auto was not resolved");
+      }
+      if (options.normalize) map = normalize01(map);
+      e.maps.push_back({r.label, map.to(torch::kFloat).contiguous()});
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Explanation explain(Backbone& model, const torch::Tensor& input, const ExplainOptions& options) {
+  return std::move(explain(model, input, std::vector<ExplainMethod>{options.method}, options).front());
+}
+
+}  // namespace attnkit

@@ -1,0 +1,459 @@
+// explain(): CAMs on a constructed model whose answer is known, Grad-CAM / Grad-CAM++ / LayerCAM /
+// Eigen-CAM against independent plain-LibTorch formulations (per-channel loops from the papers,
+// an eigendecomposition instead of the SVD), native maps against the blocks' own recordings, the
+// sum properties of local/self "attention received" maps, errors, and the model's state afterwards.
+#include <attnkit/attnkit.h>
+#include <attnkit/backbones/explain.h>
+#include <attnkit/modules/relative_position.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "testing.h"
+
+using namespace attnkit;
+using attnkit::testing::all_close;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "<no error>";
+}
+
+/// The attention module of every block, in order (null where a block has none).
+std::vector<std::shared_ptr<torch::nn::Module>> block_attention(Backbone& model) {
+  std::vector<std::shared_ptr<torch::nn::Module>> out;
+  for (const auto& stage : model.stages())
+    for (const auto& any : *stage) {
+      auto* b = dynamic_cast<BasicBlockImpl*>(any.ptr().get());
+      out.push_back(b && !b->attn.is_empty() ? b->attn.ptr() : nullptr);
+    }
+  return out;
+}
+
+/// Per-image min-max to [0, 1], written out plainly (the reference's own normaliser).
+torch::Tensor minmax(const torch::Tensor& m) {
+  auto out = torch::zeros_like(m);
+  for (int64_t n = 0; n < m.size(0); ++n) {
+    const double lo = m[n].min().item<double>(), hi = m[n].max().item<double>();
+    if (hi - lo > 1e-6 * std::max(std::abs(hi), std::abs(lo))) out[n] = (m[n] - lo) / (hi - lo);
+  }
+  return out;
+}
+
+ExplainOptions with(ExplainMethod m, std::vector<std::string> layers = {}, int64_t target = -1) {
+  ExplainOptions o;
+  o.method = m;
+  o.layers = std::move(layers);
+  o.target = target;
+  return o;
+}
+
+// ---- (a) a model whose answer is known ----------------------------------------------------------
+
+/// ResNet-18 (small stem, 4 base channels, 2 input channels, 2 classes) where every convolution is
+/// pointwise (only the centre tap is non-zero) and keeps channels of one parity apart: output channel
+/// o reads input channels i with i ≡ o (mod 2). So the even channels of every map see only input
+/// channel 0 at the same place, the odd ones only input channel 1, and fc reads class 0 from the
+/// even channels, class 1 from the odd ones.
+ResNet quadrant_model() {
+  ResNet model(ResNetOptions(18).in_channels(2).num_classes(2).width(1.0 / 16).stem("small"));
+  torch::NoGradGuard no_grad;
+  for (auto& item : model->named_parameters()) {
+    auto& p = item.value();
+    const auto& name = item.key();
+    if (p.dim() == 4) {
+      p.zero_();
+      const int64_t c = p.size(2) / 2;
+      for (int64_t o = 0; o < p.size(0); ++o)
+        for (int64_t i = o % 2; i < p.size(1); i += 2) p[o][i][c][c] = 1.0;
+    } else if (name == "fc.weight") {
+      p.zero_();
+      for (int64_t c = 0; c < p.size(1); ++c) p[c % 2][c] = 1.0;
+    } else if (name.find("bn") != std::string::npos || name.find("downsample.1") != std::string::npos) {
+      name.size() > 6 && name.substr(name.size() - 6) == "weight" ? p.fill_(1.0) : p.zero_();
+    } else if (name == "fc.bias") {
+      p.zero_();
+    }
+  }
+  model->eval();
+  return model;
+}
+
+TEST(ExplainKnownAnswer, GradientCamsLightTheQuadrantOfTheTargetClassAndNothingElse) {
+  auto model = quadrant_model();
+  // Evidence for class 0 (channel 0) in the top-left quadrant, for class 1 (channel 1) bottom-right.
+  auto x = torch::zeros({1, 2, 32, 32});
+  x.index_put_({0, 0, torch::indexing::Slice(0, 16), torch::indexing::Slice(0, 16)}, 2.0);
+  x.index_put_({0, 1, torch::indexing::Slice(16, 32), torch::indexing::Slice(16, 32)}, 1.0);
+  using torch::indexing::Slice;
+  for (auto method : {ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam}) {
+    for (int64_t target : {-1, 0, 1}) {
+      const auto e = explain(*model, x, with(method, {"layer4", "layer3"}, target));
+      const int64_t cls = target < 0 ? 0 : target;  // class 0 has the stronger evidence
+      ASSERT_EQ(e.targets[0].item<int64_t>(), cls);
+      for (const auto& lm : e.maps) {
+        const int64_t h = lm.map.size(1), half = h / 2;
+        auto expected = torch::zeros({1, h, h});
+        // Grad-CAM and Grad-CAM++ weight whole channels: the whole quadrant. LayerCAM weighs each
+        // position by its own gradient, and layer4's stride-2 pointwise convolutions read only the
+        // even positions of layer3: on layer3 exactly those light up.
+        const auto step = method == ExplainMethod::LayerCam && lm.layer == "layer3" ? 2 : 1;
+        const auto lit_step = cls == 0 ? Slice(0, half, step) : Slice(half, h, step);
+        expected.index_put_({0, lit_step, lit_step}, 1.0);
+        EXPECT_TRUE(all_close(lm.map, expected, 1e-6))
+            << explain_method_name(method) << " " << lm.layer << " target " << target << "\n" << lm.map;
+      }
+    }
+  }
+}
+
+// ---- (b) the CAM family against independent formulations, in double -----------------------------
+
+struct Reference {
+  std::shared_ptr<Backbone> model;
+  torch::Tensor x, logits, targets;
+  std::vector<torch::Tensor> features, grads;  // per stage, [N, C, h, w]
+};
+
+/// Stage outputs from features(), their gradients by torch::autograd::grad of the top-1 logits.
+Reference make_reference(const std::string& name) {
+  torch::manual_seed(7);
+  Reference r;
+  r.model = make_model(name, 10);
+  r.model->module().to(torch::kDouble);
+  r.model->module().eval();
+  r.x = torch::randn({3, 3, 32, 32}, torch::kDouble);
+  r.features = r.model->features(r.x);
+  r.logits = r.model->forward_head(r.features);
+  r.targets = r.logits.argmax(1);
+  const auto score = r.logits.gather(1, r.targets.view({-1, 1})).sum();
+  r.grads = torch::autograd::grad({score}, r.features);
+  return r;
+}
+
+/// Selvaraju et al.: one channel at a time.
+torch::Tensor reference_gradcam(const torch::Tensor& a, const torch::Tensor& g) {
+  auto out = torch::zeros({a.size(0), a.size(2), a.size(3)}, a.options());
+  for (int64_t n = 0; n < a.size(0); ++n)
+    for (int64_t c = 0; c < a.size(1); ++c) out[n] += g[n][c].sum() / (a.size(2) * a.size(3)) * a[n][c];
+  return out.clamp_min(0);
+}
+
+/// Chattopadhay et al., eq. 19 with Y = exp(S): the derivatives of Y are exp(S)·g, exp(S)·g², exp(S)·g³.
+torch::Tensor reference_gradcampp(const torch::Tensor& a, const torch::Tensor& g, const torch::Tensor& score) {
+  auto out = torch::zeros({a.size(0), a.size(2), a.size(3)}, a.options());
+  for (int64_t n = 0; n < a.size(0); ++n) {
+    const double e = std::exp(score[n].item<double>());
+    for (int64_t c = 0; c < a.size(1); ++c) {
+      const auto d1 = e * g[n][c], d2 = e * g[n][c].pow(2), d3 = e * g[n][c].pow(3);
+      const auto denom = 2 * d2 + a[n][c].sum() * d3;
+      const auto alpha = torch::where(denom != 0, d2 / denom, torch::zeros_like(d2));
+      out[n] += (alpha * d1.clamp_min(0)).sum() * a[n][c];
+    }
+  }
+  return out.clamp_min(0);
+}
+
+/// Jiang et al.: element-wise positive gradients times activations, summed over channels.
+torch::Tensor reference_layercam(const torch::Tensor& a, const torch::Tensor& g) {
+  auto out = torch::zeros({a.size(0), a.size(2), a.size(3)}, a.options());
+  for (int64_t c = 0; c < a.size(1); ++c) out += g.select(1, c).clamp_min(0) * a.select(1, c);
+  return out.clamp_min(0);
+}
+
+/// First principal component from the eigendecomposition of the channel covariance (no SVD).
+torch::Tensor reference_eigencam(const torch::Tensor& a) {
+  auto out = torch::zeros({a.size(0), a.size(2), a.size(3)}, a.options());
+  for (int64_t n = 0; n < a.size(0); ++n) {
+    auto m = a[n].reshape({a.size(1), -1}).t();  // [hw, C]
+    m = m - m.mean(0, true);
+    const auto eig = at::linalg_eigh(m.t().mm(m), "L");
+    const auto v = std::get<1>(eig).select(1, a.size(1) - 1);  // eigenvalues ascend
+    auto p = m.mv(v);
+    if ((p * a[n].sum(0).reshape(-1)).sum().item<double>() < 0) p = -p;
+    out[n] = p.clamp_min(0).view({a.size(2), a.size(3)});
+  }
+  return out;
+}
+
+TEST(ExplainReference, CamFamilyMatchesIndependentFormulations) {
+  const auto r = make_reference("resnet20-cbam");
+  const std::vector<std::string> layers = {"layer2", "layer3"};
+  const auto all = explain(*r.model, r.x,
+                           {ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam,
+                            ExplainMethod::EigenCam},
+                           with(ExplainMethod::Auto, layers));
+  ASSERT_EQ(all.size(), 4u);
+  const auto score = r.logits.gather(1, r.targets.view({-1, 1})).squeeze(1).detach();
+  for (const auto& e : all) {
+    EXPECT_TRUE(all_close(e.logits, r.logits, 1e-10));
+    EXPECT_TRUE(torch::equal(e.targets, r.targets));
+    ASSERT_EQ(e.maps.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(e.maps[i].layer, layers[i]);
+      EXPECT_EQ(e.maps[i].map.scalar_type(), torch::kFloat);
+      const auto a = r.features[i + 1].detach(), g = r.grads[i + 1];
+      torch::Tensor expected;
+      switch (e.method) {
+        case ExplainMethod::GradCam: expected = reference_gradcam(a, g); break;
+        case ExplainMethod::GradCamPlusPlus: expected = reference_gradcampp(a, g, score); break;
+        case ExplainMethod::LayerCam: expected = reference_layercam(a, g); break;
+        default: expected = reference_eigencam(a);
+      }
+      EXPECT_GT(expected.max().item<double>(), 0) << "degenerate reference";
+      EXPECT_TRUE(all_close(e.maps[i].map, minmax(expected), 1e-6)) << explain_method_name(e.method) << " " << layers[i];
+    }
+  }
+  // Unnormalised Grad-CAM is the reference itself; a block name is that block's output.
+  auto raw = with(ExplainMethod::GradCam, {"layer3.2"});
+  raw.normalize = false;
+  EXPECT_TRUE(all_close(explain(*r.model, r.x, raw).maps.at(0).map,
+                        reference_gradcam(r.features[2].detach(), r.grads[2]), 1e-6, 1e-6));
+}
+
+TEST(ExplainReference, EachMethodAloneEqualsTheSharedPassAndBatchesAreIndependent) {
+  torch::manual_seed(3);
+  auto model = make_model("resnet20-cbam", 10);
+  model->module().eval();
+  const auto x = torch::randn({2, 3, 32, 32});
+  const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus,
+                                              ExplainMethod::LayerCam, ExplainMethod::EigenCam};
+  const auto together = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));
+  for (size_t m = 0; m < methods.size(); ++m) {
+    const auto alone = explain(*model, x, with(methods[m], {"all"}));
+    const auto first = explain(*model, x.slice(0, 0, 1), with(methods[m], {"all"}));
+    ASSERT_EQ(alone.maps.size(), together[m].maps.size());
+    for (size_t i = 0; i < alone.maps.size(); ++i) {
+      EXPECT_EQ(alone.maps[i].layer, together[m].maps[i].layer);
+      // The shared pass records maps, so its CBAMs run the composite path: float rounding differs.
+      EXPECT_TRUE(all_close(alone.maps[i].map, together[m].maps[i].map, 1e-4)) << alone.maps[i].layer;
+      EXPECT_TRUE(all_close(first.maps[i].map, alone.maps[i].map.slice(0, 0, 1), 1e-4)) << alone.maps[i].layer;
+    }
+  }
+  EXPECT_EQ(together[0].maps.size(), 9u);  // every CBAM block
+  EXPECT_EQ(together[1].maps.size(), 3u);  // every stage
+}
+
+// ---- (c) native maps ----------------------------------------------------------------------------
+
+TEST(ExplainNative, CbamMapsAreTheSpatialGatesRecordedDirectly) {
+  torch::manual_seed(5);
+  auto model = make_model("resnet20-cbam", 10);
+  {
+    // The official init zeroes the spatial BN weight (a constant 0.5 gate): give the gates a shape.
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->module().named_parameters())
+      if (p.key().find("spatial.bn.weight") != std::string::npos) p.value().fill_(1.0);
+  }
+  model->module().eval();
+  const auto x = torch::randn({2, 3, 32, 32});
+  const auto e = explain(*model, x);  // Auto → native, every block
+  EXPECT_EQ(e.method, ExplainMethod::Native);
+  auto raw_options = ExplainOptions{};
+  raw_options.normalize = false;
+  const auto raw = explain(*model, x, raw_options);
+
+  auto attn = block_attention(*model);
+  for (auto& a : attn) std::dynamic_pointer_cast<CBAMImpl>(a)->record_attention(true);
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = model->forward(x);
+  }
+  ASSERT_EQ(e.maps.size(), attn.size());
+  EXPECT_TRUE(all_close(e.logits, logits, 1e-6));
+  const std::vector<std::string> names = {"layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1",
+                                          "layer2.2", "layer3.0", "layer3.1", "layer3.2"};
+  for (size_t i = 0; i < attn.size(); ++i) {
+    const auto gate = std::dynamic_pointer_cast<CBAMImpl>(attn[i])->last_attention().squeeze(1);
+    EXPECT_EQ(e.maps[i].layer, names[i]);
+    EXPECT_TRUE(all_close(raw.maps[i].map, gate, 1e-6)) << names[i];
+    EXPECT_TRUE(all_close(e.maps[i].map, minmax(gate), 1e-5)) << names[i];
+    EXPECT_GT(gate.max().item<double>() - gate.min().item<double>(), 1e-3) << names[i];
+  }
+  // A stage name is its blocks.
+  const auto stage = explain(*model, x, with(ExplainMethod::Native, {"layer2"}));
+  ASSERT_EQ(stage.maps.size(), 3u);
+  EXPECT_EQ(stage.maps[2].layer, "layer2.2");
+}
+
+TEST(ExplainNative, LocalAttentionReceivedSumsToOneAndAQueryLightsItsWindow) {
+  torch::manual_seed(11);
+  auto model = make_model("resnet20-[,,local]", 10);
+  model->module().eval();
+  const auto x = torch::randn({2, 3, 32, 32});
+  ExplainOptions o = with(ExplainMethod::Native, {"layer3.1"});
+  o.normalize = false;
+  const auto avg = explain(*model, x, o).maps.at(0).map;  // [2, 8, 8]
+  ASSERT_EQ(avg.sizes(), (torch::IntArrayRef{2, 8, 8}));
+  EXPECT_TRUE(all_close(avg.sum({1, 2}), torch::ones({2}), 1e-5));
+
+  // Brute force: every query's window weights placed at their keys, averaged over queries and heads.
+  auto local = std::dynamic_pointer_cast<LocalAttention2dImpl>(block_attention(*model)[7]);
+  ASSERT_TRUE(local);
+  local->record_attention(true);
+  {
+    torch::NoGradGuard no_grad;
+    model->forward(x);
+  }
+  const auto w = local->last_attention().mean(1);  // [N, H, W, k, k]
+  local->record_attention(false);
+  const int64_t k = local->options.kernel_size();
+  auto expected = torch::zeros({2, 8, 8});
+  auto at_query = torch::zeros({2, 8, 8});
+  const int64_t qy = 2, qx = 6;  // the query point (0.3, 0.8) → column 6, row 2 of 8
+  for (int64_t y = 0; y < 8; ++y)
+    for (int64_t xx = 0; xx < 8; ++xx) {
+      const int64_t sy = neighborhood_window_start(y, 8, k, 1), sx = neighborhood_window_start(xx, 8, k, 1);
+      using torch::indexing::Slice;
+      expected.index({Slice(), Slice(sy, sy + k), Slice(sx, sx + k)}) += w.index({Slice(), y, xx}) / 64.0;
+      if (y == qy && xx == qx) at_query.index({Slice(), Slice(sy, sy + k), Slice(sx, sx + k)}) += w.index({Slice(), y, xx});
+    }
+  EXPECT_TRUE(all_close(avg, expected, 1e-6));
+  o.query_x = 0.8;
+  o.query_y = 0.3;
+  const auto q = explain(*model, x, o).maps.at(0).map;
+  EXPECT_TRUE(all_close(q, at_query, 1e-6));
+  EXPECT_TRUE(all_close(q.sum({1, 2}), torch::ones({2}), 1e-5));
+}
+
+TEST(ExplainNative, SelfAttentionReceivedSumsToOneAndAQueryIsItsRecordedRow) {
+  torch::manual_seed(13);
+  auto model = make_model("resnet20-[,,self]", 10);
+  model->module().eval();
+  const auto x = torch::randn({2, 3, 32, 32});
+  ExplainOptions o = with(ExplainMethod::Native, {"layer3"});
+  o.normalize = false;
+  const auto avg = explain(*model, x, o);
+  ASSERT_EQ(avg.maps.size(), 3u);
+  for (const auto& m : avg.maps) EXPECT_TRUE(all_close(m.map.sum({1, 2}), torch::ones({2}), 1e-5)) << m.layer;
+
+  auto self = std::dynamic_pointer_cast<SelfAttention2dImpl>(block_attention(*model)[6]);  // layer3.0, stride 2
+  ASSERT_TRUE(self);
+  o.query_x = 0.0;
+  o.query_y = 0.99;
+  o.layers = {"layer3.0"};
+  const auto q = explain(*model, x, o).maps.at(0).map;
+  EXPECT_TRUE(self->options.record_queries().empty()) << "record_queries restored";
+  EXPECT_FALSE(self->recording());
+  self->options.record_queries({{7, 0}});
+  self->record_attention(true);
+  {
+    torch::NoGradGuard no_grad;
+    model->forward(x);
+  }
+  const auto row = self->last_attention().mean({1, 2});  // [N, heads, 1, H, W] → [N, H, W]
+  self->record_attention(false);
+  self->options.record_queries({});
+  EXPECT_TRUE(all_close(q, row, 1e-6));
+  // Averaged over all queries = the mean of every query's row.
+  std::vector<Position2d> all;
+  for (int64_t r = 0; r < 8; ++r)
+    for (int64_t c = 0; c < 8; ++c) all.emplace_back(r, c);
+  self->options.record_queries(all);
+  self->record_attention(true);
+  {
+    torch::NoGradGuard no_grad;
+    model->forward(x);
+  }
+  EXPECT_TRUE(all_close(avg.maps[0].map, self->last_attention().mean({1, 2}), 1e-6));
+  self->record_attention(false);
+}
+
+// ---- (d) errors ---------------------------------------------------------------------------------
+
+TEST(ExplainErrors, NameTheProblemAndTheValidChoices) {
+  auto model = make_model("resnet20-cbam", 10);
+  model->module().eval();
+  const auto x = torch::randn({1, 3, 32, 32});
+  const auto unknown = error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {"layer9"})); });
+  EXPECT_THAT(unknown, HasSubstr("unknown layer \"layer9\""));
+  EXPECT_THAT(unknown, HasSubstr("layer1, layer2, layer3, layer1.0"));
+  EXPECT_THAT(unknown, HasSubstr("layer3.2, all"));
+  EXPECT_THAT(error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {}, 10)); }),
+              HasSubstr("target class 10 is outside [0, 10)"));
+  EXPECT_THAT(error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {}, -2)); }), HasSubstr("outside [0, 10)"));
+  EXPECT_THAT(error_of([] { explain_method_from_name("gradcam+"); }),
+              HasSubstr("valid methods: auto, native, gradcam, gradcam++, layercam, eigencam"));
+  auto q = with(ExplainMethod::Native);
+  q.query_x = 1.5;
+  q.query_y = 0.5;
+  EXPECT_THAT(error_of([&] { explain(*model, x, q); }), HasSubstr("query point must lie in [0, 1]"));
+
+  auto se = make_model("resnet20-se", 10);
+  se->module().eval();
+  EXPECT_THAT(error_of([&] { explain(*se, x, with(ExplainMethod::Native)); }),
+              HasSubstr("model resnet20-se has none (attention per stage: se,se,se)"));
+  EXPECT_EQ(explain(*se, x).method, ExplainMethod::GradCam);  // Auto without spatial maps
+  EXPECT_FALSE(has_spatial_attention(*se));
+  EXPECT_TRUE(explainable_layers(*se, ExplainMethod::Native).empty());
+
+  auto local = make_model("resnet20-[,,local]", 10);
+  local->module().eval();
+  EXPECT_THAT(error_of([&] { explain(*local, x, with(ExplainMethod::Native, {"layer1"})); }),
+              HasSubstr("layer \"layer1\" of resnet20-[,,local] has no spatial attention map; native layers: layer3, "
+                        "layer3.0, layer3.1, layer3.2, all"));
+  EXPECT_EQ(explainable_layers(*local, ExplainMethod::Auto),
+            (std::vector<std::string>{"layer3", "layer3.0", "layer3.1", "layer3.2", "all"}));
+  EXPECT_EQ(explainable_layers(*local, ExplainMethod::EigenCam).size(), 3u + 9u + 1u);
+}
+
+// ---- (e) the model's state afterwards -----------------------------------------------------------
+
+TEST(ExplainState, ModeRecordingFlagsAndGradientsAreLeftAsTheyWere) {
+  auto model = make_model("resnet20-cbam", 10);
+  const auto x = torch::randn({2, 3, 32, 32});
+  auto attn = block_attention(*model);
+  auto first = std::dynamic_pointer_cast<CBAMImpl>(attn[0]);
+  first->record_attention(true);
+  for (bool training : {false, true}) {
+    model->module().train(training);
+    for (auto m : {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::EigenCam}) {
+      torch::NoGradGuard caller_has_no_grad;  // CAMs turn gradients on for themselves
+      const auto e = explain(*model, x, with(m, {"all"}));
+      EXPECT_FALSE(e.logits.requires_grad());
+      EXPECT_EQ(model->module().is_training(), training);
+      EXPECT_TRUE(first->recording());
+      for (size_t i = 1; i < attn.size(); ++i) EXPECT_FALSE(std::dynamic_pointer_cast<CBAMImpl>(attn[i])->recording());
+      for (const auto& p : model->module().parameters()) EXPECT_FALSE(p.grad().defined());
+      for (const auto& lm : e.maps) {
+        EXPECT_GE(lm.map.min().item<float>(), 0.f);
+        EXPECT_LE(lm.map.max().item<float>(), 1.f);
+        EXPECT_FALSE(lm.map.requires_grad());
+      }
+    }
+  }
+  // Frozen parameters: the activations still get their gradients.
+  model->module().eval();
+  for (auto& p : model->module().parameters()) p.requires_grad_(false);
+  const auto frozen = explain(*model, x, with(ExplainMethod::GradCam));
+  EXPECT_GT(frozen.maps.at(0).map.max().item<float>(), 0.f);
+}
+
+TEST(ExplainDevices, CudaMatchesCpu) {
+  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(17);
+  auto model = make_model("resnet20-[cbam,local,self]", 10);
+  model->module().eval();
+  const auto x = torch::randn({2, 3, 32, 32});
+  const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::LayerCam,
+                                              ExplainMethod::EigenCam};
+  const auto cpu = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));
+  model->module().to(torch::kCUDA);
+  const auto cuda = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));  // input moved for us
+  for (size_t m = 0; m < methods.size(); ++m)
+    for (size_t i = 0; i < cpu[m].maps.size(); ++i) {
+      EXPECT_TRUE(cuda[m].maps[i].map.is_cuda());
+      EXPECT_TRUE(all_close(cuda[m].maps[i].map, cpu[m].maps[i].map, 1e-3)) << cpu[m].maps[i].layer;
+    }
+}
+
+}  // namespace
