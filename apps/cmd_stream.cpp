@@ -198,7 +198,7 @@ int run_stream(StreamArgs& a) {
 
   vision::HeatmapRenderer renderer({a.alpha, colormap, a.smooth});
   int64_t processed = 0;
-  double inference_ms = 0, shown_fps = 0;
+  double inference_ms = 0, preprocess_ms = 0, draw_ms = 0, encode_ms = 0, shown_fps = 0;
   auto last = Clock::now();
   bool paused = false, quit = false;
   cv::Mat shown;
@@ -233,12 +233,16 @@ int run_stream(StreamArgs& a) {
     if (!r) break;
     ++processed;
     inference_ms += r->inference_ms;
+    preprocess_ms += r->preprocess_ms;
     const auto now = Clock::now();
     const double dt = std::chrono::duration<double>(now - last).count();
     last = now;
     if (dt > 0) shown_fps = processed <= 2 ? 1.0 / dt : 0.9 * shown_fps + 0.1 / dt;
     shown = renderer.render(*r, analyzer.class_name(r->label), shown_fps);
+    const auto drawn = Clock::now();
+    draw_ms += std::chrono::duration<double, std::milli>(drawn - now).count();
     if (writer) writer->write(shown);
+    encode_ms += std::chrono::duration<double, std::milli>(Clock::now() - drawn).count();
     if (display) {
       cv::imshow(kWindow, vision::upscale_for_display(shown, 360));
       handle_key(cv::waitKey(1));
@@ -270,6 +274,14 @@ int run_stream(StreamArgs& a) {
     j["dropped"] = dropped;
     j["fps"] = fps;
     j["inference_ms"] = avg_ms;
+    // Where the time goes, per processed frame (the stages overlap, so they add up to more than 1/fps
+    // when the cores are free): decoding, preprocessing and explain() (= inference_ms together), drawing, encoding.
+    const double n = std::max<int64_t>(processed, 1);
+    j["stage_ms"] = {{"decode", capture->frames_read() > 0 ? capture->read_ms() / capture->frames_read() : 0.0},
+                     {"preprocess", preprocess_ms / n},
+                     {"explain", (inference_ms - preprocess_ms) / n},
+                     {"draw", draw_ms / n},
+                     {"encode", encode_ms / n}};
     j["seconds"] = seconds;
     j["output"] = output_note;
     j["interrupted"] = g_interrupted.load();

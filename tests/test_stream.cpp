@@ -25,12 +25,21 @@ using attnkit::vision::BoundedQueue;
 using attnkit::vision::QueuePolicy;
 using attnkit::vision::SourceKind;
 
+fs::path scratch_root() { return fs::temp_directory_path() / ("attnkit_test_stream_" + std::to_string(::getpid())); }
+
 fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("attnkit_test_stream_" + std::to_string(::getpid())) / name;
+  const fs::path dir = scratch_root() / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
 }
+
+/// Removes every scratch folder once all tests have run.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override { fs::remove_all(scratch_root()); }
+};
+const auto* const cleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
 
 /// Frame `i` of a synthetic clip: a gradient with a moving square, so codecs have something to do.
 cv::Mat synthetic_frame(int i, cv::Size size = {64, 48}) {

@@ -37,7 +37,7 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
   model_->module().eval();
   for (ExplainMethod m : {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam,
                           ExplainMethod::EigenCam}) {
-    if (m != ExplainMethod::Native || !explainable_layers(*model_, m).empty()) methods_.push_back(m);
+    if (m != ExplainMethod::Native || has_spatial_attention(*model_)) methods_.push_back(m);
   }
 }
 
@@ -67,6 +67,7 @@ Analysis FrameAnalyzer::analyze(Frame frame, const ViewChoice& view) {
   const auto start = std::chrono::steady_clock::now();
   Analysis a;
   auto input = prepare_input(frame.image, info_.preprocessing);
+  a.preprocess_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   a.window = input.window;
   a.frame = std::move(frame);
   a.view = view;

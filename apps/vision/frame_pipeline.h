@@ -38,6 +38,8 @@ struct Analysis {
   ViewChoice view;
   /// Preprocessing plus explain() (forward, and backward for the gradient CAMs), wall time.
   double inference_ms = 0;
+  /// The preprocessing part of inference_ms (resize, crop, normalise).
+  double preprocess_ms = 0;
 };
 
 class FrameAnalyzer {

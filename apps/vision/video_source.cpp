@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <sstream>
@@ -184,7 +185,9 @@ void CaptureThread::run() {
   try {
     while (!stop_) {
       Frame f;
+      const auto start = std::chrono::steady_clock::now();
       if (!source_.read(f.image)) break;
+      read_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
       f.index = read_++;
       if (!queue_.push(std::move(f))) break;
     }

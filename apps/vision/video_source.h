@@ -107,6 +107,8 @@ class CaptureThread {
   std::string error() const;
   /// Frames read from the source so far.
   int64_t frames_read() const { return read_.load(); }
+  /// Wall time spent reading (decoding) them, in milliseconds.
+  double read_ms() const { return static_cast<double>(read_ns_.load()) * 1e-6; }
 
  private:
   void run();
@@ -114,7 +116,7 @@ class CaptureThread {
   VideoSource& source_;
   BoundedQueue<Frame>& queue_;
   std::atomic<bool> stop_{false};
-  std::atomic<int64_t> read_{0};
+  std::atomic<int64_t> read_{0}, read_ns_{0};
   std::string error_;
   mutable std::mutex error_mutex_;
   std::thread thread_;
