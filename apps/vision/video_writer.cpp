@@ -6,7 +6,6 @@
 #include <cctype>
 #include <filesystem>
 #include <stdexcept>
-#include <utility>
 
 #include <unistd.h>
 
@@ -14,13 +13,6 @@ namespace attnkit::vision {
 namespace fs = std::filesystem;
 
 namespace {
-
-const std::vector<std::pair<std::string, int>>& codecs() {
-  static const std::vector<std::pair<std::string, int>> table = {
-      {".mp4", cv::VideoWriter::fourcc('m', 'p', '4', 'v')}, {".mov", cv::VideoWriter::fourcc('m', 'p', '4', 'v')},
-      {".avi", cv::VideoWriter::fourcc('M', 'J', 'P', 'G')}, {".mkv", cv::VideoWriter::fourcc('M', 'J', 'P', 'G')}};
-  return table;
-}
 
 std::string lower_extension(const std::string& path) {
   std::string e = fs::path(path).extension().string();
@@ -31,18 +23,15 @@ std::string lower_extension(const std::string& path) {
 }  // namespace
 
 const std::vector<std::string>& video_extensions() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> n;
-    for (const auto& [ext, fourcc] : codecs()) n.push_back(ext);
-    return n;
-  }();
-  return names;
+  static const std::vector<std::string> extensions = {".mp4", ".mov", ".avi", ".mkv"};
+  return extensions;
 }
 
 int fourcc_for(const std::string& path) {
+  // What OpenCV 4.6 + FFmpeg 5 (Debian 12) write and read back (tests/test_stream.cpp checks each).
   const std::string e = lower_extension(path);
-  for (const auto& [ext, fourcc] : codecs())
-    if (ext == e) return fourcc;
+  if (e == ".mp4" || e == ".mov") return cv::VideoWriter::fourcc('m', 'p', '4', 'v');
+  if (e == ".avi" || e == ".mkv") return cv::VideoWriter::fourcc('M', 'J', 'P', 'G');
   std::string valid;
   for (const auto& ext : video_extensions()) valid += (valid.empty() ? "" : ", ") + ext;
   throw std::invalid_argument(path + ": unknown video extension \"" + e + "\" (valid: " + valid + ")");
