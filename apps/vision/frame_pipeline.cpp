@@ -39,6 +39,12 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
                           ExplainMethod::EigenCam}) {
     if (m != ExplainMethod::Native || has_spatial_attention(*model_)) methods_.push_back(m);
   }
+  // Listed once here: the keys ask from the drawing thread while explain() runs on the model.
+  for (ExplainMethod m : methods_) {
+    auto& list = layers_[m];
+    list.push_back("");
+    for (auto& l : explainable_layers(*model_, m)) list.push_back(std::move(l));
+  }
 }
 
 ExplainMethod FrameAnalyzer::resolve(ExplainMethod requested) const {
@@ -52,10 +58,10 @@ ExplainMethod FrameAnalyzer::resolve(ExplainMethod requested) const {
   return requested;
 }
 
-std::vector<std::string> FrameAnalyzer::layers(ExplainMethod method) {
-  std::vector<std::string> out = {""};
-  for (auto& l : explainable_layers(*model_, method)) out.push_back(std::move(l));
-  return out;
+const std::vector<std::string>& FrameAnalyzer::layers(ExplainMethod method) const {
+  static const std::vector<std::string> none = {""};
+  const auto it = layers_.find(method);
+  return it == layers_.end() ? none : it->second;
 }
 
 std::string FrameAnalyzer::class_name(int64_t label) const {

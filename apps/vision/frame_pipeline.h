@@ -14,6 +14,7 @@
 #include <opencv2/core.hpp>
 #include <torch/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,7 +56,7 @@ class FrameAnalyzer {
   /// cannot use it.
   ExplainMethod resolve(ExplainMethod requested) const;
   /// Layers the l key cycles through for `method`: "" (the default) first, then every named layer.
-  std::vector<std::string> layers(ExplainMethod method);
+  const std::vector<std::string>& layers(ExplainMethod method) const;
   /// Class name of `label` ("class N" when the checkpoint has no names).
   std::string class_name(int64_t label) const;
 
@@ -64,6 +65,7 @@ class FrameAnalyzer {
   Checkpoint info_;
   torch::Device device_;
   std::vector<ExplainMethod> methods_;
+  std::map<ExplainMethod, std::vector<std::string>> layers_;
 };
 
 struct RenderOptions {
