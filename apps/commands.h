@@ -25,6 +25,7 @@ Runner add_import_command(CLI::App& cli);
 #ifdef ATTNKIT_HAVE_OPENCV
 Runner add_classify_command(CLI::App& cli);
 Runner add_visualize_command(CLI::App& cli);
+Runner add_stream_command(CLI::App& cli);
 #endif
 
 /// One-line build description: attnkit, LibTorch and OpenCV versions, CUDA kernels compiled in.

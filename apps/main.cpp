@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
 #ifdef ATTNKIT_HAVE_OPENCV
   commands.push_back(add_classify_command(cli));
   commands.push_back(add_visualize_command(cli));
+  commands.push_back(add_stream_command(cli));
 #endif
 
   try {

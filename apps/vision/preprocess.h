@@ -14,6 +14,7 @@
 #include <opencv2/core.hpp>
 #include <torch/types.h>
 
+#include <filesystem>
 #include <string>
 
 namespace attnkit::vision {

@@ -1,0 +1,90 @@
+#include "video_writer.h"
+
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <stdexcept>
+
+#include <unistd.h>
+
+namespace attnkit::vision {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string lower_extension(const std::string& path) {
+  std::string e = fs::path(path).extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return e;
+}
+
+}  // namespace
+
+const std::vector<std::string>& video_extensions() {
+  static const std::vector<std::string> extensions = {".mp4", ".mov", ".avi", ".mkv"};
+  return extensions;
+}
+
+int fourcc_for(const std::string& path) {
+  // What OpenCV 4.6 + FFmpeg 5 (Debian 12) write and read back (tests/test_stream.cpp checks each).
+  const std::string e = lower_extension(path);
+  if (e == ".mp4" || e == ".mov") return cv::VideoWriter::fourcc('m', 'p', '4', 'v');
+  if (e == ".avi" || e == ".mkv") return cv::VideoWriter::fourcc('M', 'J', 'P', 'G');
+  std::string valid;
+  for (const auto& ext : video_extensions()) valid += (valid.empty() ? "" : ", ") + ext;
+  throw std::invalid_argument(path + ": unknown video extension \"" + e + "\" (valid: " + valid + ")");
+}
+
+VideoFileWriter::VideoFileWriter(const std::string& path, cv::Size size, double fps) : path_(path), size_(size) {
+  int fourcc = 0;
+  try {
+    fourcc = fourcc_for(path);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(e.what());
+  }
+  const fs::path p(path);
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) throw std::runtime_error(path + ": is a folder, not a video file name");
+  // Same folder (so the rename is atomic) and same extension (so FFmpeg picks the same container).
+  temp_ = (p.parent_path() / ("." + p.stem().string() + ".partial-" + std::to_string(::getpid()) + p.extension().string())).string();
+  if (!writer_.open(temp_, cv::CAP_FFMPEG, fourcc, fps > 0 ? fps : 25.0, size_, true) || !writer_.isOpened()) {
+    fs::remove(temp_, ec);
+    throw std::runtime_error(path + ": cannot write the video here (missing or read-only folder, or no encoder for this format)");
+  }
+}
+
+VideoFileWriter::~VideoFileWriter() {
+  try {
+    finish();
+  } catch (...) {  // destructors must not throw; the temporary file stays for the user to rescue
+  }
+}
+
+void VideoFileWriter::write(const cv::Mat& bgr) {
+  if (finished_) throw std::logic_error("VideoFileWriter::write after finish");
+  if (bgr.size() == size_) {
+    writer_.write(bgr);
+  } else {
+    cv::Mat resized;
+    cv::resize(bgr, resized, size_, 0, 0, cv::INTER_AREA);
+    writer_.write(resized);
+  }
+  ++frames_;
+}
+
+void VideoFileWriter::finish() {
+  if (finished_) return;
+  finished_ = true;
+  writer_.release();  // writes the trailer/index: the file is complete from here
+  std::error_code ec;
+  if (frames_ == 0) {
+    fs::remove(temp_, ec);
+    return;
+  }
+  fs::rename(temp_, path_, ec);
+  if (ec) throw std::runtime_error(path_ + ": cannot rename the finished video from " + temp_ + ": " + ec.message());
+}
+
+}  // namespace attnkit::vision

@@ -1,0 +1,228 @@
+// The pieces of `attnkit stream` that need no model (apps/vision): the bounded queue's drop and
+// no-drop policies, --source parsing, image-folder and video-file sources, the capture thread, and the
+// video writer's codecs and temporary-then-rename file. The whole program is tested by
+// tests/cli_stream.cmake. Like test_data, this compiles the program's sources in.
+#include <gtest/gtest.h>
+
+#ifndef ATTNKIT_HAVE_OPENCV
+TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without OpenCV: no stream command"; }
+#else
+#include "../apps/vision/preprocess.cpp"
+#include "../apps/vision/video_source.cpp"
+#include "../apps/vision/video_writer.cpp"
+
+#include <opencv2/imgcodecs.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+namespace {
+namespace fs = std::filesystem;
+using attnkit::vision::BoundedQueue;
+using attnkit::vision::QueuePolicy;
+using attnkit::vision::SourceKind;
+
+fs::path scratch_root() { return fs::temp_directory_path() / ("attnkit_test_stream_" + std::to_string(::getpid())); }
+
+fs::path scratch(const std::string& name) {
+  const fs::path dir = scratch_root() / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+/// Removes every scratch folder once all tests have run.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override { fs::remove_all(scratch_root()); }
+};
+const auto* const cleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+
+/// Frame `i` of a synthetic clip: a gradient with a moving square, so codecs have something to do.
+cv::Mat synthetic_frame(int i, cv::Size size = {64, 48}) {
+  cv::Mat m(size, CV_8UC3);
+  for (int y = 0; y < size.height; ++y)
+    for (int x = 0; x < size.width; ++x) m.at<cv::Vec3b>(y, x) = cv::Vec3b(uchar(4 * x), uchar(5 * y), uchar(7 * i));
+  cv::rectangle(m, cv::Rect((3 * i) % (size.width - 8), 10, 8, 8), cv::Scalar(255, 255, 255), cv::FILLED);
+  return m;
+}
+
+TEST(BoundedQueue, DropOldestKeepsTheNewestAndCountsDrops) {
+  BoundedQueue<int> q(2, QueuePolicy::DropOldest);
+  for (int i = 1; i <= 5; ++i) EXPECT_TRUE(q.push(i));  // never waits
+  EXPECT_EQ(q.dropped(), 3);
+  EXPECT_EQ(*q.pop(), 4);
+  EXPECT_EQ(*q.pop(), 5);
+  q.close();
+  EXPECT_FALSE(q.pop().has_value());
+}
+
+TEST(BoundedQueue, BlockMakesTheProducerWaitAndLosesNothing) {
+  BoundedQueue<int> q(2, QueuePolicy::Block);
+  std::atomic<int> pushed{0};
+  std::thread producer([&] {
+    for (int i = 0; i < 50; ++i) {
+      q.push(i);
+      ++pushed;
+    }
+    q.close();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(pushed.load(), 2);  // full: the third push waits for the consumer
+  for (int i = 0; i < 50; ++i) {
+    const auto v = q.pop();
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(*v, i);
+  }
+  EXPECT_FALSE(q.pop().has_value());
+  producer.join();
+  EXPECT_EQ(q.dropped(), 0);
+}
+
+TEST(BoundedQueue, CloseWakesABlockedProducerAndDrainsWhatIsQueued) {
+  BoundedQueue<int> q(1, QueuePolicy::Block);
+  ASSERT_TRUE(q.push(1));
+  std::atomic<int> result{-1};
+  std::thread producer([&] { result = q.push(2) ? 1 : 0; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  q.close();
+  producer.join();
+  EXPECT_EQ(result.load(), 0);  // refused, not queued
+  EXPECT_EQ(*q.pop(), 1);
+  EXPECT_FALSE(q.pop().has_value());
+  EXPECT_FALSE(q.push(3));
+  EXPECT_THROW(BoundedQueue<int>(0, QueuePolicy::Block), std::invalid_argument);
+}
+
+TEST(Source, ParsesEveryKind) {
+  using attnkit::vision::parse_source;
+  EXPECT_EQ(parse_source("0").kind, SourceKind::Camera);
+  EXPECT_EQ(parse_source("12").index, 12);
+  EXPECT_EQ(parse_source("/dev/video2").kind, SourceKind::Device);
+  EXPECT_EQ(parse_source("videotestsrc ! videoconvert ! appsink").kind, SourceKind::Pipeline);
+  EXPECT_EQ(parse_source(scratch("folder").string()).kind, SourceKind::Folder);
+  EXPECT_EQ(parse_source("clip.mp4").kind, SourceKind::File);
+  EXPECT_EQ(parse_source("0.mp4").kind, SourceKind::File);
+  EXPECT_THROW(parse_source(""), std::invalid_argument);
+  EXPECT_TRUE(attnkit::vision::is_live(SourceKind::Camera));
+  EXPECT_TRUE(attnkit::vision::is_live(SourceKind::Pipeline));
+  EXPECT_FALSE(attnkit::vision::is_live(SourceKind::File));
+  EXPECT_FALSE(attnkit::vision::is_live(SourceKind::Folder));
+}
+
+TEST(Source, FolderFramesInNameOrderAndAnUnreadableImageIsAnError) {
+  const auto dir = scratch("frames");
+  for (int i : {2, 0, 1}) cv::imwrite((dir / ("f" + std::to_string(i) + ".png")).string(), synthetic_frame(i));
+  std::ofstream(dir / "notes.txt") << "not an image";
+  attnkit::vision::VideoSource src(attnkit::vision::parse_source(dir.string()));
+  EXPECT_EQ(src.mode().frame_count, 3);
+  EXPECT_EQ(src.mode().width, 64);
+  cv::Mat f;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(src.read(f));
+    EXPECT_EQ(cv::norm(f, synthetic_frame(i), cv::NORM_INF), 0) << "frame " << i;
+  }
+  EXPECT_FALSE(src.read(f));
+
+  std::ofstream(dir / "f1.png", std::ios::trunc) << "garbage";
+  attnkit::vision::VideoSource broken(attnkit::vision::parse_source(dir.string()));
+  ASSERT_TRUE(broken.read(f));
+  EXPECT_THROW(broken.read(f), std::runtime_error);
+}
+
+TEST(Source, MissingFileEmptyFolderAndAbsentCameraFailWithOneLine) {
+  using attnkit::vision::VideoSource;
+  using attnkit::vision::parse_source;
+  try {
+    VideoSource s(parse_source("/nonexistent/clip.avi"));
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("no such file"), std::string::npos);
+  }
+  EXPECT_THROW(VideoSource(parse_source(scratch("empty").string())), std::runtime_error);
+  EXPECT_THROW(VideoSource(parse_source("/dev/video99")), std::runtime_error);
+}
+
+TEST(Writer, CodecByExtension) {
+  using attnkit::vision::fourcc_for;
+  EXPECT_EQ(fourcc_for("a.mp4"), cv::VideoWriter::fourcc('m', 'p', '4', 'v'));
+  EXPECT_EQ(fourcc_for("dir/A.AVI"), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'));
+  EXPECT_EQ(fourcc_for("a.mkv"), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'));
+  EXPECT_THROW(fourcc_for("a.gif"), std::invalid_argument);
+  EXPECT_THROW(attnkit::vision::VideoFileWriter("/nonexistent-folder/out.avi", {64, 48}, 25), std::runtime_error);
+}
+
+// What OpenCV + FFmpeg write, they read back: every extension, frame count and size.
+TEST(Writer, EveryExtensionRoundTripsThroughTheFileSource) {
+  const auto dir = scratch("videos");
+  for (const auto& ext : attnkit::vision::video_extensions()) {
+    const std::string path = (dir / ("clip" + ext)).string();
+    {
+      attnkit::vision::VideoFileWriter w(path, {64, 48}, 25);
+      for (int i = 0; i < 20; ++i) w.write(synthetic_frame(i));
+      EXPECT_FALSE(fs::exists(path)) << "the final name appears only when the video is complete";
+      w.write(synthetic_frame(20, {128, 96}));  // another size is resized, not refused
+      w.finish();
+    }
+    ASSERT_TRUE(fs::exists(path)) << ext;
+    EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()),
+              static_cast<long>(&ext - &attnkit::vision::video_extensions()[0]) + 1)
+        << "no temporary file left behind";
+    attnkit::vision::VideoSource src(attnkit::vision::parse_source(path));
+    EXPECT_EQ(src.mode().width, 64) << ext;
+    EXPECT_EQ(src.mode().height, 48) << ext;
+    int n = 0;
+    for (cv::Mat f; src.read(f);) ++n;
+    EXPECT_EQ(n, 21) << ext;
+  }
+}
+
+TEST(Writer, NoFrameLeavesNoFile) {
+  const auto dir = scratch("empty_video");
+  { attnkit::vision::VideoFileWriter w((dir / "none.avi").string(), {64, 48}, 25); }
+  EXPECT_TRUE(fs::is_empty(dir));
+}
+
+TEST(Capture, FileSourceDeliversEveryFrameInOrderThroughASmallBlockingQueue) {
+  const auto dir = scratch("capture");
+  const std::string path = (dir / "clip.avi").string();
+  {
+    attnkit::vision::VideoFileWriter w(path, {64, 48}, 25);
+    for (int i = 0; i < 30; ++i) w.write(synthetic_frame(i));
+  }
+  attnkit::vision::VideoSource src(attnkit::vision::parse_source(path));
+  BoundedQueue<attnkit::vision::Frame> q(1, QueuePolicy::Block);
+  attnkit::vision::CaptureThread capture(src, q);
+  int64_t expected = 0;
+  while (auto f = q.pop()) {
+    EXPECT_EQ(f->index, expected++);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a slow consumer
+  }
+  EXPECT_EQ(expected, 30);
+  EXPECT_EQ(q.dropped(), 0);
+  EXPECT_EQ(capture.error(), "");
+}
+
+TEST(Capture, ATruncatedFileIsAnErrorNotAnEnd) {
+  const auto dir = scratch("truncated");
+  const std::string path = (dir / "clip.avi").string();
+  {
+    attnkit::vision::VideoFileWriter w(path, {64, 48}, 25);
+    for (int i = 0; i < 40; ++i) w.write(synthetic_frame(i));
+  }
+  fs::resize_file(path, fs::file_size(path) / 2);
+  attnkit::vision::VideoSource src(attnkit::vision::parse_source(path));
+  BoundedQueue<attnkit::vision::Frame> q(4, QueuePolicy::Block);
+  attnkit::vision::CaptureThread capture(src, q);
+  int n = 0;
+  while (q.pop()) ++n;
+  EXPECT_GT(n, 0);
+  EXPECT_LT(n, 40);
+  EXPECT_NE(capture.error().find("decoding stopped"), std::string::npos) << capture.error();
+}
+
+}  // namespace
+#endif
