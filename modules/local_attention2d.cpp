@@ -1,4 +1,5 @@
 #include <attnkit/modules/local_attention2d.h>
+#include <attnkit/modules/ops/neighborhood_attention.h>
 #include <attnkit/modules/relative_position.h>
 
 #include <torch/nn/init.h>
@@ -45,11 +46,58 @@ torch::Tensor LocalAttention2dImpl::forward(const torch::Tensor& x) {
               x.size(1));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "LocalAttention2d: input x must be floating point, got ",
               x.scalar_type());
-  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), l = h * w;
-  const int64_t k = o.kernel_size(), k2 = k * k, heads = o.heads(), d = o.channels() / heads;
-  const int64_t span = k * o.dilation();
+  const int64_t h = x.size(2), w = x.size(3), span = o.kernel_size() * o.dilation();
   TORCH_CHECK(h >= span && w >= span, "LocalAttention2d: input x of size ", h, "x", w,
               " is smaller than the window: H and W must be >= kernel_size*dilation = ", span);
+  const bool kernel = ops::has_neighborhood_attention_kernel(x.device());
+  if (detail::use_fused_kernel(o.impl(), x.device(), kernel, recording(), "LocalAttention2d")) return forward_fused(x);
+  return forward_composite(x);
+}
+
+namespace {
+
+/// The 1×1 conv (weight [Cout, C, 1, 1]) of x [N, C, H, W] as [N, H, W, Cout] (contiguous): one
+/// batched GEMM reading x through a transposed view, so x is not copied in either memory format.
+torch::Tensor conv1x1_to_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t n = x.size(0), cout = weight.size(0);
+  const auto xt = x.flatten(2).transpose(1, 2);  // [N, HW, C]
+  const auto wt = weight.flatten(1).t().expand({n, -1, -1});  // [N, C, Cout]
+  auto y = bias.defined() ? torch::baddbmm(bias.view({1, 1, cout}), xt, wt) : torch::bmm(xt, wt);
+  return y.view({n, x.size(2), x.size(3), cout});
+}
+
+/// The 1×1 conv of rows [N, H, W, C] (contiguous) as [N, Cout, H, W] in `format` (NCHW or channels-last).
+torch::Tensor conv1x1_from_rows(const torch::Tensor& rows, const torch::Tensor& weight, const torch::Tensor& bias,
+                                torch::MemoryFormat format) {
+  const int64_t n = rows.size(0), h = rows.size(1), w = rows.size(2), c = rows.size(3), cout = weight.size(0);
+  const auto w2 = weight.flatten(1);  // [Cout, C]
+  if (format == torch::MemoryFormat::ChannelsLast) return torch::linear(rows, w2, bias).permute({0, 3, 1, 2});
+  const auto rt = rows.view({n, h * w, c}).transpose(1, 2);  // [N, C, HW]
+  const auto wb = w2.expand({n, -1, -1});
+  auto y = bias.defined() ? torch::baddbmm(bias.view({1, cout, 1}), wb, rt) : torch::bmm(wb, rt);
+  return y.view({n, cout, h, w});
+}
+
+}  // namespace
+
+torch::Tensor LocalAttention2dImpl::forward_fused(const torch::Tensor& x) {
+  const auto& o = options;
+  const int64_t heads = o.heads();
+  // [N, H, W, 3C] rows: q, k, v are zero-copy [N, heads, H, W, head_dim] views of them.
+  auto rows = conv1x1_to_rows(x, qkv->weight, qkv->bias).permute({0, 3, 1, 2});
+  auto [q, k, v] = ops::split_qkv(rows, heads);
+  auto out = ops::neighborhood_attention(q, k, v, rpb, o.kernel_size(), o.dilation());
+  // The op's output is stored [N, H, W, heads, head_dim]: rows of C for the output projection.
+  auto out_rows = ops::merge_heads(out).permute({0, 2, 3, 1});
+  const auto format = x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast ? torch::MemoryFormat::ChannelsLast
+                                                                                     : torch::MemoryFormat::Contiguous;
+  return conv1x1_from_rows(out_rows, proj->weight, proj->bias, format);
+}
+
+torch::Tensor LocalAttention2dImpl::forward_composite(const torch::Tensor& x) {
+  const auto& o = options;
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), l = h * w;
+  const int64_t k = o.kernel_size(), k2 = k * k, heads = o.heads(), d = o.channels() / heads;
 
   const auto nb = neighborhood_index(h, w, k, o.dilation(), x.device());
   // [N, 3C, H, W] → [3, N, heads, L, d]

@@ -63,6 +63,18 @@ inline A horizontal_sum(const at::vec::Vectorized<A>& v) {
   return s;
 }
 
+/// Sum of the lanes as a balanced tree: shorter dependency chains than horizontal_sum (for sums
+/// computed once per dot product), same order on every call.
+template <typename A>
+inline A tree_sum(const at::vec::Vectorized<A>& v) {
+  constexpr int K = at::vec::Vectorized<A>::size();
+  alignas(64) A buf[K];
+  v.store(buf);
+  for (int width = K / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) buf[i] += buf[i + width];
+  return buf[0];
+}
+
 template <typename A>
 inline A horizontal_max(const at::vec::Vectorized<A>& v) {
   alignas(64) A buf[at::vec::Vectorized<A>::size()];
