@@ -56,42 +56,23 @@ torch::Tensor LocalAttention2dImpl::forward(const torch::Tensor& x) {
 
 namespace {
 
-/// The 1×1 conv (weight [Cout, C, 1, 1]) of x [N, C, H, W] as [N, H, W, Cout] (contiguous): one
-/// batched GEMM reading x through a transposed view, so x is not copied in either memory format.
-torch::Tensor conv1x1_to_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  const int64_t n = x.size(0), cout = weight.size(0);
-  const auto xt = x.flatten(2).transpose(1, 2);  // [N, HW, C]
-  const auto wt = weight.flatten(1).t().expand({n, -1, -1});  // [N, C, Cout]
-  auto y = bias.defined() ? torch::baddbmm(bias.view({1, 1, cout}), xt, wt) : torch::bmm(xt, wt);
-  return y.view({n, x.size(2), x.size(3), cout});
-}
-
-/// The 1×1 conv of rows [N, H, W, C] (contiguous) as [N, Cout, H, W] in `format` (NCHW or channels-last).
-torch::Tensor conv1x1_from_rows(const torch::Tensor& rows, const torch::Tensor& weight, const torch::Tensor& bias,
-                                torch::MemoryFormat format) {
-  const int64_t n = rows.size(0), h = rows.size(1), w = rows.size(2), c = rows.size(3), cout = weight.size(0);
-  const auto w2 = weight.flatten(1);  // [Cout, C]
-  if (format == torch::MemoryFormat::ChannelsLast) return torch::linear(rows, w2, bias).permute({0, 3, 1, 2});
-  const auto rt = rows.view({n, h * w, c}).transpose(1, 2);  // [N, C, HW]
-  const auto wb = w2.expand({n, -1, -1});
-  auto y = bias.defined() ? torch::baddbmm(bias.view({1, cout, 1}), wb, rt) : torch::bmm(wb, rt);
-  return y.view({n, cout, h, w});
+/// A 1×1 conv (weight [Cout, C, 1, 1]) on rows [N, H, W, C] (contiguous): one GEMM, [N, H, W, Cout].
+torch::Tensor conv1x1_rows(const torch::Tensor& rows, const torch::nn::Conv2d& conv) {
+  return torch::linear(rows, conv->weight.flatten(1), conv->bias);
 }
 
 }  // namespace
 
 torch::Tensor LocalAttention2dImpl::forward_fused(const torch::Tensor& x) {
   const auto& o = options;
-  const int64_t heads = o.heads();
-  // [N, H, W, 3C] rows: q, k, v are zero-copy [N, heads, H, W, head_dim] views of them.
-  auto rows = conv1x1_to_rows(x, qkv->weight, qkv->bias).permute({0, 3, 1, 2});
-  auto [q, k, v] = ops::split_qkv(rows, heads);
+  // Rows [N, H, W, C] (a view of a channels-last x, else one copy of x: cheaper than GEMMs on a
+  // transposed operand), then [N, H, W, 3C] rows of which q, k, v are zero-copy views.
+  auto qkv_rows = conv1x1_rows(x.permute({0, 2, 3, 1}).contiguous(), qkv);
+  auto [q, k, v] = ops::split_qkv(qkv_rows.permute({0, 3, 1, 2}), o.heads());
   auto out = ops::neighborhood_attention(q, k, v, rpb, o.kernel_size(), o.dilation());
   // The op's output is stored [N, H, W, heads, head_dim]: rows of C for the output projection.
-  auto out_rows = ops::merge_heads(out).permute({0, 2, 3, 1});
-  const auto format = x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast ? torch::MemoryFormat::ChannelsLast
-                                                                                     : torch::MemoryFormat::Contiguous;
-  return conv1x1_from_rows(out_rows, proj->weight, proj->bias, format);
+  auto y = conv1x1_rows(ops::merge_heads(out).permute({0, 2, 3, 1}), proj).permute({0, 3, 1, 2});
+  return x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 
 torch::Tensor LocalAttention2dImpl::forward_composite(const torch::Tensor& x) {

@@ -50,7 +50,7 @@ inline acc_t<TB> dot(const TA* a, const TB* b, int64_t d) {
     const int r = static_cast<int>(d - i);
     acc = at::vec::fmadd(Lanes<TA>::load(a + i, r), Lanes<TB>::load(b + i, r), acc);
   }
-  return tree_sum(acc);
+  return lane_sum(acc);
 }
 
 // acc[i] += alpha · x[i], i < d.
@@ -92,7 +92,7 @@ inline A exp_shifted(A* p, int64_t n, A shift) {
     e.store(p + j, r);
     sum += e;
   }
-  return tree_sum(sum);
+  return lane_sum(sum);
 }
 
 struct Sizes {
