@@ -66,10 +66,10 @@ torch::Tensor conv1x1_rows(const torch::Tensor& rows, const torch::nn::Conv2d& c
 torch::Tensor LocalAttention2dImpl::forward_fused(const torch::Tensor& x) {
   const auto& o = options;
   // Rows [N, H, W, C] (a view of a channels-last x, else one copy of x: cheaper than GEMMs on a
-  // transposed operand), then [N, H, W, 3C] rows of which q, k, v are zero-copy views.
+  // transposed operand), then [N, H, W, 3C] rows which the op reads in place.
   auto qkv_rows = conv1x1_rows(x.permute({0, 2, 3, 1}).contiguous(), qkv);
-  auto [q, k, v] = ops::split_qkv(qkv_rows.permute({0, 3, 1, 2}), o.heads());
-  auto out = ops::neighborhood_attention(q, k, v, rpb, o.kernel_size(), o.dilation());
+  auto out = ops::neighborhood_attention_qkv(qkv_rows.permute({0, 3, 1, 2}), o.heads(), rpb, o.kernel_size(),
+                                             o.dilation());
   // The op's output is stored [N, H, W, heads, head_dim]: rows of C for the output projection.
   auto y = conv1x1_rows(ops::merge_heads(out).permute({0, 2, 3, 1}), proj).permute({0, 3, 1, 2});
   return x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast ? y : y.contiguous();

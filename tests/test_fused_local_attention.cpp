@@ -30,6 +30,15 @@ Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   return torch::matmul(attn.unsqueeze(-2), gather(v)).squeeze(-2).view({N, heads, H, W, D});
 }
 
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const c10::Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 struct Inputs {
   Tensor q, k, v, rpb;
 };
@@ -157,6 +166,27 @@ TEST(FusedLocalAttentionOp, StridedInputs) {
   check({qt, kt, vt, rpb_t}, 3, 1, 1e-10);
 }
 
+TEST(FusedLocalAttentionOp, PackedQkvEqualsSeparateViews) {
+  torch::manual_seed(15);
+  const int64_t heads = 2, D = 5;
+  for (auto fmt : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    auto qkv = torch::randn({2, 3 * heads * D, 8, 9}, torch::kDouble).contiguous(fmt).requires_grad_(true);
+    auto rpb = torch::randn({heads, 5, 5}, torch::kDouble).requires_grad_(true);
+    auto y = attnkit::ops::neighborhood_attention_qkv(qkv, heads, rpb, 3, 2);
+    auto [q, k, v] = attnkit::ops::split_qkv(qkv, heads);
+    auto yr = attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 2);
+    ASSERT_TRUE(y.equal(yr));
+    auto dy = torch::randn_like(y);
+    auto g = torch::autograd::grad({y}, {qkv, rpb}, {dy});
+    auto gr = torch::autograd::grad({yr}, {qkv, rpb}, {dy});
+    EXPECT_TRUE(g[0].equal(gr[0])) << "grad qkv";
+    EXPECT_TRUE(g[1].equal(gr[1])) << "grad rpb";
+    EXPECT_EQ(g[0].suggest_memory_format(), torch::MemoryFormat::ChannelsLast) << "one gradient, the rows' layout";
+  }
+  EXPECT_THAT(error_of([&] { attnkit::ops::neighborhood_attention_qkv(torch::randn({1, 12, 4, 4}), 2, Tensor(), 5); }),
+              HasSubstr("q's map of size 4x4 is smaller than the window"));
+}
+
 TEST(FusedLocalAttentionOp, OutputIsStoredHeadsLast) {
   auto in = make_inputs({2, 3, 6, 7, 4}, 3, torch::kFloat);
   auto y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3);
@@ -213,15 +243,6 @@ TEST(FusedLocalAttentionOp, FiniteDifferenceGradient) {
     }
     EXPECT_TRUE(all_close(analytic[m], numeric, 1e-7)) << "input " << m;
   }
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(FusedLocalAttentionOp, BadInputNamesTheArgument) {

@@ -100,50 +100,96 @@ Forward forward_impl(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   return f;
 }
 
+/// q, k, v [N, heads, H, W, head_dim] views of the rows [N, H, W, 3·C] (channels [q|k|v][head][head_dim]).
+std::vector<Tensor> split_rows(const Tensor& rows, int64_t heads) {
+  return rows.unflatten(3, {3, heads, rows.size(3) / (3 * heads)}).permute({3, 0, 4, 1, 2, 5}).unbind(0);
+}
+
+/// Runs backward into dq, dk, dv (allocated by the caller in any layout with head_dim contiguous; dk
+/// and dv undefined: not wanted). Returns the gradient of rpb (undefined without rpb).
+Tensor backward_impl(const Tensor& grad, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
+                     const Tensor& lse, const NeighborhoodGeometry& g, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const auto acc = acc_type(q.scalar_type());
+  const int64_t side = 2 * g.kernel_size - 1;
+  Tensor drpb = rpb.defined() ? at::zeros({q.size(1), side, side}, q.options().dtype(acc)) : Tensor();
+  if (q.numel() > 0) {
+    const auto& kernels = cpu::neighborhood_attention_kernels();
+    const Tensor dout = head_dim_contiguous(grad.to(q.scalar_type()));
+    const Tensor bias = bias_table(rpb, acc);
+    Tensor delta = at::empty_like(lse);
+    kernels.backward_query(dout, q, k, v, bias, lse, g, dq, delta, drpb);
+    if (dk.defined()) kernels.backward_key(dout, q, k, v, bias, lse, delta, g, dk, dv);
+  }
+  return drpb.defined() ? drpb.to(rpb.scalar_type()) : drpb;
+}
+
+void save_config(torch::autograd::AutogradContext* ctx, int64_t kernel_size, int64_t dilation, double scale) {
+  ctx->saved_data["kernel_size"] = kernel_size;
+  ctx->saved_data["dilation"] = dilation;
+  ctx->saved_data["scale"] = scale;
+}
+NeighborhoodGeometry saved_geometry(torch::autograd::AutogradContext* ctx, const Tensor& q) {
+  return geometry(q, ctx->saved_data["kernel_size"].toInt(), ctx->saved_data["dilation"].toInt(),
+                  ctx->saved_data["scale"].toDouble());
+}
+
+// q, k, v as three tensors: their gradients come back as three tensors stored heads-last.
 struct NeighborhoodAttentionFunction : public torch::autograd::Function<NeighborhoodAttentionFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation, double scale) {
     const Tensor bias = rpb.has_value() ? *rpb : Tensor();
     Forward f = forward_impl(q, k, v, bias, kernel_size, dilation, scale);
     ctx->save_for_backward({f.q, f.k, f.v, bias, f.lse});
-    ctx->saved_data["kernel_size"] = kernel_size;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["scale"] = scale;
+    save_config(ctx, kernel_size, dilation, scale);
     return f.out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &rpb = saved[3], &lse = saved[4];
-    const int64_t kernel_size = ctx->saved_data["kernel_size"].toInt();
-    const auto g = geometry(q, kernel_size, ctx->saved_data["dilation"].toInt(),
-                            ctx->saved_data["scale"].toDouble());
-    const auto acc = acc_type(q.scalar_type());
+    const Tensor& q = saved[0];
     Tensor dq, dk, dv, drpb;
     if (grads[0].defined()) {
-      const Tensor dout = head_dim_contiguous(grads[0].to(q.scalar_type()));
       dq = empty_heads_last(q);
-      const int64_t side = 2 * kernel_size - 1;
-      if (rpb.defined()) drpb = at::zeros({q.size(1), side, side}, q.options().dtype(acc));
-      if (q.numel() > 0) {
-        const auto& kernels = cpu::neighborhood_attention_kernels();
-        const Tensor bias = bias_table(rpb, acc);
-        Tensor delta = at::empty_like(lse);
-        kernels.backward_query(dout, q, k, v, bias, lse, g, dq, delta, drpb);
-        if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-          dk = empty_heads_last(q);
-          dv = empty_heads_last(q);
-          kernels.backward_key(dout, q, k, v, bias, lse, delta, g, dk, dv);
-        }
-      } else {
+      if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
         dk = empty_heads_last(q);
         dv = empty_heads_last(q);
       }
-      if (drpb.defined()) drpb = drpb.to(rpb.scalar_type());
+      drpb = backward_impl(grads[0], q, saved[1], saved[2], saved[3], saved[4], saved_geometry(ctx, q), dq, dk, dv);
     }
     // One gradient per argument of forward: q, k, v, rpb, then the three non-tensor ones.
     return {dq, dk, dv, drpb, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// The packed projection [N, H, W, 3·C] rows: one gradient tensor, written in place by the kernels
+// (no stacking of three gradients, as autograd would do for three views).
+struct NeighborhoodAttentionQkvFunction : public torch::autograd::Function<NeighborhoodAttentionQkvFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& rows, int64_t heads,
+                        const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation, double scale) {
+    const Tensor bias = rpb.has_value() ? *rpb : Tensor();
+    const auto qkv = split_rows(rows, heads);
+    Forward f = forward_impl(qkv[0], qkv[1], qkv[2], bias, kernel_size, dilation, scale);
+    ctx->save_for_backward({rows, bias, f.lse});
+    ctx->saved_data["heads"] = heads;
+    save_config(ctx, kernel_size, dilation, scale);
+    return f.out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& rows = saved[0];
+    Tensor drows, drpb;
+    if (grads[0].defined()) {
+      const int64_t heads = ctx->saved_data["heads"].toInt();
+      const auto qkv = split_rows(rows, heads);
+      drows = at::empty_like(rows);
+      auto dqkv = split_rows(drows, heads);
+      drpb = backward_impl(grads[0], qkv[0], qkv[1], qkv[2], saved[1], saved[2], saved_geometry(ctx, qkv[0]), dqkv[0],
+                           dqkv[1], dqkv[2]);
+    }
+    return {drows, Tensor(), drpb, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -151,29 +197,62 @@ double scale_or_default(const Tensor& q, std::optional<double> scale) {
   return scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(4))));
 }
 
+bool needs_grad(std::initializer_list<const Tensor*> ts) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+/// [N, 3C, H, W] as contiguous rows [N, H, W, 3C] (a view when qkv is channels-last).
+Tensor qkv_rows(const Tensor& qkv, int64_t heads) {
+  TORCH_CHECK(heads > 0, "attnkit::split_qkv: heads must be positive, got ", heads);
+  TORCH_CHECK(qkv.defined() && qkv.dim() == 4 && qkv.size(1) % (3 * heads) == 0,
+              "attnkit::split_qkv: expected qkv of shape [N, 3*heads*head_dim, H, W] with heads = ", heads, ", got ",
+              qkv.defined() ? qkv.sizes() : at::IntArrayRef{});
+  return qkv.permute({0, 2, 3, 1}).contiguous();
+}
+
 // Autograd key: records the fused backward when a gradient is wanted.
 Tensor neighborhood_attention_op(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& rpb,
                                  int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
   const Tensor bias = rpb.has_value() ? *rpb : Tensor();
   check_inputs(q, k, v, bias, kernel_size, dilation);
-  bool grad = false;
-  if (torch::GradMode::is_enabled())
-    for (const Tensor* t : {&q, &k, &v, &bias}) grad = grad || (t->defined() && t->requires_grad());
-  if (!grad) {
+  if (!needs_grad({&q, &k, &v, &bias})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return forward_impl(q, k, v, bias, kernel_size, dilation, scale_or_default(q, scale)).out;
   }
   return NeighborhoodAttentionFunction::apply(q, k, v, rpb, kernel_size, dilation, scale_or_default(q, scale));
 }
 
+Tensor neighborhood_attention_qkv_op(const Tensor& qkv, int64_t heads, const std::optional<Tensor>& rpb,
+                                     int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
+  const Tensor bias = rpb.has_value() ? *rpb : Tensor();
+  const Tensor rows = qkv_rows(qkv, heads);
+  const auto views = split_rows(rows, heads);
+  check_inputs(views[0], views[1], views[2], bias, kernel_size, dilation);
+  const double s = scale_or_default(views[0], scale);
+  if (!needs_grad({&qkv, &bias})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_impl(views[0], views[1], views[2], bias, kernel_size, dilation, s).out;
+  }
+  return NeighborhoodAttentionQkvFunction::apply(rows, heads, rpb, kernel_size, dilation, s);
+}
+
 // CPU (and CUDA, to say clearly that there is no kernel) keys: forward only, e.g. under inference mode.
 Tensor neighborhood_attention_forward_only(const Tensor& q, const Tensor& k, const Tensor& v,
                                            const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation,
                                            std::optional<double> scale) {
-  const Tensor bias = rpb.has_value() ? *rpb : Tensor();
-  check_inputs(q, k, v, bias, kernel_size, dilation);
-  return forward_impl(q, k, v, bias, kernel_size, dilation, scale_or_default(q, scale)).out;
+  at::AutoGradMode no_grad(false);
+  return neighborhood_attention_op(q, k, v, rpb, kernel_size, dilation, scale);
 }
+Tensor neighborhood_attention_qkv_forward_only(const Tensor& qkv, int64_t heads, const std::optional<Tensor>& rpb,
+                                               int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
+  at::AutoGradMode no_grad(false);
+  return neighborhood_attention_qkv_op(qkv, heads, rpb, kernel_size, dilation, scale);
+}
+
+std::optional<Tensor> optional(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
 
 }  // namespace
 
@@ -185,17 +264,20 @@ at::Tensor neighborhood_attention(const at::Tensor& q, const at::Tensor& k, cons
                        .findSchemaOrThrow("attnkit::neighborhood_attention", "")
                        .typed<decltype(neighborhood_attention_op)>();
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
-  return op.call(q, k, v, rpb.defined() ? std::optional<Tensor>(rpb) : std::nullopt, kernel_size, dilation, scale);
+  return op.call(q, k, v, optional(rpb), kernel_size, dilation, scale);
+}
+
+at::Tensor neighborhood_attention_qkv(const at::Tensor& qkv, int64_t heads, const at::Tensor& rpb,
+                                      int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("attnkit::neighborhood_attention_qkv", "")
+                       .typed<decltype(neighborhood_attention_qkv_op)>();
+  TORCH_CHECK(qkv.defined(), kOp, "_qkv: qkv must be defined");
+  return op.call(qkv, heads, optional(rpb), kernel_size, dilation, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> split_qkv(const at::Tensor& qkv, int64_t heads) {
-  TORCH_CHECK(heads > 0, "attnkit::split_qkv: heads must be positive, got ", heads);
-  TORCH_CHECK(qkv.dim() == 4 && qkv.size(1) % (3 * heads) == 0, "attnkit::split_qkv: expected qkv of shape [N, ",
-              "3*heads*head_dim, H, W] with heads = ", heads, ", got ", qkv.sizes());
-  // [N, H, W, 3C] with the channels contiguous, then [N, H, W, 3, heads, head_dim] → [3, N, heads, H, W, head_dim].
-  Tensor t = qkv.permute({0, 2, 3, 1});
-  if (t.stride(3) != 1) t = t.contiguous();
-  auto parts = t.unflatten(3, {3, heads, qkv.size(1) / (3 * heads)}).permute({3, 0, 4, 1, 2, 5}).unbind(0);
+  const auto parts = split_rows(qkv_rows(qkv, heads), heads);
   return {parts[0], parts[1], parts[2]};
 }
 
@@ -209,9 +291,21 @@ TORCH_LIBRARY_FRAGMENT(attnkit, m) {
   m.def(
       "neighborhood_attention(Tensor q, Tensor k, Tensor v, Tensor? rpb, int kernel_size, int dilation=1, "
       "float? scale=None) -> Tensor");
+  m.def(
+      "neighborhood_attention_qkv(Tensor qkv, int heads, Tensor? rpb, int kernel_size, int dilation=1, "
+      "float? scale=None) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(attnkit, CPU, m) { m.impl("neighborhood_attention", neighborhood_attention_forward_only); }
-TORCH_LIBRARY_IMPL(attnkit, CUDA, m) { m.impl("neighborhood_attention", neighborhood_attention_forward_only); }
-TORCH_LIBRARY_IMPL(attnkit, Autograd, m) { m.impl("neighborhood_attention", neighborhood_attention_op); }
+TORCH_LIBRARY_IMPL(attnkit, CPU, m) {
+  m.impl("neighborhood_attention", neighborhood_attention_forward_only);
+  m.impl("neighborhood_attention_qkv", neighborhood_attention_qkv_forward_only);
+}
+TORCH_LIBRARY_IMPL(attnkit, CUDA, m) {
+  m.impl("neighborhood_attention", neighborhood_attention_forward_only);
+  m.impl("neighborhood_attention_qkv", neighborhood_attention_qkv_forward_only);
+}
+TORCH_LIBRARY_IMPL(attnkit, Autograd, m) {
+  m.impl("neighborhood_attention", neighborhood_attention_op);
+  m.impl("neighborhood_attention_qkv", neighborhood_attention_qkv_op);
+}
 
 }  // namespace attnkit::ops

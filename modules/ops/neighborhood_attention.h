@@ -12,7 +12,9 @@
 // Layout. q, k, v are [N, heads, H, W, head_dim] with head_dim contiguous and any other strides, so
 // they can be zero-copy views of the qkv projection written as [N, H, W, 3·C] (channels-last, channels
 // ordered [q|k|v][head][head_dim]): that is what split_qkv returns. A q/k/v whose head_dim is not
-// contiguous (e.g. views of an NCHW conv output) is copied first. The output is [N, heads, H, W,
+// contiguous (e.g. views of an NCHW conv output) is copied first. neighborhood_attention_qkv takes
+// that projection itself, [N, 3·C, H, W] (channels-last: no copy), and returns its gradient as one
+// tensor written in place by the kernels (with three views, autograd would stack three gradients). The output is [N, heads, H, W,
 // head_dim] stored as [N, H, W, heads, head_dim]: merge_heads views it as the [N, C, H, W]
 // channels-last tensor that the output projection takes.
 //
@@ -40,6 +42,13 @@ namespace attnkit::ops {
 at::Tensor neighborhood_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& rpb, int64_t kernel_size, int64_t dilation = 1,
                                   std::optional<double> scale = std::nullopt);
+
+/// The same op on the packed projection qkv [N, 3·heads·head_dim, H, W], channels [q|k|v][head][head_dim]
+/// (the 1×1 conv's output; channels-last is read in place, other layouts are copied once).
+/// torch.ops.attnkit.neighborhood_attention_qkv.
+at::Tensor neighborhood_attention_qkv(const at::Tensor& qkv, int64_t heads, const at::Tensor& rpb,
+                                      int64_t kernel_size, int64_t dilation = 1,
+                                      std::optional<double> scale = std::nullopt);
 
 /// q, k, v as [N, heads, H, W, head_dim] views of the qkv projection `qkv` [N, 3·heads·head_dim, H, W]
 /// (channels [q|k|v][head][head_dim]); zero-copy when qkv is channels-last, else one copy to it.
