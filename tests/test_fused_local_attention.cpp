@@ -14,6 +14,7 @@
 namespace {
 
 using attnkit::testing::all_close;
+using attnkit::testing::error_of;
 using ::testing::HasSubstr;
 using Tensor = torch::Tensor;
 
@@ -28,15 +29,6 @@ Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
     logits = logits + rpb.reshape({heads, -1}).index_select(1, nb.bias.view(-1)).view({heads, L, ks * ks}).to(logits.scalar_type());
   auto attn = torch::softmax(logits, -1);
   return torch::matmul(attn.unsqueeze(-2), gather(v)).squeeze(-2).view({N, heads, H, W, D});
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 struct Inputs {
