@@ -115,10 +115,7 @@ Tensor backward_impl(const Tensor& grad, const Tensor& q, const Tensor& k, const
   if (q.numel() > 0) {
     const auto& kernels = cpu::neighborhood_attention_kernels();
     const Tensor dout = head_dim_contiguous(grad.to(q.scalar_type()));
-    const Tensor bias = bias_table(rpb, acc);
-    Tensor delta = at::empty_like(lse);
-    kernels.backward_query(dout, q, k, v, bias, lse, g, dq, delta, drpb);
-    if (dk.defined()) kernels.backward_key(dout, q, k, v, bias, lse, delta, g, dk, dv);
+    kernels.backward(dout, q, k, v, bias_table(rpb, acc), lse, g, dq, dk, dv, drpb);
   }
   return drpb.defined() ? drpb.to(rpb.scalar_type()) : drpb;
 }

@@ -21,9 +21,9 @@
 // Memory. Forward allocates the output and the log-sum-exp of the logits ([N, heads, H, W], float)
 // and saves q, k, v, rpb and that for backward: the attention weights are recomputed in backward
 // rather than stored (k² per query and head would be more than the output itself for head_dim < k²).
-// Backward allocates dq, dk, dv, one more [N, heads, H, W] float and (with rpb) a
-// [N·heads·H, (2k-1)²] table of partial bias gradients; no atomics, so results do not depend on the
-// thread count.
+// Backward allocates dq, dk, dv, per thread 2·H·W·k² floats (the weights and logit gradients of one
+// (n, head) plane at a time) and (with rpb) [N·heads, (2k-1)²] partial bias gradients; no atomics,
+// so results do not depend on the thread count.
 //
 // Dtypes float32, float64, bfloat16, float16 (all accumulate in float, or double for double); rpb of
 // any floating dtype (its gradient comes back in that dtype). CPU only: CUDA tensors are an error

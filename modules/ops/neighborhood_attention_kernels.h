@@ -4,16 +4,17 @@
 // Forward: one pass per query: k² dot products q·key, softmax, weighted sum of the k² values;
 // writes the output and the log-sum-exp of the logits (one number per query and head), nothing else.
 // Backward recomputes the attention weights from the log-sum-exp (as FlashAttention does) instead of
-// saving the k² weights per query, in two passes without atomics:
-//   query pass (one task per query row): dq, the per-query D = Σ_j P_j (dO·v_j), and per-row partial
-//     sums of the bias gradient (added up afterwards in a fixed order);
-//   key pass (one task per key row): dk and dv, gathering from the queries whose windows hold each
-//     key (the inverse window rule: a contiguous range of the key's dilation group along each axis).
+// saving the k² weights per query, one task per (n, head) plane, in two passes without atomics:
+//   query pass: P and dS = P·(dO·v - Σ_j P_j dO·v_j) for every (query, slot) of the plane into a
+//     per-task buffer (2·H·W·k² numbers, reused plane after plane), dq, and per-plane partial sums of
+//     the bias gradient (added up afterwards in a fixed order);
+//   key pass: dk and dv, gathering P and dS from the queries whose windows hold each key (the inverse
+//     window rule: a contiguous range of the key's dilation group along each axis).
 // Every output element is written by exactly one task in a fixed order: results do not depend on
 // the thread count.
 //
 // Tensors: q, k, v, out, dout, dq, dk, dv are [N, heads, H, W, head_dim] of one floating dtype,
-// any strides with head_dim contiguous (stride 1); lse and delta are contiguous [N, heads, H, W]
+// any strides with head_dim contiguous (stride 1); lse is contiguous [N, heads, H, W]
 // and rpb / drpb contiguous [heads, 2k-1, 2k-1], all in the accumulation dtype (double for double
 // inputs, float otherwise); rpb and drpb may be undefined (no bias).
 //
@@ -45,14 +46,10 @@ struct NeighborhoodAttentionKernelTable {
   /// out = softmax(scale·q·k_window + rpb) · v_window per query; lse = log Σ exp(logits).
   void (*forward)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rpb,
                   const NeighborhoodGeometry& g, at::Tensor& out, at::Tensor& lse);
-  /// dq, delta (= Σ_j P_j dP_j per query) and drpb (undefined rpb: drpb untouched).
-  void (*backward_query)(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                         const at::Tensor& rpb, const at::Tensor& lse, const NeighborhoodGeometry& g, at::Tensor& dq,
-                         at::Tensor& delta, at::Tensor& drpb);
-  /// dk and dv from the queries that see each key.
-  void (*backward_key)(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       const at::Tensor& rpb, const at::Tensor& lse, const at::Tensor& delta,
-                       const NeighborhoodGeometry& g, at::Tensor& dk, at::Tensor& dv);
+  /// dq, dk, dv (dk, dv undefined: not wanted) and drpb (undefined rpb: drpb untouched).
+  void (*backward)(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& rpb, const at::Tensor& lse, const NeighborhoodGeometry& g, at::Tensor& dq,
+                   at::Tensor& dk, at::Tensor& dv, at::Tensor& drpb);
 };
 
 namespace cpu {

@@ -2,8 +2,8 @@
 // each pass computes.
 //
 // Compiled once per CPU capability (modules/ops/cpu/*_kernel.cpp, see CMakeLists.txt); threaded with
-// at::parallel_for over rows (n, head, y) of queries (forward, query pass) or keys (key pass), each
-// row written by one task; vectorised with ATen's Vectorized<T> along head_dim (dot products and
+// at::parallel_for over rows (n, head, y) of queries (forward) or (n, head) planes (backward), each
+// written by one task; vectorised with ATen's Vectorized<T> along head_dim (dot products and
 // axpys), and along the k² slots for the softmax's exponentials. Everything accumulates in
 // acc_t<T> (float for float/bfloat16/half, double for double).
 #include <attnkit/modules/ops/neighborhood_attention_kernels.h>
@@ -162,116 +162,82 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void backward_query_impl(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
-                         const Tensor& lse, const NeighborhoodGeometry& g, Tensor& dq, Tensor& delta, Tensor& drpb) {
+void backward_impl(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
+                   const Tensor& lse, const NeighborhoodGeometry& g, Tensor& dq, Tensor& dk, Tensor& dv,
+                   Tensor& drpb) {
   using A = acc_t<T>;
   const Sizes s = sizes_of(q, g);
-  const Map<T> Q(q), K(k), Vm(v), DO(dout), DQ(dq);
+  const bool kv = dk.defined();
+  const Map<T> Q(q), K(k), Vm(v), DO(dout), DQ(dq), DK(kv ? dk : dq), DV(kv ? dv : dq);
   const A* bias = opt_ptr<A>(rpb);
   const A* lse_p = lse.data_ptr<A>();
-  A* delta_p = delta.data_ptr<A>();
-  const int64_t rows = s.n * s.heads * s.h, table = s.tw * s.tw;
-  // The bias gradient: one partial table per row, added up below in a fixed order.
-  std::vector<A> partial(bias ? static_cast<size_t>(rows * table) : 0, A(0));
-  at::parallel_for(0, rows, grain_rows(s), [&](int64_t begin, int64_t end) {
-    std::vector<A> p(s.k2), dp(s.k2), acc(s.d);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t y = r % s.h, h = (r / s.h) % s.heads, n = r / (s.h * s.heads);
-      const int64_t sy = g.rows.start[y];
-      for (int64_t x = 0; x < s.w; ++x) {
-        const int64_t sx = g.cols.start[x];
-        const T* dop = DO.at(n, h, y, x);
-        window_logits(K, Q.at(n, h, y, x), n, h, y, x, s, g, bias, p.data());
-        exp_shifted(p.data(), s.k2, lse_p[r * s.w + x]);  // the attention weights P
-        A dsum = 0;
-        for (int64_t i = 0; i < s.ks; ++i)
-          for (int64_t j = 0; j < s.ks; ++j) {
-            const int64_t slot = i * s.ks + j;
-            dp[slot] = dot(dop, Vm.at(n, h, sy + i * s.dil, sx + j * s.dil), s.d);
-            dsum += p[slot] * dp[slot];
+  const A scale = static_cast<A>(g.scale);
+  const int64_t planes = s.n * s.heads, plane = s.h * s.w, table = s.tw * s.tw;
+  // The bias gradient: one partial table per plane, added up below in a fixed order.
+  std::vector<A> partial(bias ? static_cast<size_t>(planes * table) : 0, A(0));
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    // P and dS (d loss / d logit) of every (query, slot) of one plane: the key pass reads them back.
+    std::vector<A> p(static_cast<size_t>(plane * s.k2)), ds(p.size()), dp(s.k2), acc(s.d), acc2(s.d);
+    for (int64_t pl = begin; pl < end; ++pl) {
+      const int64_t n = pl / s.heads, h = pl % s.heads;
+      A* part = bias ? partial.data() + pl * table : nullptr;
+      // Query pass: P, dS and dq per query.
+      for (int64_t y = 0; y < s.h; ++y) {
+        const int64_t sy = g.rows.start[y];
+        for (int64_t x = 0; x < s.w; ++x) {
+          const int64_t sx = g.cols.start[x];
+          A* pq = p.data() + (y * s.w + x) * s.k2;
+          A* dsq = ds.data() + (y * s.w + x) * s.k2;
+          const T* dop = DO.at(n, h, y, x);
+          window_logits(K, Q.at(n, h, y, x), n, h, y, x, s, g, bias, pq);
+          exp_shifted(pq, s.k2, lse_p[pl * plane + y * s.w + x]);  // the attention weights P
+          A dsum = 0;
+          for (int64_t i = 0; i < s.ks; ++i)
+            for (int64_t j = 0; j < s.ks; ++j) {
+              const int64_t slot = i * s.ks + j;
+              dp[slot] = dot(dop, Vm.at(n, h, sy + i * s.dil, sx + j * s.dil), s.d);
+              dsum += pq[slot] * dp[slot];
+            }
+          std::fill(acc.begin(), acc.end(), A(0));
+          A* prow = part ? part + ((sy - y) / s.dil + s.ks - 1) * s.tw + (sx - x) / s.dil + s.ks - 1 : nullptr;
+          for (int64_t i = 0; i < s.ks; ++i)
+            for (int64_t j = 0; j < s.ks; ++j) {
+              const int64_t slot = i * s.ks + j;
+              dsq[slot] = pq[slot] * (dp[slot] - dsum);
+              axpy(acc.data(), dsq[slot], K.at(n, h, sy + i * s.dil, sx + j * s.dil), s.d);
+              if (prow) prow[i * s.tw + j] += dsq[slot];
+            }
+          store_scaled(DQ.at(n, h, y, x), acc.data(), scale, s.d);
+        }
+      }
+      if (!kv) continue;
+      // Key pass: dk = scale · Σ dS·q and dv = Σ P·dO over the queries whose windows hold the key.
+      for (int64_t ky = 0; ky < s.h; ++ky) {
+        for (int64_t kx = 0; kx < s.w; ++kx) {
+          std::fill(acc.begin(), acc.end(), A(0));
+          std::fill(acc2.begin(), acc2.end(), A(0));
+          for (int64_t y = g.rows.first_query[ky]; y <= g.rows.last_query[ky]; y += s.dil) {
+            const int64_t i = (ky - g.rows.start[y]) / s.dil;
+            for (int64_t x = g.cols.first_query[kx]; x <= g.cols.last_query[kx]; x += s.dil) {
+              const int64_t idx = (y * s.w + x) * s.k2 + i * s.ks + (kx - g.cols.start[x]) / s.dil;
+              axpy(acc.data(), ds[idx], Q.at(n, h, y, x), s.d);
+              axpy(acc2.data(), p[idx], DO.at(n, h, y, x), s.d);
+            }
           }
-        delta_p[r * s.w + x] = dsum;
-        std::fill(acc.begin(), acc.end(), A(0));
-        A* part = bias ? partial.data() + r * table + ((sy - y) / s.dil + s.ks - 1) * s.tw + (sx - x) / s.dil + s.ks - 1
-                       : nullptr;
-        for (int64_t i = 0; i < s.ks; ++i)
-          for (int64_t j = 0; j < s.ks; ++j) {
-            const int64_t slot = i * s.ks + j;
-            const A ds = p[slot] * (dp[slot] - dsum);  // d loss / d logit
-            axpy(acc.data(), ds, K.at(n, h, sy + i * s.dil, sx + j * s.dil), s.d);
-            if (part) part[i * s.tw + j] += ds;
-          }
-        store_scaled(DQ.at(n, h, y, x), acc.data(), static_cast<A>(g.scale), s.d);
+          store_scaled(DK.at(n, h, ky, kx), acc.data(), scale, s.d);
+          store_scaled(DV.at(n, h, ky, kx), acc2.data(), A(1), s.d);
+        }
       }
     }
   });
   if (!bias) return;
   A* out = drpb.data_ptr<A>();
-  at::parallel_for(0, s.heads * table, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      const int64_t h = e / table, t = e % table;
+  for (int64_t h = 0; h < s.heads; ++h)
+    for (int64_t t = 0; t < table; ++t) {
       A sum = 0;
-      for (int64_t n = 0; n < s.n; ++n)
-        for (int64_t y = 0; y < s.h; ++y) sum += partial[((n * s.heads + h) * s.h + y) * table + t];
-      out[e] = sum;
+      for (int64_t n = 0; n < s.n; ++n) sum += partial[(n * s.heads + h) * table + t];
+      out[h * table + t] = sum;
     }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-template <typename T>
-void backward_key_impl(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
-                       const Tensor& lse, const Tensor& delta, const NeighborhoodGeometry& g, Tensor& dk, Tensor& dv) {
-  using A = acc_t<T>;
-  const Sizes s = sizes_of(q, g);
-  const Map<T> Q(q), K(k), Vm(v), DO(dout), DK(dk), DV(dv);
-  const A* bias = opt_ptr<A>(rpb);
-  const A* lse_p = lse.data_ptr<A>();
-  const A* delta_p = delta.data_ptr<A>();
-  const A scale = static_cast<A>(g.scale);
-  auto most_queries = [&](const WindowAxis& a) {
-    int64_t m = 0;
-    for (size_t i = 0; i < a.first_query.size(); ++i)
-      m = std::max(m, (a.last_query[i] - a.first_query[i]) / s.dil + 1);
-    return m;
-  };
-  const int64_t max_pairs = most_queries(g.rows) * most_queries(g.cols);
-  at::parallel_for(0, s.n * s.heads * s.h, grain_rows(s), [&](int64_t begin, int64_t end) {
-    // Per key: the attention weight P and d loss / d logit of every query that sees it.
-    std::vector<A> p(max_pairs), ds(max_pairs), dk_acc(s.d), dv_acc(s.d);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t ky = r % s.h, h = (r / s.h) % s.heads, n = r / (s.h * s.heads);
-      const int64_t y0 = g.rows.first_query[ky], y1 = g.rows.last_query[ky];
-      const A* bias_h = bias ? bias + h * s.tw * s.tw : nullptr;
-      for (int64_t kx = 0; kx < s.w; ++kx) {
-        const int64_t x0 = g.cols.first_query[kx], x1 = g.cols.last_query[kx];
-        const T* kp = K.at(n, h, ky, kx);
-        const T* vp = Vm.at(n, h, ky, kx);
-        // Logits, then P = exp(logit - lse) for all of them at once.
-        int64_t c = 0;
-        for (int64_t y = y0; y <= y1; y += s.dil)
-          for (int64_t x = x0; x <= x1; x += s.dil, ++c) {
-            A l = dot(Q.at(n, h, y, x), kp, s.d) * scale;
-            if (bias_h) l += bias_h[((ky - y) / s.dil + s.ks - 1) * s.tw + (kx - x) / s.dil + s.ks - 1];
-            p[c] = l - lse_p[((n * s.heads + h) * s.h + y) * s.w + x];
-          }
-        exp_shifted(p.data(), c, A(0));
-        c = 0;
-        std::fill(dk_acc.begin(), dk_acc.end(), A(0));
-        std::fill(dv_acc.begin(), dv_acc.end(), A(0));
-        for (int64_t y = y0; y <= y1; y += s.dil)
-          for (int64_t x = x0; x <= x1; x += s.dil, ++c) {
-            const T* dop = DO.at(n, h, y, x);
-            const A dp = dot(dop, vp, s.d);
-            ds[c] = p[c] * (dp - delta_p[((n * s.heads + h) * s.h + y) * s.w + x]);
-            axpy(dv_acc.data(), p[c], dop, s.d);
-            axpy(dk_acc.data(), ds[c], Q.at(n, h, y, x), s.d);
-          }
-        store_scaled(DK.at(n, h, ky, kx), dk_acc.data(), scale, s.d);
-        store_scaled(DV.at(n, h, ky, kx), dv_acc.data(), A(1), s.d);
-      }
-    }
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,21 +248,16 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rp
              Tensor& out, Tensor& lse) {
   ATTNKIT_DISPATCH(q, "attnkit::neighborhood_attention", [&] { forward_impl<scalar_t>(q, k, v, rpb, g, out, lse); });
 }
-void backward_query(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
-                    const Tensor& lse, const NeighborhoodGeometry& g, Tensor& dq, Tensor& delta, Tensor& drpb) {
-  ATTNKIT_DISPATCH(q, "attnkit::neighborhood_attention_backward_query",
-                   [&] { backward_query_impl<scalar_t>(dout, q, k, v, rpb, lse, g, dq, delta, drpb); });
-}
-void backward_key(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
-                  const Tensor& lse, const Tensor& delta, const NeighborhoodGeometry& g, Tensor& dk, Tensor& dv) {
-  ATTNKIT_DISPATCH(q, "attnkit::neighborhood_attention_backward_key",
-                   [&] { backward_key_impl<scalar_t>(dout, q, k, v, rpb, lse, delta, g, dk, dv); });
+void backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb,
+              const Tensor& lse, const NeighborhoodGeometry& g, Tensor& dq, Tensor& dk, Tensor& dv, Tensor& drpb) {
+  ATTNKIT_DISPATCH(q, "attnkit::neighborhood_attention_backward",
+                   [&] { backward_impl<scalar_t>(dout, q, k, v, rpb, lse, g, dq, dk, dv, drpb); });
 }
 
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
 ATTNKIT_DEFINE_KERNEL_TABLE(NeighborhoodAttentionKernelTable, neighborhood_attention_kernel_table,
-                            CPU_CAPABILITY::forward, CPU_CAPABILITY::backward_query, CPU_CAPABILITY::backward_key)
+                            CPU_CAPABILITY::forward, CPU_CAPABILITY::backward)
 
 }  // namespace attnkit::ops::cpu
