@@ -120,10 +120,15 @@ Tensor backward_impl(const Tensor& grad, const Tensor& q, const Tensor& k, const
   return drpb.defined() ? drpb.to(rpb.scalar_type()) : drpb;
 }
 
-void save_config(torch::autograd::AutogradContext* ctx, int64_t kernel_size, int64_t dilation, double scale) {
+Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+/// forward_impl, keeping the window configuration for backward (the tensors are each Function's to save).
+Forward forward_keeping_config(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation, double scale) {
   ctx->saved_data["kernel_size"] = kernel_size;
   ctx->saved_data["dilation"] = dilation;
   ctx->saved_data["scale"] = scale;
+  return forward_impl(q, k, v, value_or_undefined(rpb), kernel_size, dilation, scale);
 }
 NeighborhoodGeometry saved_geometry(torch::autograd::AutogradContext* ctx, const Tensor& q) {
   return geometry(q, ctx->saved_data["kernel_size"].toInt(), ctx->saved_data["dilation"].toInt(),
@@ -134,10 +139,8 @@ NeighborhoodGeometry saved_geometry(torch::autograd::AutogradContext* ctx, const
 struct NeighborhoodAttentionFunction : public torch::autograd::Function<NeighborhoodAttentionFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation, double scale) {
-    const Tensor bias = rpb.has_value() ? *rpb : Tensor();
-    Forward f = forward_impl(q, k, v, bias, kernel_size, dilation, scale);
-    ctx->save_for_backward({f.q, f.k, f.v, bias, f.lse});
-    save_config(ctx, kernel_size, dilation, scale);
+    Forward f = forward_keeping_config(ctx, q, k, v, rpb, kernel_size, dilation, scale);
+    ctx->save_for_backward({f.q, f.k, f.v, value_or_undefined(rpb), f.lse});
     return f.out;
   }
 
@@ -164,12 +167,10 @@ struct NeighborhoodAttentionFunction : public torch::autograd::Function<Neighbor
 struct NeighborhoodAttentionQkvFunction : public torch::autograd::Function<NeighborhoodAttentionQkvFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& rows, int64_t heads,
                         const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation, double scale) {
-    const Tensor bias = rpb.has_value() ? *rpb : Tensor();
     const auto qkv = split_rows(rows, heads);
-    Forward f = forward_impl(qkv[0], qkv[1], qkv[2], bias, kernel_size, dilation, scale);
-    ctx->save_for_backward({rows, bias, f.lse});
+    Forward f = forward_keeping_config(ctx, qkv[0], qkv[1], qkv[2], rpb, kernel_size, dilation, scale);
+    ctx->save_for_backward({rows, value_or_undefined(rpb), f.lse});
     ctx->saved_data["heads"] = heads;
-    save_config(ctx, kernel_size, dilation, scale);
     return f.out;
   }
 
@@ -213,7 +214,7 @@ Tensor qkv_rows(const Tensor& qkv, int64_t heads) {
 // Autograd key: records the fused backward when a gradient is wanted.
 Tensor neighborhood_attention_op(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& rpb,
                                  int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
-  const Tensor bias = rpb.has_value() ? *rpb : Tensor();
+  const Tensor bias = value_or_undefined(rpb);
   check_inputs(q, k, v, bias, kernel_size, dilation);
   if (!needs_grad({&q, &k, &v, &bias})) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -224,7 +225,7 @@ Tensor neighborhood_attention_op(const Tensor& q, const Tensor& k, const Tensor&
 
 Tensor neighborhood_attention_qkv_op(const Tensor& qkv, int64_t heads, const std::optional<Tensor>& rpb,
                                      int64_t kernel_size, int64_t dilation, std::optional<double> scale) {
-  const Tensor bias = rpb.has_value() ? *rpb : Tensor();
+  const Tensor bias = value_or_undefined(rpb);
   const Tensor rows = qkv_rows(qkv, heads);
   const auto views = split_rows(rows, heads);
   check_inputs(views[0], views[1], views[2], bias, kernel_size, dilation);
