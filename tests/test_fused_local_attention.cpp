@@ -179,6 +179,19 @@ TEST(FusedLocalAttentionOp, PackedQkvEqualsSeparateViews) {
               HasSubstr("q's map of size 4x4 is smaller than the window"));
 }
 
+TEST(FusedLocalAttentionOp, GradientOfQAloneSkipsKeysAndValues) {
+  torch::manual_seed(16);
+  auto in = make_inputs({1, 2, 7, 8, 6}, 3, torch::kDouble);
+  auto q = in.q.clone().requires_grad_(true);
+  auto y = attnkit::ops::neighborhood_attention(q, in.k, in.v, in.rpb, 3, 2);
+  auto dy = torch::randn_like(y);
+  auto dq = torch::autograd::grad({y}, {q}, {dy})[0];
+  auto full = run(in, dy, [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 2);
+  });
+  EXPECT_TRUE(dq.equal(full.dq));
+}
+
 TEST(FusedLocalAttentionOp, OutputIsStoredHeadsLast) {
   auto in = make_inputs({2, 3, 6, 7, 4}, 3, torch::kFloat);
   auto y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3);
@@ -351,11 +364,13 @@ TEST(FusedLocalAttention2d, AutoIsFusedOnCpuAndCompositeWhileRecording) {
   torch::manual_seed(13);
   LocalAttention2d block(LocalAttention2dOptions(8).heads(2).kernel_size(3));
   EXPECT_EQ(block->options.impl(), Implementation::Auto);
-  auto x = torch::randn({1, 8, 6, 7});
-  // The fused path stores the op's output heads-last; its result matches the composite to rounding.
+  // Channels-last in: the fused path answers channels-last, the composite path NCHW.
+  auto x = torch::randn({1, 8, 6, 7}).contiguous(torch::MemoryFormat::ChannelsLast);
   auto y = block->forward(x);
+  EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast) && !y.is_contiguous()) << "Auto ran composite";
   block->record_attention(true);
   auto y_rec = block->forward(x);
+  EXPECT_TRUE(y_rec.is_contiguous()) << "recording ran the fused path";
   ASSERT_TRUE(block->last_attention().defined());
   EXPECT_EQ(block->last_attention().sizes(), torch::IntArrayRef({1, 2, 6, 7, 3, 3}));
   EXPECT_TRUE(all_close(y, y_rec, 1e-5));
