@@ -1,13 +1,22 @@
 // attnkit bench: times each op's fused kernels against the same math composed from stock LibTorch
 // ops, and against a plain copy of the input (one read + one write: the memory-traffic yardstick),
 // all in the same run, and prints medians and ratios. `--json` prints one object per line.
+//
+// Memory (CPU): one extra, untimed run per case with LibTorch's CPU allocator wrapped by a counter
+// gives the peak bytes of tensor storage allocated during the run beyond what was live before it
+// (outputs, saved activations, gradients and oneDNN's buffers included).
 #include "commands.h"
 
 #include <attnkit/attnkit.h>
+#include <attnkit/modules/ops/neighborhood_attention.h>
+#include <c10/core/CPUAllocator.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 #include <chrono>
+#include <cstring>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -34,7 +43,75 @@ struct Impl {
   std::string name;
   std::function<torch::Tensor()> forward;
   bool backward = true;
+  std::function<void()> after_backward = [] {};  // e.g. drop gradients that would accumulate
 };
+
+// LibTorch's CPU allocator with a count of live bytes and their peak, installed only while measuring.
+// Its pointers are their own context (as the default allocator's are), so raw_allocate works too
+// (oneDNN allocates its buffers that way: they are counted).
+class CountingCpuAllocator final : public c10::Allocator {
+ public:
+  /// Peak bytes allocated beyond those live when it started, while running `fn`.
+  static int64_t peak_extra_bytes(const std::function<void()>& fn) {
+    CountingCpuAllocator& counter = instance();
+    c10::Allocator* inner = c10::GetCPUAllocator();
+    TORCH_CHECK(inner->raw_deleter(), "bench: the CPU allocator has no raw deleter; cannot count its memory");
+    {
+      std::lock_guard<std::mutex> lock(counter.mutex_);
+      counter.inner_ = inner;
+      counter.live_ = counter.peak_ = 0;
+      counter.sizes_.clear();
+    }
+    // (An allocator replaces the current one when its priority is at least the current one's.)
+    c10::SetCPUAllocator(&counter, /*priority=*/255);
+    try {
+      fn();
+    } catch (...) {
+      c10::SetCPUAllocator(inner, 255);
+      throw;
+    }
+    c10::SetCPUAllocator(inner, /*priority=*/255);
+    std::lock_guard<std::mutex> lock(counter.mutex_);
+    return counter.peak_;
+  }
+
+  c10::DataPtr allocate(size_t n) override {
+    void* p = inner_->raw_allocate(n);
+    std::lock_guard<std::mutex> lock(mutex_);
+    sizes_[p] = static_cast<int64_t>(n);
+    live_ += static_cast<int64_t>(n);
+    peak_ = std::max(peak_, live_);
+    return {p, p, &release, c10::Device(c10::kCPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+
+ private:
+  static void release(void* p) {
+    auto& self = instance();
+    c10::Allocator* inner = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(self.mutex_);
+      // oneDNN frees through whichever allocator is current: p may predate this one.
+      if (auto it = self.sizes_.find(p); it != self.sizes_.end()) {
+        self.live_ -= it->second;
+        self.sizes_.erase(it);
+      }
+      inner = self.inner_;
+    }
+    inner->raw_deallocate(p);
+  }
+  static CountingCpuAllocator& instance();
+  std::mutex mutex_;
+  std::unordered_map<void*, int64_t> sizes_;
+  c10::Allocator* inner_ = nullptr;
+  int64_t live_ = 0, peak_ = 0;
+};
+
+CountingCpuAllocator& CountingCpuAllocator::instance() {
+  static CountingCpuAllocator counter;
+  return counter;
+}
 
 struct Timing {
   double median_ms = 0, min_ms = 0;
@@ -110,7 +187,27 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
   if (op == "se") return module_pair<SqueezeExcite>(SqueezeExciteOptions(C), x);
   if (op == "spatial") return composite_only<SpatialAttention>(SpatialAttentionOptions(), x);
   if (op == "eca") return composite_only<ECA>(ECAOptions(C), x);
-  if (op == "local") return composite_only<LocalAttention2d>(LocalAttention2dOptions(C).heads(4).kernel_size(7), x);
+  if (op == "local") {
+    const int64_t heads = 4, k = 7;
+    auto impls = module_pair<LocalAttention2d>(LocalAttention2dOptions(C).heads(heads).kernel_size(k), x);
+    if (x.is_cpu()) {
+      // The attention core alone: the fused op on q, k, v views of a channels-last qkv projection.
+      auto qkv = torch::randn({x.size(0), 3 * C, x.size(2), x.size(3)}, x.options())
+                     .contiguous(torch::MemoryFormat::ChannelsLast)
+                     .requires_grad_(x.requires_grad());
+      auto rpb = (torch::randn({heads, 2 * k - 1, 2 * k - 1}, x.options()) * 0.02).requires_grad_(x.requires_grad());
+      impls.push_back({"op",
+                       [qkv, rpb, heads, k]() {
+                         auto [q, kk, v] = ops::split_qkv(qkv, heads);
+                         return ops::neighborhood_attention(q, kk, v, rpb, k);
+                       },
+                       true, [qkv, rpb]() mutable {
+                         qkv.mutable_grad().reset();
+                         rpb.mutable_grad().reset();
+                       }});
+    }
+    return impls;
+  }
   if (op == "self") {
     // 4 heads of 64 for the default 256 channels.
     const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), L = x.size(2) * x.size(3);
@@ -173,6 +270,7 @@ int run_bench(const BenchArgs& args) {
     if (args.pass != "forward" && !resnet) passes.push_back("backward");
     for (const auto& pass : passes) {
       std::map<std::string, Timing> t;
+      std::map<std::string, int64_t> peak;
       for (auto& impl : impls) {
         if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
         std::function<void()> fn;
@@ -186,9 +284,11 @@ int run_bench(const BenchArgs& args) {
             auto y = impl.forward();
             y.backward(torch::ones_like(y));
             x.mutable_grad().reset();  // no accumulation pass between iterations
+            impl.after_backward();
           };
         }
         t[impl.name] = time_it(fn, device, args.warmup, args.iters);
+        if (device.is_cpu() && impl.name != "copy") peak[impl.name] = CountingCpuAllocator::peak_extra_bytes(fn);
       }
       for (const auto& [name, timing] : t) {
         nlohmann::json row = {{"op", op},
@@ -201,6 +301,7 @@ int run_bench(const BenchArgs& args) {
                               {"median_ms", timing.median_ms},
                               {"min_ms", timing.min_ms}};
         if (resnet) row["attention"] = args.attention;
+        if (peak.count(name)) row["peak_extra_mb"] = static_cast<double>(peak[name]) / (1 << 20);
         if (t.count("composite") && name != "composite") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
         if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
         if (resnet && t.count("none") && name != "none") row["vs_none"] = timing.median_ms / t["none"].median_ms;
@@ -214,9 +315,10 @@ int run_bench(const BenchArgs& args) {
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
             << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(11) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(14) << "speed-up"
-            << std::setw(10) << "x copy" << "\n";
+            << std::setw(10) << "x copy" << std::setw(12) << "peak MB" << "\n";
   for (const auto& r : rows) {
-    std::ostringstream speed, copy;
+    std::ostringstream speed, copy, mem;
+    if (r.contains("peak_extra_mb")) mem << std::fixed << std::setprecision(1) << r["peak_extra_mb"].get<double>();
     if (r.contains("vs_composite")) speed << std::fixed << std::setprecision(2) << r["vs_composite"].get<double>() << "x";
     if (r.contains("vs_none")) speed << " (" << std::fixed << std::setprecision(3) << r["vs_none"].get<double>() << " of none)";
     if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
@@ -224,10 +326,14 @@ int run_bench(const BenchArgs& args) {
               << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
               << std::setw(8) << r["threads"].get<int>() << std::setw(11) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
-              << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str() << "\n";
+              << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str()
+              << std::setw(12) << mem.str() << "\n";
   }
   std::cout << "\nspeed-up: composite median / this median (fused/sdpa rows; resnets: of the plain network in brackets).\n"
-               "x copy: this median / the median of copying the input once (read + write).\n";
+               "x copy: this median / the median of copying the input once (read + write).\n"
+               "peak MB (CPU): peak tensor storage allocated during one run beyond what was live before it, counted\n"
+               "at LibTorch's CPU allocator (outputs, saved tensors, gradients and oneDNN buffers included).\n"
+               "local's 'op' row: the fused neighborhood attention op alone on q, k, v views of a channels-last qkv.\n";
   return kOk;
 }
 

@@ -3,15 +3,7 @@
 namespace attnkit::detail {
 
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused) {
-  if (impl == Implementation::Composite) return false;
-  const bool possible = ops::has_fused_kernels(x.device());
-  if (impl == Implementation::Fused) {
-    TORCH_CHECK(possible, who, ": impl=fused but attnkit has no fused kernel for device ", x.device(),
-                " in this build; use Implementation::Auto or Composite");
-    TORCH_CHECK(!recording, who, ": impl=fused cannot record attention maps; use Implementation::Auto");
-    return true;
-  }
-  return auto_fused && possible && !recording;
+  return use_fused_kernel(impl, x.device(), ops::has_fused_kernels(x.device()), recording, who, auto_fused);
 }
 
 ops::CbamConfig channel_gate_config(ChannelPool pool) {

@@ -9,10 +9,8 @@
 
 namespace attnkit::detail {
 
-/// Whether a block asked for `impl` runs the fused op on `x`. Auto: where `auto_fused` (the block's
-/// fused path measured faster than its composite one), a fused kernel exists for x's device and the
-/// block is not recording its attention map (the fused op never builds the map). Fused: the same,
-/// but an error naming `who` where impossible.
+/// Whether a block asked for `impl` runs the fused op attnkit::ops::cbam on `x`: use_fused_kernel
+/// (implementation.h) with the devices that op has kernels for.
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused = true);
 
 /// The op's configuration for a channel gate pooling with `pool` (no spatial gate yet).

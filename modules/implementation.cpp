@@ -2,6 +2,7 @@
 
 #include <attnkit/modules/cbam.h>
 #include <attnkit/modules/channel_attention.h>
+#include <attnkit/modules/local_attention2d.h>
 #include <attnkit/modules/squeeze_excite.h>
 
 namespace attnkit {
@@ -18,9 +19,28 @@ int set_implementation(torch::nn::Module& root, Implementation impl) {
     } else if (auto* b = dynamic_cast<SqueezeExciteImpl*>(m.get())) {
       b->options.impl(impl);
       ++switched;
+    } else if (auto* b = dynamic_cast<LocalAttention2dImpl*>(m.get())) {
+      b->options.impl(impl);
+      ++switched;
     }
   }
   return switched;
 }
+
+namespace detail {
+
+bool use_fused_kernel(Implementation impl, const c10::Device& device, bool kernel_exists, bool recording,
+                      const char* who, bool auto_fused) {
+  if (impl == Implementation::Composite) return false;
+  if (impl == Implementation::Fused) {
+    TORCH_CHECK(kernel_exists, who, ": impl=fused but attnkit has no fused kernel for device ", device,
+                " in this build; use Implementation::Auto or Composite");
+    TORCH_CHECK(!recording, who, ": impl=fused cannot record attention maps; use Implementation::Auto");
+    return true;
+  }
+  return auto_fused && kernel_exists && !recording;
+}
+
+}  // namespace detail
 
 }  // namespace attnkit

@@ -1,4 +1,5 @@
 #include <attnkit/modules/local_attention2d.h>
+#include <attnkit/modules/ops/neighborhood_attention.h>
 #include <attnkit/modules/relative_position.h>
 
 #include <torch/nn/init.h>
@@ -45,11 +46,39 @@ torch::Tensor LocalAttention2dImpl::forward(const torch::Tensor& x) {
               x.size(1));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "LocalAttention2d: input x must be floating point, got ",
               x.scalar_type());
-  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), l = h * w;
-  const int64_t k = o.kernel_size(), k2 = k * k, heads = o.heads(), d = o.channels() / heads;
-  const int64_t span = k * o.dilation();
+  const int64_t h = x.size(2), w = x.size(3), span = o.kernel_size() * o.dilation();
   TORCH_CHECK(h >= span && w >= span, "LocalAttention2d: input x of size ", h, "x", w,
               " is smaller than the window: H and W must be >= kernel_size*dilation = ", span);
+  const bool kernel = ops::has_neighborhood_attention_kernel(x.device());
+  if (detail::use_fused_kernel(o.impl(), x.device(), kernel, recording(), "LocalAttention2d")) return forward_fused(x);
+  return forward_composite(x);
+}
+
+namespace {
+
+/// A 1×1 conv (weight [Cout, C, 1, 1]) on rows [N, H, W, C] (contiguous): one GEMM, [N, H, W, Cout].
+torch::Tensor conv1x1_rows(const torch::Tensor& rows, const torch::nn::Conv2d& conv) {
+  return torch::linear(rows, conv->weight.flatten(1), conv->bias);
+}
+
+}  // namespace
+
+torch::Tensor LocalAttention2dImpl::forward_fused(const torch::Tensor& x) {
+  const auto& o = options;
+  // Rows [N, H, W, C] (a view of a channels-last x, else one copy of x: cheaper than GEMMs on a
+  // transposed operand), then [N, H, W, 3C] rows which the op reads in place.
+  auto qkv_rows = conv1x1_rows(x.permute({0, 2, 3, 1}).contiguous(), qkv);
+  auto out = ops::neighborhood_attention_qkv(qkv_rows.permute({0, 3, 1, 2}), o.heads(), rpb, o.kernel_size(),
+                                             o.dilation());
+  // The op's output is stored [N, H, W, heads, head_dim]: rows of C for the output projection.
+  auto y = conv1x1_rows(ops::merge_heads(out).permute({0, 2, 3, 1}), proj).permute({0, 3, 1, 2});
+  return x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast ? y : y.contiguous();
+}
+
+torch::Tensor LocalAttention2dImpl::forward_composite(const torch::Tensor& x) {
+  const auto& o = options;
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), l = h * w;
+  const int64_t k = o.kernel_size(), k2 = k * k, heads = o.heads(), d = o.channels() / heads;
 
   const auto nb = neighborhood_index(h, w, k, o.dilation(), x.device());
   // [N, 3C, H, W] → [3, N, heads, L, d]

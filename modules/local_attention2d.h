@@ -11,10 +11,14 @@
 // [q|k|v][head][head_dim]) and the output from a 1×1 conv `proj` (C → C) — the same maps as NAT's
 // per-token Linear layers, but in NCHW so the block drops into a CNN. No residual (the host adds it).
 //
-// This is the reference (composite) path: the key index [H·W, k·k] is built once per
-// (H, W, k, d, device) and cached (relative_position.h), and keys/values are gathered, i.e. it
-// materialises k²·C values per position. Any H, W with H, W >= k·d works; smaller maps are an
-// error.
+// Two implementations of the same math (options.impl). Composite, the reference: the key index
+// [H·W, k·k] is built once per (H, W, k, d, device) and cached (relative_position.h), and keys/values
+// are gathered, i.e. it materialises k²·C values per position. Fused (CPU): both 1×1 convs run as
+// GEMMs on [N, H, W, C] rows (channels-last), around the fused op attnkit::ops::neighborhood_attention
+// (ops/neighborhood_attention.h), which reads q, k, v in place and never builds the windows.
+// Auto picks fused on CPU (measured faster: README, `attnkit bench --op local`) unless the block
+// records its attention map, and composite elsewhere (no CUDA kernel yet). The fused path's output
+// keeps x's memory format (channels-last in, channels-last out); the composite one is NCHW. Any H, W with H, W >= k·d works; smaller maps are an error.
 //
 // Recording (AttentionMapRecorder): the attention weights, [N, heads, H, W, k, k]; entry
 // [n, h, y, x, i, j] is the weight that query (y, x) gives to window slot (i, j), i.e. key
@@ -23,6 +27,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/conv.h>
@@ -46,6 +51,8 @@ struct LocalAttention2dOptions {
   TORCH_ARG(bool, qkv_bias) = true;
   /// Adds the learned relative position bias `rpb` [heads, 2k-1, 2k-1].
   TORCH_ARG(bool, rel_pos_bias) = true;
+  /// Fused op or composite ATen ops (see above); the results agree to rounding.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
 class LocalAttention2dImpl : public torch::nn::Cloneable<LocalAttention2dImpl>, public AttentionMapRecorder {
@@ -59,6 +66,12 @@ class LocalAttention2dImpl : public torch::nn::Cloneable<LocalAttention2dImpl>, 
   /// [N, C, H, W] → [N, C, H, W].
   torch::Tensor forward(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+
+ private:
+  torch::Tensor forward_fused(const torch::Tensor& x);
+  torch::Tensor forward_composite(const torch::Tensor& x);
+
+ public:
 
   LocalAttention2dOptions options;
   torch::nn::Conv2d qkv{nullptr}, proj{nullptr};

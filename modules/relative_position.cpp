@@ -1,5 +1,7 @@
 #include <attnkit/modules/relative_position.h>
 
+#include <attnkit/modules/ops/neighborhood_window.h>
+
 #include <torch/nn/functional/upsampling.h>
 
 #include <map>
@@ -66,15 +68,7 @@ torch::Tensor resize_relative_position_table(const torch::Tensor& table, int64_t
 }
 
 int64_t neighborhood_window_start(int64_t index, int64_t length, int64_t kernel_size, int64_t dilation) {
-  // Work inside the dilation group of `index`: members g, g+d, g+2d, ... (group_len of them).
-  const int64_t group = index % dilation;
-  const int64_t pos = index / dilation;
-  const int64_t group_len = (length - group + dilation - 1) / dilation;
-  const int64_t half = kernel_size / 2;
-  int64_t start = pos - half;
-  if (start < 0) start = 0;
-  if (start + kernel_size > group_len) start = group_len - kernel_size;
-  return start * dilation + group;
+  return ops::neighborhood_window_start(index, length, kernel_size, dilation);
 }
 
 NeighborhoodIndex neighborhood_index(int64_t height, int64_t width, int64_t kernel_size, int64_t dilation,

@@ -1,33 +1,10 @@
 // Picks the CBAM kernel table compiled for the best instruction set of the running CPU.
 #include <attnkit/modules/ops/cbam_kernels.h>
 
-#include "cpu_capability.h"
-
-#include <attnkit/cpu_kernels_config.h>
+#include "kernel_dispatch.h"
 
 namespace attnkit::ops::cpu {
 
-const ops::CbamKernelTable& cbam_kernel_table_DEFAULT();
-#ifdef ATTNKIT_HAVE_AVX2_KERNELS
-const ops::CbamKernelTable& cbam_kernel_table_AVX2();
-#endif
-#ifdef ATTNKIT_HAVE_AVX512_KERNELS
-const ops::CbamKernelTable& cbam_kernel_table_AVX512();
-#endif
-
-const ops::CbamKernelTable& cbam_kernels() {
-  switch (cpu_capability()) {
-#ifdef ATTNKIT_HAVE_AVX512_KERNELS
-    case Capability::kAVX512:
-      return cbam_kernel_table_AVX512();
-#endif
-#ifdef ATTNKIT_HAVE_AVX2_KERNELS
-    case Capability::kAVX2:
-      return cbam_kernel_table_AVX2();
-#endif
-    default:
-      return cbam_kernel_table_DEFAULT();
-  }
-}
+ATTNKIT_DEFINE_CPU_DISPATCH(CbamKernelTable, cbam_kernel_table, cbam_kernels)
 
 }  // namespace attnkit::ops::cpu

@@ -9,6 +9,7 @@
 // as a scalar fix-up after the vectorised sweep: it touches one element per row.
 #include <attnkit/modules/ops/cbam_kernels.h>
 
+#include "kernel_dispatch.h"
 #include "vec_util.h"
 
 #include <ATen/Dispatch.h>
@@ -501,13 +502,9 @@ void backward_input(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& 
 }  // namespace CPU_CAPABILITY
 
 // One table per compiled capability, named after it: cbam_kernel_table_DEFAULT(), ..._AVX2(), ...
-#define ATTNKIT_CONCAT_(a, b) a##b
-#define ATTNKIT_CONCAT(a, b) ATTNKIT_CONCAT_(a, b)
-const ops::CbamKernelTable& ATTNKIT_CONCAT(cbam_kernel_table_, CPU_CAPABILITY)() {
-  static const ops::CbamKernelTable table{CPU_CAPABILITY::channel_pool,     CPU_CAPABILITY::gated_pool,
-                                     CPU_CAPABILITY::apply_gates,      CPU_CAPABILITY::backward_spatial,
-                                     CPU_CAPABILITY::backward_gate,    CPU_CAPABILITY::backward_input};
-  return table;
-}
+ATTNKIT_DEFINE_KERNEL_TABLE(CbamKernelTable, cbam_kernel_table, CPU_CAPABILITY::channel_pool,
+                            CPU_CAPABILITY::gated_pool, CPU_CAPABILITY::apply_gates,
+                            CPU_CAPABILITY::backward_spatial, CPU_CAPABILITY::backward_gate,
+                            CPU_CAPABILITY::backward_input)
 
 }  // namespace attnkit::ops::cpu

@@ -63,6 +63,41 @@ inline A horizontal_sum(const at::vec::Vectorized<A>& v) {
   return s;
 }
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+inline float lane_sum_256(__m256 x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+inline double lane_sum_256(__m256d x) {
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+#endif
+
+/// Sum of the lanes as a balanced tree of shuffles and adds (short dependency chains, for sums taken
+/// once per dot product), the same order on every call. (AVX-512: the halves go through memory, as
+/// GCC 12 warns about its own 512-bit extract intrinsics.)
+template <typename A>
+inline A lane_sum(const at::vec::Vectorized<A>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  alignas(64) A buf[at::vec::Vectorized<A>::size()];
+  v.store(buf);
+  constexpr int half = at::vec::Vectorized<A>::size() / 2;
+  if constexpr (std::is_same_v<A, float>) return lane_sum_256(_mm256_add_ps(_mm256_load_ps(buf), _mm256_load_ps(buf + half)));
+  else return lane_sum_256(_mm256_add_pd(_mm256_load_pd(buf), _mm256_load_pd(buf + half)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return lane_sum_256(v);
+#else
+  constexpr int K = at::vec::Vectorized<A>::size();
+  alignas(64) A buf[K];
+  v.store(buf);
+  for (int width = K / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) buf[i] += buf[i + width];
+  return buf[0];
+#endif
+}
+
 template <typename A>
 inline A horizontal_max(const at::vec::Vectorized<A>& v) {
   alignas(64) A buf[at::vec::Vectorized<A>::size()];

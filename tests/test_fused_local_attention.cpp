@@ -1,0 +1,428 @@
+// The fused neighborhood attention op against the same math written with plain ATen ops (gathering
+// each query's window through neighborhood_index, as LocalAttention2d's composite path does):
+// forward, gradients of q, k, v and rpb, dtypes, window shapes, layouts, thread counts, finite
+// differences and error messages; then LocalAttention2d's fused path against its composite path.
+#include <attnkit/attnkit.h>
+#include <attnkit/modules/ops/neighborhood_attention.h>
+#include <attnkit/modules/relative_position.h>
+
+#include <gmock/gmock.h>
+#include <torch/torch.h>
+
+#include "testing.h"
+
+namespace {
+
+using attnkit::testing::all_close;
+using attnkit::testing::error_of;
+using ::testing::HasSubstr;
+using Tensor = torch::Tensor;
+
+// softmax(scale·q·k_window + rpb) · v_window, from ATen ops: [N, heads, H, W, D].
+Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t ks, int64_t dil) {
+  const int64_t N = q.size(0), heads = q.size(1), H = q.size(2), W = q.size(3), D = q.size(4), L = H * W;
+  const auto nb = attnkit::neighborhood_index(H, W, ks, dil, q.device());
+  auto flat = [&](const Tensor& t) { return t.reshape({N, heads, L, D}); };
+  auto gather = [&](const Tensor& t) { return flat(t).index_select(2, nb.keys.view(-1)).view({N, heads, L, ks * ks, D}); };
+  auto logits = torch::matmul(gather(k), (flat(q) / std::sqrt(static_cast<double>(D))).unsqueeze(-1)).squeeze(-1);
+  if (rpb.defined())
+    logits = logits + rpb.reshape({heads, -1}).index_select(1, nb.bias.view(-1)).view({heads, L, ks * ks}).to(logits.scalar_type());
+  auto attn = torch::softmax(logits, -1);
+  return torch::matmul(attn.unsqueeze(-2), gather(v)).squeeze(-2).view({N, heads, H, W, D});
+}
+
+struct Inputs {
+  Tensor q, k, v, rpb;
+};
+
+Inputs make_inputs(std::vector<int64_t> shape, int64_t ks, torch::Dtype dtype, bool bias = true) {
+  auto o = torch::TensorOptions().dtype(dtype);
+  Inputs in{torch::randn(shape, o), torch::randn(shape, o), torch::randn(shape, o)};
+  if (bias) in.rpb = torch::randn({shape[1], 2 * ks - 1, 2 * ks - 1}, o);
+  return in;
+}
+
+struct Result {
+  Tensor y, dq, dk, dv, drpb;
+};
+
+template <typename Fn>
+Result run(const Inputs& in, const Tensor& dy, Fn&& fn) {
+  auto leaf = [](const Tensor& t) { return t.defined() ? t.detach().clone().requires_grad_(true) : t; };
+  Tensor q = leaf(in.q), k = leaf(in.k), v = leaf(in.v), rpb = leaf(in.rpb);
+  Tensor y = fn(q, k, v, rpb);
+  Result r{y.detach()};
+  if (y.numel() == 0) return r;
+  std::vector<Tensor> inputs = {q, k, v};
+  if (rpb.defined()) inputs.push_back(rpb);
+  auto g = torch::autograd::grad({y}, inputs, {dy});
+  r.dq = g[0];
+  r.dk = g[1];
+  r.dv = g[2];
+  if (rpb.defined()) r.drpb = g[3];
+  return r;
+}
+
+// Fused vs reference, forward and all gradients, in the inputs' dtype (reference in double).
+void check(const Inputs& in, int64_t ks, int64_t dil, double atol, double rtol = 0, double grad_tol = -1) {
+  if (grad_tol < 0) grad_tol = atol;
+  auto to64 = [](const Tensor& t) { return t.defined() ? t.to(torch::kDouble) : t; };
+  const Inputs ref_in{to64(in.q), to64(in.k), to64(in.v), to64(in.rpb)};
+  auto dy = torch::randn(in.q.sizes(), torch::kDouble);
+  auto fused = run(in, dy.to(in.q.scalar_type()), [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return attnkit::ops::neighborhood_attention(q, k, v, rpb, ks, dil);
+  });
+  auto ref = run(ref_in, dy, [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return reference(q, k, v, rpb, ks, dil);
+  });
+  ASSERT_EQ(fused.y.scalar_type(), in.q.scalar_type());
+  ASSERT_TRUE(all_close(fused.y, ref.y, atol, rtol)) << "forward, k=" << ks << " d=" << dil << " " << in.q.sizes();
+  if (ref.y.numel() == 0) return;
+  EXPECT_TRUE(all_close(fused.dq, ref.dq, grad_tol, rtol)) << "grad q";
+  EXPECT_TRUE(all_close(fused.dk, ref.dk, grad_tol, rtol)) << "grad k";
+  EXPECT_TRUE(all_close(fused.dv, ref.dv, grad_tol, rtol)) << "grad v";
+  if (in.rpb.defined()) {
+    ASSERT_TRUE(fused.drpb.defined());
+    EXPECT_EQ(fused.drpb.scalar_type(), in.rpb.scalar_type());
+    // Summed over every query of every image: scale the tolerance with the count.
+    EXPECT_TRUE(all_close(fused.drpb, ref.drpb, grad_tol * 10, rtol)) << "grad rpb";
+  }
+}
+
+TEST(FusedLocalAttentionOp, MatchesReferenceFloat64AcrossWindows) {
+  torch::manual_seed(1);
+  for (int64_t ks : {1, 3, 7})
+    for (int64_t dil : {1, 2})
+      for (bool bias : {true, false}) {
+        const int64_t span = ks * dil;
+        // H != W, and a side of exactly k·d (every dilation group has exactly k members).
+        check(make_inputs({2, 3, span, span + 5, 13}, ks, torch::kDouble, bias), ks, dil, 1e-10);
+      }
+}
+
+TEST(FusedLocalAttentionOp, OddHeadDims) {
+  torch::manual_seed(2);
+  for (int64_t d : {1, 5, 13, 16, 33})
+    check(make_inputs({1, 2, 9, 8, d}, 3, torch::kDouble), 3, 1, 1e-10);
+}
+
+TEST(FusedLocalAttentionOp, Float32) {
+  torch::manual_seed(3);
+  check(make_inputs({2, 4, 14, 11, 32}, 7, torch::kFloat), 7, 1, 1e-5, 1e-5);
+  check(make_inputs({1, 2, 12, 13, 5}, 3, torch::kFloat), 3, 2, 1e-5, 1e-5);
+}
+
+TEST(FusedLocalAttentionOp, ReducedPrecision) {
+  torch::manual_seed(4);
+  for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    auto in = make_inputs({2, 2, 9, 10, 16}, 3, dtype);
+    // Inputs rounded to 8 (bf16) or 11 (fp16) bits, compared with double math on the same rounded
+    // values: the output's own rounding plus float accumulation.
+    const double tol = dtype == torch::kBFloat16 ? 0.02 : 0.004;
+    check(in, 3, 1, tol, 0.01, tol * 4);
+  }
+}
+
+TEST(FusedLocalAttentionOp, EmptyBatch) {
+  auto in = make_inputs({0, 2, 5, 6, 4}, 3, torch::kFloat);
+  for (auto* t : {&in.q, &in.k, &in.v, &in.rpb}) t->requires_grad_(true);
+  auto y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3, 1);
+  EXPECT_EQ(y.sizes(), in.q.sizes());
+  y.sum().backward();
+  EXPECT_EQ(in.q.grad().sizes(), in.q.sizes());
+  EXPECT_EQ(in.k.grad().sizes(), in.k.sizes());
+  ASSERT_TRUE(in.rpb.grad().defined());
+  EXPECT_EQ(in.rpb.grad().abs().sum().item<float>(), 0.0f);
+}
+
+TEST(FusedLocalAttentionOp, StridedInputs) {
+  torch::manual_seed(5);
+  // Views of a channels-last qkv projection: zero-copy, head_dim contiguous, other strides packed.
+  const int64_t N = 2, heads = 3, D = 5, H = 7, W = 9;
+  auto qkv = torch::randn({N, 3 * heads * D, H, W}, torch::kDouble).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto [q, k, v] = attnkit::ops::split_qkv(qkv, heads);
+  EXPECT_EQ(q.data_ptr(), qkv.data_ptr()) << "split_qkv copies a channels-last projection";
+  EXPECT_EQ(q.stride(4), 1);
+  auto rpb = torch::randn({heads, 5, 5}, torch::kDouble);
+  check({q, k, v, rpb}, 3, 2, 1e-10);
+  // The same from an NCHW projection (head_dim strided by H·W: copied by the op).
+  auto [q2, k2, v2] = attnkit::ops::split_qkv(qkv.contiguous(), heads);
+  EXPECT_TRUE(attnkit::ops::neighborhood_attention(q2, k2, v2, rpb, 3, 2)
+                  .equal(attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 2)));
+  // Transposed head_dim, sliced heads, expanded batch, and an rpb that is not contiguous.
+  auto base = torch::randn({N, heads, W, H, D}, torch::kDouble);
+  auto qt = base.transpose(2, 3);
+  auto kt = torch::randn({N, heads, H, W, 2 * D}, torch::kDouble).slice(4, 0, 2 * D, 2);
+  auto vt = torch::randn({1, heads, H, W, D}, torch::kDouble).expand({N, -1, -1, -1, -1});
+  auto rpb_t = torch::randn({heads, 5, 5}, torch::kDouble).transpose(1, 2);
+  check({qt, kt, vt, rpb_t}, 3, 1, 1e-10);
+}
+
+TEST(FusedLocalAttentionOp, PackedQkvEqualsSeparateViews) {
+  torch::manual_seed(15);
+  const int64_t heads = 2, D = 5;
+  for (auto fmt : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    auto qkv = torch::randn({2, 3 * heads * D, 8, 9}, torch::kDouble).contiguous(fmt).requires_grad_(true);
+    auto rpb = torch::randn({heads, 5, 5}, torch::kDouble).requires_grad_(true);
+    auto y = attnkit::ops::neighborhood_attention_qkv(qkv, heads, rpb, 3, 2);
+    auto [q, k, v] = attnkit::ops::split_qkv(qkv, heads);
+    auto yr = attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 2);
+    ASSERT_TRUE(y.equal(yr));
+    auto dy = torch::randn_like(y);
+    auto g = torch::autograd::grad({y}, {qkv, rpb}, {dy});
+    auto gr = torch::autograd::grad({yr}, {qkv, rpb}, {dy});
+    EXPECT_TRUE(g[0].equal(gr[0])) << "grad qkv";
+    EXPECT_TRUE(g[1].equal(gr[1])) << "grad rpb";
+    EXPECT_EQ(g[0].suggest_memory_format(), torch::MemoryFormat::ChannelsLast) << "one gradient, the rows' layout";
+  }
+  EXPECT_THAT(error_of([&] { attnkit::ops::neighborhood_attention_qkv(torch::randn({1, 12, 4, 4}), 2, Tensor(), 5); }),
+              HasSubstr("q's map of size 4x4 is smaller than the window"));
+}
+
+TEST(FusedLocalAttentionOp, GradientOfQAloneSkipsKeysAndValues) {
+  torch::manual_seed(16);
+  auto in = make_inputs({1, 2, 7, 8, 6}, 3, torch::kDouble);
+  auto q = in.q.clone().requires_grad_(true);
+  auto y = attnkit::ops::neighborhood_attention(q, in.k, in.v, in.rpb, 3, 2);
+  auto dy = torch::randn_like(y);
+  auto dq = torch::autograd::grad({y}, {q}, {dy})[0];
+  auto full = run(in, dy, [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 2);
+  });
+  EXPECT_TRUE(dq.equal(full.dq));
+}
+
+TEST(FusedLocalAttentionOp, OutputIsStoredHeadsLast) {
+  auto in = make_inputs({2, 3, 6, 7, 4}, 3, torch::kFloat);
+  auto y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3);
+  auto merged = attnkit::ops::merge_heads(y);
+  EXPECT_EQ(merged.sizes(), torch::IntArrayRef({2, 12, 6, 7}));
+  EXPECT_TRUE(merged.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_EQ(merged.data_ptr(), y.data_ptr()) << "merge_heads copies the op's output";
+  EXPECT_TRUE(merged.equal(y.permute({0, 1, 4, 2, 3}).reshape({2, 12, 6, 7})));
+}
+
+TEST(FusedLocalAttentionOp, SameResultWithOneAndTwoThreads) {
+  torch::manual_seed(6);
+  auto in = make_inputs({2, 4, 15, 17, 13}, 5, torch::kFloat);
+  auto dy = torch::randn(in.q.sizes());
+  const int prev = torch::get_num_threads();
+  Result runs[2];
+  for (int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    runs[threads - 1] = run(in, dy, [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+      return attnkit::ops::neighborhood_attention(q, k, v, rpb, 5, 2);
+    });
+  }
+  torch::set_num_threads(prev);
+  // Every output element is written by one task in a fixed order: bit-identical.
+  EXPECT_TRUE(runs[0].y.equal(runs[1].y));
+  EXPECT_TRUE(runs[0].dq.equal(runs[1].dq));
+  EXPECT_TRUE(runs[0].dk.equal(runs[1].dk));
+  EXPECT_TRUE(runs[0].dv.equal(runs[1].dv));
+  EXPECT_TRUE(runs[0].drpb.equal(runs[1].drpb));
+}
+
+TEST(FusedLocalAttentionOp, FiniteDifferenceGradient) {
+  torch::manual_seed(7);
+  auto in = make_inputs({1, 2, 4, 5, 3}, 3, torch::kDouble);
+  auto dy = torch::randn(in.q.sizes(), torch::kDouble);
+  auto r = run(in, dy, [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return attnkit::ops::neighborhood_attention(q, k, v, rpb, 3, 1);
+  });
+  auto loss = [&](const Inputs& x) {
+    return (attnkit::ops::neighborhood_attention(x.q, x.k, x.v, x.rpb, 3, 1) * dy).sum().item<double>();
+  };
+  Tensor Inputs::*members[] = {&Inputs::q, &Inputs::k, &Inputs::v, &Inputs::rpb};
+  Tensor analytic[] = {r.dq, r.dk, r.dv, r.drpb};
+  for (int m = 0; m < 4; ++m) {
+    auto numeric = torch::zeros_like(in.*members[m]);
+    for (int64_t i = 0; i < numeric.numel(); ++i) {
+      Inputs up = in, down = in;
+      up.*members[m] = (in.*members[m]).clone();
+      down.*members[m] = (in.*members[m]).clone();
+      const double h = 1e-6;
+      (up.*members[m]).view(-1)[i] += h;
+      (down.*members[m]).view(-1)[i] -= h;
+      numeric.view(-1)[i] = (loss(up) - loss(down)) / (2 * h);
+    }
+    EXPECT_TRUE(all_close(analytic[m], numeric, 1e-7)) << "input " << m;
+  }
+}
+
+TEST(FusedLocalAttentionOp, BadInputNamesTheArgument) {
+  auto in = make_inputs({1, 2, 9, 9, 4}, 3, torch::kFloat);
+  auto call = [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t ks = 3, int64_t dil = 1) {
+    return [=] { attnkit::ops::neighborhood_attention(q, k, v, rpb, ks, dil); };
+  };
+  EXPECT_THAT(error_of(call(in.q[0], in.k, in.v, in.rpb)),
+              HasSubstr("expected q of shape [N, heads, H, W, head_dim], got [2, 9, 9, 4]"));
+  EXPECT_THAT(error_of(call(in.q, in.k.narrow(4, 0, 3), in.v, in.rpb)),
+              HasSubstr("expected k of the shape of q [1, 2, 9, 9, 4], got [1, 2, 9, 9, 3]"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v.to(torch::kDouble), in.rpb)), HasSubstr("v has dtype Double but q has Float"));
+  EXPECT_THAT(error_of(call(in.q.to(torch::kInt), in.k.to(torch::kInt), in.v.to(torch::kInt), in.rpb)),
+              HasSubstr("q must be floating point, got Int"));
+  EXPECT_THAT(error_of(call(in.q, in.k.to(torch::kMeta), in.v, in.rpb)), HasSubstr("k is on meta but q is on cpu"));
+  EXPECT_THAT(error_of(call(in.q.to(torch::kMeta), in.k.to(torch::kMeta), in.v.to(torch::kMeta), Tensor())),
+              HasSubstr("q is on meta but attnkit has a kernel for this op on CPU only"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v, in.rpb, 4)), HasSubstr("kernel_size must be odd and >= 1, got 4"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v, Tensor(), 3, 0)), HasSubstr("dilation must be >= 1, got 0"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v, Tensor(), 5, 2)),
+              HasSubstr("q's map of size 9x9 is smaller than the window: H and W must be >= kernel_size*dilation = 10"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v, torch::randn({2, 3, 3}))),
+              HasSubstr("expected rpb of shape [heads, 2*kernel_size-1, 2*kernel_size-1] = [2, 5, 5], got [2, 3, 3]"));
+  EXPECT_THAT(error_of(call(in.q, in.k, in.v, in.rpb.to(torch::kInt))), HasSubstr("rpb must be floating point"));
+  EXPECT_THAT(error_of([&] { attnkit::ops::split_qkv(torch::randn({1, 10, 4, 4}), 2); }),
+              HasSubstr("expected qkv of shape [N, 3*heads*head_dim, H, W] with heads = 2, got [1, 10, 4, 4]"));
+}
+
+TEST(FusedLocalAttentionOp, CallableThroughTheDispatcher) {
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::neighborhood_attention", "");
+  EXPECT_THAT(toString(op.schema()), HasSubstr("attnkit::neighborhood_attention(Tensor q, Tensor k, Tensor v, Tensor? rpb"));
+  // Under inference mode the op runs below autograd (the CPU kernel registration).
+  auto in = make_inputs({1, 2, 5, 5, 4}, 3, torch::kFloat);
+  Tensor y;
+  {
+    c10::InferenceMode guard;
+    y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3);
+  }
+  EXPECT_TRUE(all_close(y, reference(in.q, in.k, in.v, in.rpb, 3, 1), 1e-5));
+}
+
+}  // namespace
+
+// ---- LocalAttention2d on its fused and composite paths ------------------------------------------
+namespace {
+
+using attnkit::Implementation;
+using attnkit::LocalAttention2d;
+using attnkit::LocalAttention2dOptions;
+
+// Two blocks with the same weights, one per implementation.
+std::pair<LocalAttention2d, LocalAttention2d> block_pair(LocalAttention2dOptions o, torch::Dtype dtype) {
+  LocalAttention2d fused(LocalAttention2dOptions(o).impl(Implementation::Fused));
+  LocalAttention2d composite(LocalAttention2dOptions(o).impl(Implementation::Composite));
+  fused->to(dtype);
+  composite->to(dtype);
+  torch::NoGradGuard no_grad;
+  for (auto& p : fused->named_parameters()) p.value().normal_(0, 0.2);
+  auto src = fused->named_parameters();
+  for (auto& p : composite->named_parameters()) p.value().copy_(src[p.key()]);
+  return {fused, composite};
+}
+
+void expect_same_block_results(const LocalAttention2dOptions& o, const Tensor& x_in, double atol) {
+  auto [fused, composite] = block_pair(o, x_in.scalar_type());
+  auto x = x_in.detach().clone().requires_grad_(true), xr = x_in.detach().clone().requires_grad_(true);
+  auto y = fused->forward(x), yr = composite->forward(xr);
+  ASSERT_TRUE(all_close(y, yr, atol, atol)) << "forward";
+  EXPECT_EQ(y.suggest_memory_format(), x_in.suggest_memory_format()) << "the fused path keeps x's memory format";
+  if (y.numel() == 0) return;
+  auto dy = torch::randn_like(yr);
+  y.backward(dy);
+  yr.backward(dy);
+  EXPECT_TRUE(all_close(x.grad(), xr.grad(), atol * 10, atol)) << "grad x";
+  auto pr = composite->named_parameters();
+  int checked = 0;
+  for (auto& p : fused->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_TRUE(all_close(p.value().grad(), pr[p.key()].grad(), atol * 100, atol)) << "grad " << p.key();
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+TEST(FusedLocalAttention2d, FusedEqualsCompositeFloat64) {
+  torch::manual_seed(11);
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    auto x = torch::randn({2, 24, 10, 13}, torch::kDouble).contiguous(fmt);
+    expect_same_block_results(LocalAttention2dOptions(24).heads(3).kernel_size(3), x, 1e-10);
+    expect_same_block_results(LocalAttention2dOptions(24).heads(4).kernel_size(5).dilation(2), x, 1e-10);
+    expect_same_block_results(LocalAttention2dOptions(24).heads(2).kernel_size(3).rel_pos_bias(false).qkv_bias(false), x,
+                              1e-10);
+  }
+  // Non-contiguous input; odd head_dim (15 channels, 3 heads of 5); map of exactly k·d.
+  auto wide = torch::randn({2, 30, 7, 7}, torch::kDouble).slice(1, 0, 30, 2);
+  expect_same_block_results(LocalAttention2dOptions(15).heads(3).kernel_size(7), wide, 1e-10);
+  expect_same_block_results(LocalAttention2dOptions(8).heads(2).kernel_size(3),
+                            torch::randn({0, 8, 5, 6}, torch::kDouble), 1e-10);
+}
+
+TEST(FusedLocalAttention2d, FusedEqualsCompositeFloat32AndBf16) {
+  torch::manual_seed(12);
+  auto x = torch::randn({2, 32, 14, 12});
+  expect_same_block_results(LocalAttention2dOptions(32).heads(4).kernel_size(7), x, 1e-5);
+  auto [fused, composite] = block_pair(LocalAttention2dOptions(32).heads(4).kernel_size(7), torch::kBFloat16);
+  auto y = fused->forward(x.to(torch::kBFloat16));
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  // Against float32 math on the same bf16 weights: bf16 rounding of the projections and output.
+  composite->to(torch::kFloat);
+  EXPECT_TRUE(all_close(y, composite->forward(x.to(torch::kBFloat16).to(torch::kFloat)), 0.05, 0.02));
+}
+
+TEST(FusedLocalAttention2d, AutoIsFusedOnCpuAndCompositeWhileRecording) {
+  torch::manual_seed(13);
+  LocalAttention2d block(LocalAttention2dOptions(8).heads(2).kernel_size(3));
+  EXPECT_EQ(block->options.impl(), Implementation::Auto);
+  // Channels-last in: the fused path answers channels-last, the composite path NCHW.
+  auto x = torch::randn({1, 8, 6, 7}).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto y = block->forward(x);
+  EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast) && !y.is_contiguous()) << "Auto ran composite";
+  block->record_attention(true);
+  auto y_rec = block->forward(x);
+  EXPECT_TRUE(y_rec.is_contiguous()) << "recording ran the fused path";
+  ASSERT_TRUE(block->last_attention().defined());
+  EXPECT_EQ(block->last_attention().sizes(), torch::IntArrayRef({1, 2, 6, 7, 3, 3}));
+  EXPECT_TRUE(all_close(y, y_rec, 1e-5));
+  block->options.impl(Implementation::Fused);
+  EXPECT_THAT(error_of([&] { block->forward(x); }), HasSubstr("impl=fused cannot record attention maps"));
+}
+
+TEST(FusedLocalAttention2d, SetImplementationSwitchesTheBlock) {
+  auto model = torch::nn::Sequential(LocalAttention2d(LocalAttention2dOptions(8).heads(2).kernel_size(3)));
+  EXPECT_EQ(attnkit::set_implementation(*model, Implementation::Composite), 1);
+  EXPECT_EQ(model->at<attnkit::LocalAttention2dImpl>(0).options.impl(), Implementation::Composite);
+}
+
+TEST(FusedLocalAttention2d, SameResultWithOneAndTwoThreads) {
+  torch::manual_seed(14);
+  auto [fused, composite] = block_pair(LocalAttention2dOptions(16).heads(2).kernel_size(5), torch::kFloat);
+  auto x = torch::randn({2, 16, 12, 13});
+  const int prev = torch::get_num_threads();
+  std::vector<Tensor> runs[2];
+  for (int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    auto xi = x.clone().requires_grad_(true);
+    auto y = fused->forward(xi);
+    auto g = torch::autograd::grad({y}, {xi, fused->rpb}, {torch::ones_like(y)});
+    runs[threads - 1] = {y, g[0], g[1]};
+  }
+  torch::set_num_threads(prev);
+  // The op is deterministic, but the projections are GEMMs: equal to float rounding.
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(all_close(runs[0][i], runs[1][i], 1e-5, 1e-5)) << i;
+}
+
+// ---- CUDA: no fused kernel; the op says so, the block runs its composite path --------------------
+TEST(FusedLocalAttentionCuda, OpRefusesAndBlockFallsBack) {
+  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  const auto dev = torch::Device(torch::kCUDA, 0);
+  auto in = make_inputs({1, 2, 5, 5, 4}, 3, torch::kFloat);
+  EXPECT_THAT(error_of([&] {
+                attnkit::ops::neighborhood_attention(in.q.to(dev), in.k.to(dev), in.v.to(dev), in.rpb.to(dev), 3);
+              }),
+              HasSubstr("attnkit has a kernel for this op on CPU only"));
+  auto [fused, composite] = block_pair(LocalAttention2dOptions(8).heads(2).kernel_size(3), torch::kFloat);
+  LocalAttention2d block(LocalAttention2dOptions(8).heads(2).kernel_size(3));
+  block->to(dev);
+  auto x = torch::randn({1, 8, 6, 6});
+  {
+    torch::NoGradGuard no_grad;
+    auto src = composite->named_parameters();
+    for (auto& p : block->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  EXPECT_TRUE(all_close(block->forward(x.to(dev)), composite->forward(x), 1e-5, 1e-5));
+  block->options.impl(Implementation::Fused);
+  EXPECT_THAT(error_of([&] { block->forward(x.to(dev)); }), HasSubstr("impl=fused but attnkit has no fused kernel"));
+}
+
+}  // namespace
