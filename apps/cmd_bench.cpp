@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -38,7 +39,32 @@ struct Impl {
 
 struct Timing {
   double median_ms = 0, min_ms = 0;
+  double peak_mib = -1;  // extra resident memory of one call; < 0: not measured
 };
+
+// A field of /proc/self/status in KiB (Linux), or -1.
+double status_kib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1));
+  return -1;
+}
+
+// Peak extra resident memory of one call, in MiB: the high-water mark VmHWM (reset by writing 5 to
+// /proc/self/clear_refs) minus VmRSS before the call. Linux only (-1 elsewhere). Large buffers come
+// from mmap and count in full; memory that malloc had already kept resident and reuses does not, so
+// this is a lower bound, exact for the big O((H·W)²) buffers it is meant to show.
+double peak_extra_mib(const std::function<void()>& fn) {
+  {
+    std::ofstream clear("/proc/self/clear_refs");
+    if (!(clear << "5")) return -1;
+  }
+  const double before = status_kib("VmRSS");
+  fn();
+  const double peak = status_kib("VmHWM");
+  return before < 0 || peak < 0 ? -1 : std::max(0.0, peak - before) / 1024.0;
+}
 
 void sync(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
@@ -112,12 +138,18 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
   if (op == "eca") return composite_only<ECA>(ECAOptions(C), x);
   if (op == "local") return composite_only<LocalAttention2d>(LocalAttention2dOptions(C).heads(4).kernel_size(7), x);
   if (op == "self") {
-    // 4 heads of 64 for the default 256 channels.
-    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), L = x.size(2) * x.size(3);
-    auto impls = composite_only<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x);
-    // ATen's own scaled_dot_product_attention on q, k, v of the same sizes: the attention core alone.
-    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(x.requires_grad());
-    auto k = torch::randn_like(q).requires_grad_(x.requires_grad()), v = torch::randn_like(q).requires_grad_(x.requires_grad());
+    // 4 heads of 64 for the default 256 channels, with a relative position bias for this map size:
+    // "fused" runs ops::relpos_attention, "composite" SDPA with the bias expanded into a mask.
+    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), H = x.size(2), W = x.size(3), L = H * W;
+    auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
+    // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
+    // and ATen's own scaled_dot_product_attention (no bias).
+    const bool grad = x.requires_grad();
+    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(grad);
+    auto k = torch::randn_like(q).requires_grad_(grad), v = torch::randn_like(q).requires_grad_(grad);
+    auto table = (torch::randn({(2 * H - 1) * (2 * W - 1), heads}, x.options()) * 0.02).requires_grad_(grad);
+    impls.push_back({"core+bias", [=]() { return ops::relpos_attention(q, k, v, table, H, W); }});
+    impls.push_back({"core", [=]() { return ops::relpos_attention(q, k, v, torch::Tensor(), H, W); }});
     impls.push_back({"sdpa", [q, k, v]() { return at::scaled_dot_product_attention(q, k, v); }});
     return impls;
   }
@@ -189,6 +221,7 @@ int run_bench(const BenchArgs& args) {
           };
         }
         t[impl.name] = time_it(fn, device, args.warmup, args.iters);
+        if (device.is_cpu()) t[impl.name].peak_mib = peak_extra_mib(fn);
       }
       for (const auto& [name, timing] : t) {
         nlohmann::json row = {{"op", op},
@@ -203,6 +236,8 @@ int run_bench(const BenchArgs& args) {
         if (resnet) row["attention"] = args.attention;
         if (t.count("composite") && name != "composite") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
         if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
+        if (t.count("sdpa") && name != "copy") row["x_sdpa"] = timing.median_ms / t["sdpa"].median_ms;
+        if (timing.peak_mib >= 0) row["peak_mib"] = timing.peak_mib;
         if (resnet && t.count("none") && name != "none") row["vs_none"] = timing.median_ms / t["none"].median_ms;
         rows.push_back(row);
         if (args.json) std::cout << row.dump() << std::endl;
@@ -214,9 +249,11 @@ int run_bench(const BenchArgs& args) {
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
             << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(11) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(14) << "speed-up"
-            << std::setw(10) << "x copy" << "\n";
+            << std::setw(10) << "x copy" << std::setw(10) << "x sdpa" << std::setw(11) << "peak MiB" << "\n";
   for (const auto& r : rows) {
-    std::ostringstream speed, copy;
+    std::ostringstream speed, copy, sdpa, peak;
+    if (r.contains("x_sdpa")) sdpa << std::fixed << std::setprecision(2) << r["x_sdpa"].get<double>();
+    if (r.contains("peak_mib")) peak << std::fixed << std::setprecision(1) << r["peak_mib"].get<double>();
     if (r.contains("vs_composite")) speed << std::fixed << std::setprecision(2) << r["vs_composite"].get<double>() << "x";
     if (r.contains("vs_none")) speed << " (" << std::fixed << std::setprecision(3) << r["vs_none"].get<double>() << " of none)";
     if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
@@ -224,10 +261,17 @@ int run_bench(const BenchArgs& args) {
               << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
               << std::setw(8) << r["threads"].get<int>() << std::setw(11) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
-              << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str() << "\n";
+              << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str()
+              << std::setw(10) << sdpa.str() << std::setw(11) << peak.str() << "\n";
   }
   std::cout << "\nspeed-up: composite median / this median (fused/sdpa rows; resnets: of the plain network in brackets).\n"
-               "x copy: this median / the median of copying the input once (read + write).\n";
+               "x copy: this median / the median of copying the input once (read + write).\n"
+               "x sdpa: this median / the median of ATen's scaled_dot_product_attention (op self).\n"
+               "peak MiB: resident memory one call adds at its peak (VmHWM after clear_refs - VmRSS before;\n"
+               "  Linux; a lower bound: memory malloc already holds and reuses is not counted).\n"
+               "self: fused/composite = SelfAttention2d with a relative position bias (relpos_attention op /\n"
+               "  SDPA with the bias expanded to a heads x L x L mask); core+bias, core = the op alone on\n"
+               "  [N, heads, L, d] q, k, v with and without the bias; sdpa = ATen's SDPA alone, no bias.\n";
   return kOk;
 }
 
