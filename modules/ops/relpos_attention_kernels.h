@@ -1,9 +1,9 @@
 // The CPU kernels of the fused self-attention op (attnkit::ops::relpos_attention), one table per
 // instruction set.
 //
-// Flash-attention-2 on the CPU: the queries of one (n, head) are cut into tiles of kQueryTile rows
-// and the keys into tiles of kKeyTile; a tile of logits S = scale·Q Kᵀ (+ bias) is at most
-// kQueryTile × kKeyTile, lives in a per-thread buffer and is never written out, so memory is
+// Flash-attention-2 on the CPU: the queries of one (n, head) are cut into tiles of 64 or 256 rows
+// and the keys into tiles of 512; a tile of logits S = scale·Q Kᵀ (+ bias) is at most 256 × 512,
+// lives in a per-thread buffer and is never written out, so memory is
 // O(L·d) whatever L is. Forward keeps a running max and sum per query row (online softmax) and
 // saves logsumexp; backward recomputes each tile of probabilities from logsumexp.
 //

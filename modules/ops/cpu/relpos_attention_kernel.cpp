@@ -39,9 +39,11 @@ namespace {
 
 using at::Tensor;
 
-// Tile sizes: a logits tile is kQueryTile × kKeyTile (128 KiB in float), small enough for L2.
-constexpr int64_t kQueryTile = 64;
+// Tile sizes, ATen's flash attention's: a logits tile is query_tile(L) × kKeyTile (at most 512 KiB
+// in float). 256 query rows amortise each key tile best (measured: 64 rows are ~8% slower forward
+// at L = 3136, more backward); short sequences take 64 to keep enough tasks for the threads.
 constexpr int64_t kKeyTile = 512;
+int64_t query_tile(int64_t L) { return L >= 768 ? 256 : 64; }
 
 // MKL single-threaded for the lifetime of a task (the tasks themselves are the parallelism).
 struct SingleThreadedBlas {
@@ -124,13 +126,42 @@ int64_t query_base(int64_t i, int64_t H, int64_t W) {
   return T - 1 - ((i / W + H - 1) * (2 * W - 1) + i % W + W - 1);
 }
 
-/// dst[0, n) += src[0, n)
+/// dst[0, n) += src[0, n) (runs are short, about W: the tail is one partial vector, not a scalar loop)
 template <typename A>
 void add_into(A* dst, const A* src, int64_t n) {
   using V = at::vec::Vectorized<A>;
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) (V::loadu(dst + i) + V::loadu(src + i)).store(dst + i);
-  for (; i < n; ++i) dst[i] += src[i];
+  if (i < n) {
+    const int r = static_cast<int>(n - i);
+    (V::loadu(dst + i, r) + V::loadu(src + i, r)).store(dst + i, r);
+  }
+}
+
+/// Adds the bias runs to a row of logits (the runs cover it) and returns the row's max, in one pass.
+template <typename A>
+A add_bias_and_max(A* row, const A* from, const std::vector<Run>& runs) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  const V ninf(-std::numeric_limits<A>::infinity());
+  V acc = ninf;
+  for (const Run& run : runs) {
+    A* dst = row + run.start;
+    const A* src = from + run.off;
+    int64_t i = 0;
+    for (; i + K <= run.len; i += K) {
+      const V v = V::loadu(dst + i) + V::loadu(src + i);
+      v.store(dst + i);
+      acc = at::vec::maximum(acc, v);
+    }
+    if (i < run.len) {
+      const int r = static_cast<int>(run.len - i);
+      const V v = V::loadu(dst + i, r) + V::loadu(src + i, r);
+      v.store(dst + i, r);
+      acc = at::vec::maximum(acc, V::set(ninf, v, r));
+    }
+  }
+  return horizontal_max(acc);
 }
 
 template <typename A>
@@ -197,28 +228,32 @@ template <typename A>
 struct Problem {
   Rows<const A> q, k, v;
   const A* rtab;  // [heads, T] flipped table, or null
-  int64_t heads, L, d, H, W, T;
+  int64_t heads, L, d, H, W, T, qtile;
   A scale;
   std::vector<std::vector<Run>> runs;
 
   Problem(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& rtab_, int64_t H_, int64_t W_, double s)
       : q(rows_of<A>(q_)), k(rows_of<A>(k_)), v(rows_of<A>(v_)),
         rtab(rtab_.defined() ? rtab_.data_ptr<A>() : nullptr), heads(q_.size(1)), L(q_.size(2)), d(q_.size(3)),
-        H(H_), W(W_), T((2 * H_ - 1) * (2 * W_ - 1)), scale(static_cast<A>(s)), runs(key_runs(L, W_)) {}
+        H(H_), W(W_), T((2 * H_ - 1) * (2 * W_ - 1)), qtile(query_tile(L)), scale(static_cast<A>(s)), runs(key_runs(L, W_)) {}
 
-  int64_t query_tiles() const { return (L + kQueryTile - 1) / kQueryTile; }
+  int64_t query_tiles() const { return (L + qtile - 1) / qtile; }
   int64_t key_tiles() const { return (L + kKeyTile - 1) / kKeyTile; }
 
-  /// Logits of queries [i0, i0 + mq) against key tile kt into s (row stride nk).
-  void logits(int64_t b, int64_t i0, int64_t mq, int64_t kt, int64_t nk, A* s) const {
+  /// Logits of queries [i0, i0 + mq) against key tile kt into s (row stride nk); with `maxima`,
+  /// also the max of each row.
+  void logits(int64_t b, int64_t i0, int64_t mq, int64_t kt, int64_t nk, A* s, A* maxima = nullptr) const {
     const int64_t j0 = kt * kKeyTile;
     gemm<A>(false, true, mq, nk, d, scale, q.at(b, i0), q.sl, k.at(b, j0), k.sl, A(0), s, nk);
-    if (!rtab) return;
+    if (!rtab) {
+      if (maxima)
+        for (int64_t r = 0; r < mq; ++r) maxima[r] = row_max(s + r * nk, nk);
+      return;
+    }
     const A* table = rtab + (b % heads) * T;
     for (int64_t r = 0; r < mq; ++r) {
-      const A* from = table + query_base(i0 + r, H, W);
-      A* row = s + r * nk;
-      for (const Run& run : runs[kt]) add_into(row + run.start, from + run.off, run.len);
+      const A m = add_bias_and_max(s + r * nk, table + query_base(i0 + r, H, W), runs[kt]);
+      if (maxima) maxima[r] = m;
     }
   }
 };
@@ -234,18 +269,19 @@ void forward_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Te
   const A ninf = -std::numeric_limits<A>::infinity();
   at::parallel_for(0, B * nqt, 1, [&](int64_t t0, int64_t t1) {
     SingleThreadedBlas single;
-    std::vector<A> s(static_cast<size_t>(kQueryTile * kKeyTile)), m(kQueryTile), l(kQueryTile);
+    const int64_t QT = p.qtile;
+    std::vector<A> s(static_cast<size_t>(QT * kKeyTile)), m(QT), l(QT), tile_max(QT);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nqt, i0 = (t % nqt) * kQueryTile, mq = std::min(kQueryTile, L - i0);
+      const int64_t b = t / nqt, i0 = (t % nqt) * QT, mq = std::min(QT, L - i0);
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), A(0));
       A* o = out.at(b, i0);
       for (int64_t kt = 0; kt < nkt; ++kt) {
         const int64_t nk = std::min(kKeyTile, L - kt * kKeyTile);
-        p.logits(b, i0, mq, kt, nk, s.data());
+        p.logits(b, i0, mq, kt, nk, s.data(), tile_max.data());
         for (int64_t r = 0; r < mq; ++r) {
           A* row = s.data() + r * nk;
-          const A m_new = std::max(m[r], row_max(row, nk));
+          const A m_new = nan_max(m[r], tile_max[r]);
           const A sum = exp_and_sum(row, nk, m_new);
           // Online softmax: rescale what the earlier key tiles contributed.
           const A factor = kt == 0 ? A(0) : std::exp(m[r] - m_new);
@@ -279,11 +315,12 @@ void backward_impl(const Tensor& dout_, const Tensor& q_, const Tensor& k_, cons
   std::vector<A> partial(want_table ? static_cast<size_t>(B * T) : 0, A(0));
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     SingleThreadedBlas single;
-    std::vector<A> s(static_cast<size_t>(kQueryTile * kKeyTile)), ds(s.size()), delta(kQueryTile);
+    const int64_t QT = p.qtile;
+    std::vector<A> s(static_cast<size_t>(QT * kKeyTile)), ds(s.size()), delta(QT);
     for (int64_t b = b0; b < b1; ++b) {
       A* dtab = want_table ? partial.data() + b * T : nullptr;
       for (int64_t qt = 0; qt < nqt; ++qt) {
-        const int64_t i0 = qt * kQueryTile, mq = std::min(kQueryTile, L - i0);
+        const int64_t i0 = qt * QT, mq = std::min(QT, L - i0);
         const A* go = dout.at(b, i0);
         for (int64_t r = 0; r < mq; ++r) delta[r] = dot(go + r * dout.sl, out.at(b, i0 + r), d);
         for (int64_t kt = 0; kt < nkt; ++kt) {
