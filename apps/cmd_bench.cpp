@@ -1,6 +1,6 @@
 // attnkit bench: times each op's fused kernels against the same math composed from stock LibTorch
 // ops, and against a plain copy of the input (one read + one write: the memory-traffic yardstick),
-// all in the same run, and prints medians and ratios. `--json` prints one object per line.
+// all in the same run (in interleaved rounds), and prints medians and ratios. `--json` prints one object per line.
 #include "commands.h"
 
 #include <attnkit/attnkit.h>
@@ -70,26 +70,34 @@ void sync(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
 }
 
-Timing time_it(const std::function<void()>& fn, const torch::Device& device, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) fn();
-  sync(device);
+// Times several functions in interleaved rounds (one call of each per round), so that a machine
+// whose load drifts during the run slows them alike and their ratios stay meaningful.
+std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns, const torch::Device& device,
+                                     int warmup, int iters) {
+  for (const auto& fn : fns)
+    for (int i = 0; i < warmup; ++i) fn();
+  std::vector<std::vector<double>> ms(fns.size());
+  auto once = [&](size_t f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fns[f]();
+    sync(device);
+    ms[f].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  };
+  for (size_t f = 0; f < fns.size(); ++f) once(f);
   if (iters <= 0) {  // calibrate: about one second per case
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    sync(device);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    iters = static_cast<int>(std::clamp(1000.0 / std::max(ms, 1e-3), 5.0, 200.0));
+    double round = 0;
+    for (const auto& m : ms) round += m.back();
+    iters = static_cast<int>(std::clamp(1000.0 * fns.size() / std::max(round, 1e-3), 5.0, 200.0));
   }
-  std::vector<double> ms;
-  ms.reserve(iters);
-  for (int i = 0; i < iters; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    sync(device);
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  for (auto& m : ms) m.clear();
+  for (int i = 0; i < iters; ++i)
+    for (size_t f = 0; f < fns.size(); ++f) once(f);
+  std::vector<Timing> out;
+  for (auto& m : ms) {
+    std::sort(m.begin(), m.end());
+    out.push_back({m[m.size() / 2], m.front()});
   }
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front()};
+  return out;
 }
 
 torch::Dtype parse_dtype(const std::string& s) {
@@ -204,7 +212,8 @@ int run_bench(const BenchArgs& args) {
     if (args.pass != "backward") passes.push_back("forward");
     if (args.pass != "forward" && !resnet) passes.push_back("backward");
     for (const auto& pass : passes) {
-      std::map<std::string, Timing> t;
+      std::vector<std::string> names;
+      std::vector<std::function<void()>> fns;
       for (auto& impl : impls) {
         if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
         std::function<void()> fn;
@@ -220,8 +229,14 @@ int run_bench(const BenchArgs& args) {
             x.mutable_grad().reset();  // no accumulation pass between iterations
           };
         }
-        t[impl.name] = time_it(fn, device, args.warmup, args.iters);
-        if (device.is_cpu()) t[impl.name].peak_mib = peak_extra_mib(fn);
+        names.push_back(impl.name);
+        fns.push_back(fn);
+      }
+      std::map<std::string, Timing> t;
+      const auto timings = time_interleaved(fns, device, args.warmup, args.iters);
+      for (size_t i = 0; i < fns.size(); ++i) {
+        t[names[i]] = timings[i];
+        if (device.is_cpu()) t[names[i]].peak_mib = peak_extra_mib(fns[i]);
       }
       for (const auto& [name, timing] : t) {
         nlohmann::json row = {{"op", op},
