@@ -138,32 +138,6 @@ void add_into(A* dst, const A* src, int64_t n) {
   }
 }
 
-/// Adds the bias runs to a row of logits (the runs cover it) and returns the row's max, in one pass.
-template <typename A>
-A add_bias_and_max(A* row, const A* from, const std::vector<Run>& runs) {
-  using V = at::vec::Vectorized<A>;
-  constexpr int K = V::size();
-  const V ninf(-std::numeric_limits<A>::infinity());
-  V acc = ninf;
-  for (const Run& run : runs) {
-    A* dst = row + run.start;
-    const A* src = from + run.off;
-    int64_t i = 0;
-    for (; i + K <= run.len; i += K) {
-      const V v = V::loadu(dst + i) + V::loadu(src + i);
-      v.store(dst + i);
-      acc = at::vec::maximum(acc, v);
-    }
-    if (i < run.len) {
-      const int r = static_cast<int>(run.len - i);
-      const V v = V::loadu(dst + i, r) + V::loadu(src + i, r);
-      v.store(dst + i, r);
-      acc = at::vec::maximum(acc, V::set(ninf, v, r));
-    }
-  }
-  return horizontal_max(acc);
-}
-
 template <typename A>
 at::vec::Vectorized<A> vexp(const at::vec::Vectorized<A>& v) {
   if constexpr (std::is_same_v<A, float>) return v.exp_u20();  // ATen's flash attention uses the same
@@ -240,20 +214,15 @@ struct Problem {
   int64_t query_tiles() const { return (L + qtile - 1) / qtile; }
   int64_t key_tiles() const { return (L + kKeyTile - 1) / kKeyTile; }
 
-  /// Logits of queries [i0, i0 + mq) against key tile kt into s (row stride nk); with `maxima`,
-  /// also the max of each row.
-  void logits(int64_t b, int64_t i0, int64_t mq, int64_t kt, int64_t nk, A* s, A* maxima = nullptr) const {
+  /// Logits of queries [i0, i0 + mq) against key tile kt into s (row stride nk).
+  void logits(int64_t b, int64_t i0, int64_t mq, int64_t kt, int64_t nk, A* s) const {
     const int64_t j0 = kt * kKeyTile;
     gemm<A>(false, true, mq, nk, d, scale, q.at(b, i0), q.sl, k.at(b, j0), k.sl, A(0), s, nk);
-    if (!rtab) {
-      if (maxima)
-        for (int64_t r = 0; r < mq; ++r) maxima[r] = row_max(s + r * nk, nk);
-      return;
-    }
+    if (!rtab) return;
     const A* table = rtab + (b % heads) * T;
     for (int64_t r = 0; r < mq; ++r) {
-      const A m = add_bias_and_max(s + r * nk, table + query_base(i0 + r, H, W), runs[kt]);
-      if (maxima) maxima[r] = m;
+      const A* from = table + query_base(i0 + r, H, W);
+      for (const Run& run : runs[kt]) add_into(s + r * nk + run.start, from + run.off, run.len);
     }
   }
 };
@@ -270,7 +239,7 @@ void forward_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Te
   at::parallel_for(0, B * nqt, 1, [&](int64_t t0, int64_t t1) {
     SingleThreadedBlas single;
     const int64_t QT = p.qtile;
-    std::vector<A> s(static_cast<size_t>(QT * kKeyTile)), m(QT), l(QT), tile_max(QT);
+    std::vector<A> s(static_cast<size_t>(QT * kKeyTile)), m(QT), l(QT);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nqt, i0 = (t % nqt) * QT, mq = std::min(QT, L - i0);
       std::fill(m.begin(), m.end(), ninf);
@@ -278,10 +247,10 @@ void forward_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Te
       A* o = out.at(b, i0);
       for (int64_t kt = 0; kt < nkt; ++kt) {
         const int64_t nk = std::min(kKeyTile, L - kt * kKeyTile);
-        p.logits(b, i0, mq, kt, nk, s.data(), tile_max.data());
+        p.logits(b, i0, mq, kt, nk, s.data());
         for (int64_t r = 0; r < mq; ++r) {
           A* row = s.data() + r * nk;
-          const A m_new = nan_max(m[r], tile_max[r]);
+          const A m_new = nan_max(m[r], row_max(row, nk));
           const A sum = exp_and_sum(row, nk, m_new);
           // Online softmax: rescale what the earlier key tiles contributed.
           const A factor = kt == 0 ? A(0) : std::exp(m[r] - m_new);
