@@ -19,6 +19,7 @@ using attnkit::SelfAttention2dOptions;
 using attnkit::SelfAttention2dVariant;
 using attnkit::ops::relpos_attention;
 using attnkit::testing::all_close;
+using attnkit::testing::error_of;
 using ::testing::HasSubstr;
 using torch::Tensor;
 
@@ -123,29 +124,27 @@ TEST(RelposAttention, MatchesExplicitSoftmaxFp64WithGradients) {
     }
 }
 
+// Runs in `dtype` (results in `dtype`) against the float64 reference on the same values.
+void check_low_precision(torch::Dtype dtype, const std::vector<Shape>& shapes, double atol, double rtol) {
+  for (const auto& s : shapes) {
+    auto in = make_inputs(s, dtype);
+    std::ostringstream what;
+    what << s << " " << dtype;
+    auto got = run_fused(in, s);
+    for (const auto& t : got) EXPECT_EQ(t.scalar_type(), dtype) << what.str();
+    expect_close(got, run_reference(in, s), atol, rtol, what.str());
+  }
+}
+
 TEST(RelposAttention, Fp32MatchesFp64Reference) {
   torch::manual_seed(1);
-  for (const auto& s : kShapes) {
-    auto in = make_inputs(s, torch::kFloat);
-    std::ostringstream what;
-    what << s;
-    auto got = run_fused(in, s);
-    for (const auto& t : got) EXPECT_EQ(t.scalar_type(), torch::kFloat) << what.str();
-    expect_close(got, run_reference(in, s), 1e-5, 1e-5, what.str());
-  }
+  check_low_precision(torch::kFloat, kShapes, 1e-5, 1e-5);
 }
 
 TEST(RelposAttention, Bf16WithinRounding) {
   torch::manual_seed(2);
-  for (const auto& s : {Shape{2, 2, 5, 7, 8}, Shape{1, 2, 9, 11, 13}}) {
-    auto in = make_inputs(s, torch::kBFloat16);
-    std::ostringstream what;
-    what << s;
-    auto got = run_fused(in, s);
-    for (const auto& t : got) EXPECT_EQ(t.scalar_type(), torch::kBFloat16) << what.str();
-    // Float accumulation, one rounding to bfloat16 (8 bits of mantissa) at the end.
-    expect_close(got, run_reference(in, s), 2e-2, 1e-2, what.str());
-  }
+  // Float accumulation, one rounding to bfloat16 (8 bits of mantissa) at the end.
+  check_low_precision(torch::kBFloat16, {{2, 2, 5, 7, 8}, {1, 2, 9, 11, 13}}, 2e-2, 1e-2);
 }
 
 TEST(RelposAttention, ExplicitScale) {
@@ -235,15 +234,6 @@ TEST(RelposAttention, GradientMatchesFiniteDifferences) {
     }
   }
   EXPECT_EQ(checked, 3 * 6 * 2 * 3 + 15 * 2);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "no error";
 }
 
 TEST(RelposAttention, BadArgumentsNameTheArgument) {

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <string>
@@ -65,6 +66,16 @@ inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const t
   if (worst <= atol) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "max |actual - expected| - rtol*|expected| = " << worst
                                        << " > atol " << atol << " (at flat index " << err.argmax().item<int64_t>() << ")";
+}
+
+/// The message of the c10::Error that f throws (without the backtrace), or "no error".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "no error";
 }
 
 /// Whether CUDA tests can run here.
