@@ -150,6 +150,9 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
     // "fused" runs ops::relpos_attention, "composite" SDPA with the bias expanded into a mask.
     const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), H = x.size(2), W = x.size(3), L = H * W;
     auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
+    // The block without a bias: the fused op against SDPA (what Auto runs there).
+    for (auto& impl : module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x))
+      impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward});
     // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
     // and ATen's own scaled_dot_product_attention (no bias).
     const bool grad = x.requires_grad();
@@ -262,7 +265,7 @@ int run_bench(const BenchArgs& args) {
   if (args.json) return kOk;
 
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
-            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(11) << "impl" << std::right
+            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(14) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(14) << "speed-up"
             << std::setw(10) << "x copy" << std::setw(10) << "x sdpa" << std::setw(11) << "peak MiB" << "\n";
   for (const auto& r : rows) {
@@ -274,7 +277,7 @@ int run_bench(const BenchArgs& args) {
     if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
     std::cout << std::left << std::setw(10) << r["op"].get<std::string>() << std::setw(10) << r["pass"].get<std::string>()
               << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
-              << std::setw(8) << r["threads"].get<int>() << std::setw(11) << r["impl"].get<std::string>() << std::right
+              << std::setw(8) << r["threads"].get<int>() << std::setw(14) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
               << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str()
               << std::setw(10) << sdpa.str() << std::setw(11) << peak.str() << "\n";
@@ -286,7 +289,8 @@ int run_bench(const BenchArgs& args) {
                "  Linux; a lower bound: memory malloc already holds and reuses is not counted).\n"
                "self: fused/composite = SelfAttention2d with a relative position bias (relpos_attention op /\n"
                "  SDPA with the bias expanded to a heads x L x L mask); core+bias, core = the op alone on\n"
-               "  [N, heads, L, d] q, k, v with and without the bias; sdpa = ATen's SDPA alone, no bias.\n";
+               "  [N, heads, L, d] q, k, v with and without the bias; sdpa = ATen's SDPA alone, no bias;\n"
+               "  nobias-fused, nobias-sdpa = SelfAttention2d without a bias on the fused op / on SDPA.\n";
   return kOk;
 }
 

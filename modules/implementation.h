@@ -11,7 +11,7 @@ namespace attnkit {
 
 enum class Implementation {
   /// The fused kernels where attnkit has them for the input's device and they were measured faster
-  /// (CBAM; SelfAttention2d with a relative position bias), else composite.
+  /// (CBAM; SelfAttention2d's multi-head attention), else composite.
   Auto,
   /// attnkit's fused kernels; an error where none exists for the input's device.
   Fused,

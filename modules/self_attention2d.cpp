@@ -106,8 +106,11 @@ bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
                   x.device(), " in this build; use Implementation::Auto or Composite");
       return true;
     default:
-      // With a bias the fused op is the only O(H·W)-memory path; without one ATen's SDPA is faster.
-      return possible && relative_position_bias_table.defined();
+      // Multi-head: the fused op, with or without a bias. With one it is the only O(H·W)-memory path;
+      // without one ATen's SDPA is as fast on contiguous q, k, v, but this block's q, k, v (views of
+      // the NCHW qkv output) send it to its O((H·W)²) math fallback: 4x slower at 56×56 (README).
+      // Non-local: SDPA (not measured yet).
+      return possible && options.variant() == SelfAttention2dVariant::MultiHead;
   }
 }
 

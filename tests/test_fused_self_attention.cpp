@@ -322,18 +322,18 @@ TEST(SelfAttention2dFused, AutoRunsTheFusedOpWithRelPosAndMatchesCompositeFp64) 
   }
 }
 
-TEST(SelfAttention2dFused, AutoKeepsSdpaWithoutRelPosAndFusedMatchesIt) {
+TEST(SelfAttention2dFused, AutoRunsTheFusedOpWithoutRelPosAndSdpaForNonLocal) {
   torch::manual_seed(8);
   SelfAttention2d m(SelfAttention2dOptions(8).heads(2).head_dim(5));
   m->to(torch::kDouble);
   auto x = torch::randn({2, 8, 6, 5}, torch::kDouble), gout = torch::randn_like(x);
-  bool auto_fused = true, fused = false;
-  auto want = module_run(m, Implementation::Auto, x, gout, &auto_fused);
-  auto got = module_run(m, Implementation::Fused, x, gout, &fused);
-  EXPECT_FALSE(auto_fused);
+  bool composite_fused = true, fused = false;
+  auto want = module_run(m, Implementation::Composite, x, gout, &composite_fused);
+  auto got = module_run(m, Implementation::Auto, x, gout, &fused);
+  EXPECT_FALSE(composite_fused);
   EXPECT_TRUE(fused);
   expect_same(got, want, 1e-10, "mhsa without bias");
-  // The non-local variant too, under impl=fused.
+  // The non-local variant: SDPA under Auto, the fused op under impl=fused.
   SelfAttention2d nl(SelfAttention2dOptions(16).variant(SelfAttention2dVariant::NonLocal).rd_channels(8));
   nl->to(torch::kDouble);
   {
@@ -341,8 +341,10 @@ TEST(SelfAttention2dFused, AutoKeepsSdpaWithoutRelPosAndFusedMatchesIt) {
     nl->norm->weight.fill_(0.7);  // timm starts it at 0, which would hide the attention
   }
   auto x2 = torch::randn({2, 16, 4, 5}, torch::kDouble), g2 = torch::randn_like(x2);
-  auto want2 = module_run(nl, Implementation::Composite, x2, g2);
+  bool auto_fused = true;
+  auto want2 = module_run(nl, Implementation::Auto, x2, g2, &auto_fused);
   auto got2 = module_run(nl, Implementation::Fused, x2, g2, &fused);
+  EXPECT_FALSE(auto_fused);
   EXPECT_TRUE(fused);
   expect_same(got2, want2, 1e-10, "non_local");
 }
