@@ -1,6 +1,6 @@
 // attnkit bench: times each op's fused kernels against the same math composed from stock LibTorch
 // ops, and against a plain copy of the input (one read + one write: the memory-traffic yardstick),
-// all in the same run, and prints medians and ratios. `--json` prints one object per line.
+// all in the same run (in interleaved rounds, so that load drifts hit every impl alike), and prints medians and ratios. `--json` prints one object per line.
 //
 // Memory (CPU): one extra, untimed run per case with LibTorch's CPU allocator wrapped by a counter
 // gives the peak bytes of tensor storage allocated during the run beyond what was live before it
@@ -121,26 +121,34 @@ void sync(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
 }
 
-Timing time_it(const std::function<void()>& fn, const torch::Device& device, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) fn();
-  sync(device);
+// Times several functions in interleaved rounds (one call of each per round), so that a machine
+// whose load drifts during the run slows them alike and their ratios stay meaningful.
+std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns, const torch::Device& device,
+                                     int warmup, int iters) {
+  for (const auto& fn : fns)
+    for (int i = 0; i < warmup; ++i) fn();
+  std::vector<std::vector<double>> ms(fns.size());
+  auto once = [&](size_t f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fns[f]();
+    sync(device);
+    ms[f].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  };
+  for (size_t f = 0; f < fns.size(); ++f) once(f);
   if (iters <= 0) {  // calibrate: about one second per case
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    sync(device);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    iters = static_cast<int>(std::clamp(1000.0 / std::max(ms, 1e-3), 5.0, 200.0));
+    double round = 0;
+    for (const auto& m : ms) round += m.back();
+    iters = static_cast<int>(std::clamp(1000.0 * fns.size() / std::max(round, 1e-3), 5.0, 200.0));
   }
-  std::vector<double> ms;
-  ms.reserve(iters);
-  for (int i = 0; i < iters; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    sync(device);
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  for (auto& m : ms) m.clear();
+  for (int i = 0; i < iters; ++i)
+    for (size_t f = 0; f < fns.size(); ++f) once(f);
+  std::vector<Timing> out;
+  for (auto& m : ms) {
+    std::sort(m.begin(), m.end());
+    out.push_back({m[m.size() / 2], m.front()});
   }
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front()};
+  return out;
 }
 
 torch::Dtype parse_dtype(const std::string& s) {
@@ -209,12 +217,21 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
     return impls;
   }
   if (op == "self") {
-    // 4 heads of 64 for the default 256 channels.
-    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), L = x.size(2) * x.size(3);
-    auto impls = composite_only<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x);
-    // ATen's own scaled_dot_product_attention on q, k, v of the same sizes: the attention core alone.
-    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(x.requires_grad());
-    auto k = torch::randn_like(q).requires_grad_(x.requires_grad()), v = torch::randn_like(q).requires_grad_(x.requires_grad());
+    // 4 heads of 64 for the default 256 channels, with a relative position bias for this map size:
+    // "fused" runs ops::relpos_attention, "composite" SDPA with the bias expanded into a mask.
+    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), H = x.size(2), W = x.size(3), L = H * W;
+    auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
+    // The block without a bias: the fused op against SDPA (what Auto runs there).
+    for (auto& impl : module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x))
+      impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward});
+    // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
+    // and ATen's own scaled_dot_product_attention (no bias).
+    const bool grad = x.requires_grad();
+    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(grad);
+    auto k = torch::randn_like(q).requires_grad_(grad), v = torch::randn_like(q).requires_grad_(grad);
+    auto table = (torch::randn({(2 * H - 1) * (2 * W - 1), heads}, x.options()) * 0.02).requires_grad_(grad);
+    impls.push_back({"core+bias", [=]() { return ops::relpos_attention(q, k, v, table, H, W); }});
+    impls.push_back({"core", [=]() { return ops::relpos_attention(q, k, v, torch::Tensor(), H, W); }});
     impls.push_back({"sdpa", [q, k, v]() { return at::scaled_dot_product_attention(q, k, v); }});
     return impls;
   }
@@ -269,7 +286,8 @@ int run_bench(const BenchArgs& args) {
     if (args.pass != "backward") passes.push_back("forward");
     if (args.pass != "forward" && !resnet) passes.push_back("backward");
     for (const auto& pass : passes) {
-      std::map<std::string, Timing> t;
+      std::vector<std::string> names;
+      std::vector<std::function<void()>> fns;
       std::map<std::string, int64_t> peak;
       for (auto& impl : impls) {
         if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
@@ -287,8 +305,14 @@ int run_bench(const BenchArgs& args) {
             impl.after_backward();
           };
         }
-        t[impl.name] = time_it(fn, device, args.warmup, args.iters);
-        if (device.is_cpu() && impl.name != "copy") peak[impl.name] = CountingCpuAllocator::peak_extra_bytes(fn);
+        names.push_back(impl.name);
+        fns.push_back(fn);
+      }
+      std::map<std::string, Timing> t;
+      const auto timings = time_interleaved(fns, device, args.warmup, args.iters);
+      for (size_t i = 0; i < fns.size(); ++i) {
+        t[names[i]] = timings[i];
+        if (device.is_cpu() && names[i] != "copy") peak[names[i]] = CountingCpuAllocator::peak_extra_bytes(fns[i]);
       }
       for (const auto& [name, timing] : t) {
         nlohmann::json row = {{"op", op},
@@ -304,6 +328,7 @@ int run_bench(const BenchArgs& args) {
         if (peak.count(name)) row["peak_extra_mb"] = static_cast<double>(peak[name]) / (1 << 20);
         if (t.count("composite") && name != "composite") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
         if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
+        if (t.count("sdpa") && name != "copy") row["x_sdpa"] = timing.median_ms / t["sdpa"].median_ms;
         if (resnet && t.count("none") && name != "none") row["vs_none"] = timing.median_ms / t["none"].median_ms;
         rows.push_back(row);
         if (args.json) std::cout << row.dump() << std::endl;
@@ -313,27 +338,33 @@ int run_bench(const BenchArgs& args) {
   if (args.json) return kOk;
 
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
-            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(11) << "impl" << std::right
+            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(14) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(14) << "speed-up"
-            << std::setw(10) << "x copy" << std::setw(12) << "peak MB" << "\n";
+            << std::setw(10) << "x copy" << std::setw(10) << "x sdpa" << std::setw(12) << "peak MB" << "\n";
   for (const auto& r : rows) {
-    std::ostringstream speed, copy, mem;
+    std::ostringstream speed, copy, sdpa, mem;
+    if (r.contains("x_sdpa")) sdpa << std::fixed << std::setprecision(2) << r["x_sdpa"].get<double>();
     if (r.contains("peak_extra_mb")) mem << std::fixed << std::setprecision(1) << r["peak_extra_mb"].get<double>();
     if (r.contains("vs_composite")) speed << std::fixed << std::setprecision(2) << r["vs_composite"].get<double>() << "x";
     if (r.contains("vs_none")) speed << " (" << std::fixed << std::setprecision(3) << r["vs_none"].get<double>() << " of none)";
     if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
     std::cout << std::left << std::setw(10) << r["op"].get<std::string>() << std::setw(10) << r["pass"].get<std::string>()
               << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
-              << std::setw(8) << r["threads"].get<int>() << std::setw(11) << r["impl"].get<std::string>() << std::right
+              << std::setw(8) << r["threads"].get<int>() << std::setw(14) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
               << r["min_ms"].get<double>() << std::setw(14) << speed.str() << std::setw(10) << copy.str()
-              << std::setw(12) << mem.str() << "\n";
+              << std::setw(10) << sdpa.str() << std::setw(12) << mem.str() << "\n";
   }
   std::cout << "\nspeed-up: composite median / this median (fused/sdpa rows; resnets: of the plain network in brackets).\n"
                "x copy: this median / the median of copying the input once (read + write).\n"
+               "x sdpa: this median / the median of ATen's scaled_dot_product_attention (op self).\n"
                "peak MB (CPU): peak tensor storage allocated during one run beyond what was live before it, counted\n"
                "at LibTorch's CPU allocator (outputs, saved tensors, gradients and oneDNN buffers included).\n"
-               "local's 'op' row: the fused neighborhood attention op alone on q, k, v views of a channels-last qkv.\n";
+               "local's 'op' row: the fused neighborhood attention op alone on q, k, v views of a channels-last qkv.\n"
+               "self: fused/composite = SelfAttention2d with a relative position bias (relpos_attention op /\n"
+               "  SDPA with the bias expanded to a heads x L x L mask); core+bias, core = the op alone on\n"
+               "  [N, heads, L, d] q, k, v with and without the bias; sdpa = ATen's SDPA alone, no bias;\n"
+               "  nobias-fused, nobias-sdpa = SelfAttention2d without a bias on the fused op / on SDPA.\n";
   return kOk;
 }
 

@@ -20,3 +20,4 @@
 
 // Fused kernels, also reachable as torch.ops.attnkit.*
 #include <attnkit/modules/ops/cbam.h>
+#include <attnkit/modules/ops/relpos_attention.h>

@@ -3,6 +3,7 @@
 #include <attnkit/modules/cbam.h>
 #include <attnkit/modules/channel_attention.h>
 #include <attnkit/modules/local_attention2d.h>
+#include <attnkit/modules/self_attention2d.h>
 #include <attnkit/modules/squeeze_excite.h>
 
 namespace attnkit {
@@ -20,6 +21,9 @@ int set_implementation(torch::nn::Module& root, Implementation impl) {
       b->options.impl(impl);
       ++switched;
     } else if (auto* b = dynamic_cast<LocalAttention2dImpl*>(m.get())) {
+      b->options.impl(impl);
+      ++switched;
+    } else if (auto* b = dynamic_cast<SelfAttention2dImpl*>(m.get())) {
       b->options.impl(impl);
       ++switched;
     }

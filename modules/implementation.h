@@ -13,7 +13,7 @@ namespace attnkit {
 
 enum class Implementation {
   /// The fused kernels where attnkit has them for the input's device and they were measured faster
-  /// (CBAM, LocalAttention2d on CPU today), else composite.
+  /// (CBAM; LocalAttention2d and SelfAttention2d's multi-head attention on CPU), else composite.
   Auto,
   /// attnkit's fused kernels; an error where none exists for the input's device.
   Fused,

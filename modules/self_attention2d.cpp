@@ -1,3 +1,4 @@
+#include <attnkit/modules/ops/relpos_attention.h>
 #include <attnkit/modules/relative_position.h>
 #include <attnkit/modules/self_attention2d.h>
 
@@ -89,9 +90,32 @@ void SelfAttention2dImpl::reset_parameters() {
   }
 }
 
-torch::Tensor SelfAttention2dImpl::position_bias(int64_t h, int64_t w, torch::ScalarType dtype) const {
+torch::Tensor SelfAttention2dImpl::table_for(int64_t h, int64_t w) const {
+  if (!relative_position_bias_table.defined()) return {};
   const auto& fs = options.feat_size();
-  auto table = resize_relative_position_table(relative_position_bias_table, fs[0], fs[1], h, w);
+  return resize_relative_position_table(relative_position_bias_table, fs[0], fs[1], h, w);
+}
+
+bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
+  const bool possible = ops::has_relpos_attention_kernel(x.device());
+  switch (options.impl()) {
+    case Implementation::Composite:
+      return false;
+    case Implementation::Fused:
+      TORCH_CHECK(possible, "SelfAttention2d: impl=fused but attnkit has no fused self-attention kernel for device ",
+                  x.device(), " in this build; use Implementation::Auto or Composite");
+      return true;
+    default:
+      // Multi-head: the fused op, with or without a bias. With one it is the only O(H·W)-memory path;
+      // without one ATen's SDPA is as fast on contiguous q, k, v, but this block's q, k, v (views of
+      // the NCHW qkv output) send it to its O((H·W)²) math fallback: 4x slower at 56×56 (README).
+      // Non-local: SDPA (not measured yet).
+      return possible && options.variant() == SelfAttention2dVariant::MultiHead;
+  }
+}
+
+torch::Tensor SelfAttention2dImpl::position_bias(int64_t h, int64_t w, torch::ScalarType dtype) const {
+  auto table = table_for(h, w);
   auto idx = relative_position_index(h, w, table.device());
   // table[idx]: [L, L, heads] → [heads, L, L]
   return table.index_select(0, idx.view(-1)).view({h * w, h * w, -1}).permute({2, 0, 1}).to(dtype);
@@ -118,8 +142,7 @@ void SelfAttention2dImpl::record_rows(const torch::Tensor& q, const torch::Tenso
   // Only the Q recorded rows: [N, heads, Q, L], never the full L×L matrix.
   auto logits = torch::matmul(q.index_select(2, qidx), k.transpose(-1, -2)) * scale;
   if (relative_position_bias_table.defined()) {
-    const auto& fs = options.feat_size();
-    auto table = resize_relative_position_table(relative_position_bias_table, fs[0], fs[1], h, w);
+    auto table = table_for(h, w);
     auto rows = relative_position_index(h, w, table.device()).index_select(0, qidx);  // [Q, L]
     auto bias = table.index_select(0, rows.reshape(-1)).view({rows.size(0), h * w, -1}).permute({2, 0, 1});
     logits = logits + bias.to(logits.scalar_type());
@@ -139,15 +162,25 @@ torch::Tensor SelfAttention2dImpl::forward_multi_head(const torch::Tensor& x) {
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3), l = h * w;
   const int64_t heads = options.heads(), d = inner_dim_;
   TORCH_CHECK(l > 0, "SelfAttention2d: input x must have H, W > 0, got ", x.sizes());
-  // [N, 3·heads·d, H, W] → [3, N, heads, L, d]
-  auto qkv_out = qkv(x).reshape({n, 3, heads, d, l}).permute({1, 0, 2, 4, 3});
-  auto q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  std::optional<torch::Tensor> mask;
-  if (relative_position_bias_table.defined()) mask = position_bias(h, w, q.scalar_type()).unsqueeze(0);
-  auto out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);
+  const bool fused = runs_fused(x);
+  torch::Tensor q, k, v, out;
+  if (fused) {
+    // [N, 3·heads·d, H, W] → [N, L, 3, heads, d] (free for a channels-last map, one transpose
+    // otherwise) → [3, N, heads, L, d] with d contiguous, which the fused op reads in place.
+    auto qkv_out = qkv(x).permute({0, 2, 3, 1}).contiguous().view({n, l, 3, heads, d}).permute({2, 0, 3, 1, 4});
+    q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
+    out = ops::relpos_attention(q, k, v, table_for(h, w), h, w, scale);
+  } else {
+    // [N, 3·heads·d, H, W] → [3, N, heads, L, d]
+    auto qkv_out = qkv(x).reshape({n, 3, heads, d, l}).permute({1, 0, 2, 4, 3});
+    q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
+    std::optional<torch::Tensor> mask;
+    if (relative_position_bias_table.defined()) mask = position_bias(h, w, q.scalar_type()).unsqueeze(0);
+    out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);
+  }
   if (recording()) record_rows(q, k, scale, h, w);
-  // [N, heads, L, d] → [N, heads·d, H, W]
+  // [N, heads, L, d] → [N, heads·d, H, W] (the fused op's output makes this a channels-last view)
   return proj(out.transpose(-1, -2).reshape({n, heads * d, h, w}));
 }
 
@@ -159,7 +192,8 @@ torch::Tensor SelfAttention2dImpl::forward_non_local(const torch::Tensor& x) {
   auto k = p(x).reshape({n, 1, rd, l}).transpose(-1, -2);
   auto v = g(x).reshape({n, 1, rd, l}).transpose(-1, -2);
   const double scale = options.use_scale() ? 1.0 / std::sqrt(static_cast<double>(options.channels())) : 1.0;
-  auto out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale);
+  auto out = runs_fused(x) ? ops::relpos_attention(q, k, v, torch::Tensor(), h, w, scale)
+                           : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale);
   if (recording()) record_rows(q, k, scale, h, w);
   return norm(z(out.transpose(-1, -2).reshape({n, rd, h, w}))) + x;
 }
@@ -173,6 +207,7 @@ void SelfAttention2dImpl::pretty_print(std::ostream& stream) const {
     stream << ", heads=" << o.heads() << ", head_dim=" << inner_dim_ << ", qkv_bias=" << (o.qkv_bias() ? "true" : "false");
     if (o.rel_pos()) stream << ", rel_pos=true, feat_size=[" << o.feat_size()[0] << ", " << o.feat_size()[1] << "]";
   }
+  if (o.impl() != Implementation::Auto) stream << ", impl=" << o.impl();
   stream << ")";
 }
 

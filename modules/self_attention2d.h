@@ -18,9 +18,15 @@
 // y = norm(z(attn)) + x. As in timm the scale uses the input channels C (not rd) and is single-head;
 // heads/head_dim/qkv_bias/rel_pos do not apply to it.
 //
-// Memory: the forward never forms the (H·W)×(H·W) attention matrix itself; it calls ATen's
-// scaled_dot_product_attention, which picks a memory-efficient kernel where one exists. (With
-// rel_pos on, the bias itself is an heads×(H·W)×(H·W) mask.)
+// Implementation (options.impl, set_implementation): the attention core runs either attnkit's fused
+// op ops::relpos_attention (tiled, online softmax, the bias looked up from the table on the fly:
+// O(H·W) memory forward and backward, CPU only) or the composite path, ATen's
+// scaled_dot_product_attention with, when rel_pos is on, the bias expanded into a
+// heads×(H·W)×(H·W) mask (O((H·W)²) memory). Auto runs the fused op for the multi-head variant on
+// the CPU, with or without rel_pos (measured faster both ways, see the README's bench table: SDPA
+// takes its O((H·W)²) math path on this block's strided q, k, v), and SDPA for non_local and on
+// other devices; Fused runs the fused op for every variant (an error on devices without it);
+// Composite always runs SDPA. On CUDA, Auto runs the composite path.
 //
 // Recording (AttentionMapRecorder): when on, the attention weights of the query positions
 // `record_queries` (default: the centre (H/2, W/2)) are recomputed explicitly, for those rows only,
@@ -29,6 +35,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/batchnorm.h>
@@ -76,6 +83,8 @@ struct SelfAttention2dOptions {
   TORCH_ARG(bool, use_scale) = true;
   /// Query positions (row, col) whose attention rows are recorded; empty = the centre (H/2, W/2).
   TORCH_ARG(std::vector<Position2d>, record_queries) = {};
+  /// Fused attention core (ops::relpos_attention), composite (ATen SDPA + explicit bias mask), or Auto.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
 class SelfAttention2dImpl : public torch::nn::Cloneable<SelfAttention2dImpl>, public AttentionMapRecorder {
@@ -104,6 +113,10 @@ class SelfAttention2dImpl : public torch::nn::Cloneable<SelfAttention2dImpl>, pu
  private:
   torch::Tensor forward_multi_head(const torch::Tensor& x);
   torch::Tensor forward_non_local(const torch::Tensor& x);
+  /// Whether the attention core runs the fused op on x (checked for Implementation::Fused).
+  bool runs_fused(const torch::Tensor& x) const;
+  /// The bias table resized to an h×w map (undefined without rel_pos).
+  torch::Tensor table_for(int64_t h, int64_t w) const;
   /// Bias [heads, H·W, H·W] for an H×W map, in `dtype`.
   torch::Tensor position_bias(int64_t h, int64_t w, torch::ScalarType dtype) const;
   /// Flat indices of the recorded queries for an H×W map (checked).
