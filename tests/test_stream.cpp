@@ -7,6 +7,7 @@
 #ifndef ATTNKIT_HAVE_OPENCV
 TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without OpenCV: no stream command"; }
 #else
+#include "../apps/vision/image_list.cpp"
 #include "../apps/vision/preprocess.cpp"
 #include "../apps/vision/video_source.cpp"
 #include "../apps/vision/video_writer.cpp"
@@ -18,6 +19,9 @@ TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without Open
 #include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include <ftw.h>
+#include <cstdio>
 
 namespace {
 namespace fs = std::filesystem;
@@ -37,7 +41,12 @@ fs::path scratch(const std::string& name) {
 /// Removes every scratch folder once all tests have run.
 class ScratchCleanup : public ::testing::Environment {
  public:
-  void TearDown() override { fs::remove_all(scratch_root()); }
+  // Removed with POSIX nftw: std::filesystem::remove_all resolved into libtorch.so's own copy here
+  // and crashed at tear-down (a null call inside it), while it works during the tests.
+  void TearDown() override {
+    nftw(scratch_root().c_str(), [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); },
+         16, FTW_DEPTH | FTW_PHYS);
+  }
 };
 const auto* const cleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
 
