@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up, builds attnkit and runs the demo (the README's demo command): the attention
-# blocks with their cost, then the bundled Fashion-MNIST model evaluated on the test set.
+# blocks with their cost, the bundled Fashion-MNIST model classifying and explaining the sample images,
+# then evaluated on the test set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${ATTNKIT_BUILD_DIR:-build}"
@@ -14,6 +15,12 @@ echo
 "$BUILD/bin/attnkit" --version
 echo
 "$BUILD/bin/attnkit" blocks
+echo
+echo "The bundled model on the ten sample images:"
+"$BUILD/bin/attnkit" classify weights/samples --top-k 3
+echo
+echo "Where it looks (Grad-CAM & co.), written to ./attnkit-visualize:"
+"$BUILD/bin/attnkit" visualize weights/samples/0000-ankle-boot.png --method all --out attnkit-visualize --overwrite
 echo
 echo "The bundled model on the Fashion-MNIST test set (10,000 images):"
 "$BUILD/bin/attnkit" eval --weights weights/fashion-mnist-resnet20x4.attnkit
