@@ -8,26 +8,24 @@
 
 namespace attnkit {
 
+namespace {
+
+// Sets impl on `m` when it is a `Block`; true if it was.
+template <typename Block>
+bool set_if(torch::nn::Module* m, Implementation impl) {
+  auto* b = dynamic_cast<Block*>(m);
+  if (b) b->options.impl(impl);
+  return b != nullptr;
+}
+
+}  // namespace
+
 int set_implementation(torch::nn::Module& root, Implementation impl) {
   int switched = 0;
-  for (const auto& m : root.modules(/*include_self=*/true)) {
-    if (auto* b = dynamic_cast<CBAMImpl*>(m.get())) {
-      b->options.impl(impl);
-      ++switched;
-    } else if (auto* b = dynamic_cast<ChannelAttentionImpl*>(m.get())) {
-      b->options.impl(impl);
-      ++switched;
-    } else if (auto* b = dynamic_cast<SqueezeExciteImpl*>(m.get())) {
-      b->options.impl(impl);
-      ++switched;
-    } else if (auto* b = dynamic_cast<LocalAttention2dImpl*>(m.get())) {
-      b->options.impl(impl);
-      ++switched;
-    } else if (auto* b = dynamic_cast<SelfAttention2dImpl*>(m.get())) {
-      b->options.impl(impl);
-      ++switched;
-    }
-  }
+  for (const auto& m : root.modules(/*include_self=*/true))
+    switched += (set_if<CBAMImpl>(m.get(), impl) || set_if<ChannelAttentionImpl>(m.get(), impl) ||
+                 set_if<SqueezeExciteImpl>(m.get(), impl) || set_if<LocalAttention2dImpl>(m.get(), impl) ||
+                 set_if<SelfAttention2dImpl>(m.get(), impl));
   return switched;
 }
 

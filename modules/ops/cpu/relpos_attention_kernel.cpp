@@ -10,6 +10,7 @@
 // query tiles in order and accumulates dK, dV and its table-gradient partial without races.
 #include <attnkit/modules/ops/relpos_attention_kernels.h>
 
+#include "kernel_dispatch.h"
 #include "vec_util.h"
 
 #include <ATen/Dispatch.h>
@@ -358,11 +359,7 @@ void backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor
 }  // namespace CPU_CAPABILITY
 
 // One table per compiled capability: relpos_attention_kernel_table_DEFAULT(), ..._AVX2(), ...
-#define ATTNKIT_CONCAT_(a, b) a##b
-#define ATTNKIT_CONCAT(a, b) ATTNKIT_CONCAT_(a, b)
-const ops::RelposAttentionKernelTable& ATTNKIT_CONCAT(relpos_attention_kernel_table_, CPU_CAPABILITY)() {
-  static const ops::RelposAttentionKernelTable table{CPU_CAPABILITY::forward, CPU_CAPABILITY::backward};
-  return table;
-}
+ATTNKIT_DEFINE_KERNEL_TABLE(RelposAttentionKernelTable, relpos_attention_kernel_table, CPU_CAPABILITY::forward,
+                            CPU_CAPABILITY::backward)
 
 }  // namespace attnkit::ops::cpu
