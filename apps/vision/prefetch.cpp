@@ -37,43 +37,22 @@ PreparedImage prepare_file(const std::string& path, const Preprocessing& pre, si
 }
 
 ImagePrefetcher::ImagePrefetcher(std::vector<std::string> files, Preprocessing pre, size_t ahead)
-    : files_(std::move(files)), pre_(std::move(pre)), ahead_(std::max<size_t>(ahead, 1)), worker_([this] { work(); }) {}
+    : files_(std::move(files)),
+      pre_(std::move(pre)),
+      queue_(std::max<size_t>(ahead, 1), QueuePolicy::Block),
+      worker_([this] { work(); }) {}
 
 ImagePrefetcher::~ImagePrefetcher() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  changed_.notify_all();
+  queue_.close();  // a push waiting for room returns false: the worker stops
   worker_.join();
 }
 
 void ImagePrefetcher::work() {
-  for (size_t i = 0; i < files_.size(); ++i) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      changed_.wait(lock, [&] { return stop_ || queue_.size() < ahead_; });
-      if (stop_) return;
-    }
-    PreparedImage item = prepare_file(files_[i], pre_, i);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(std::move(item));
-    }
-    changed_.notify_all();
-  }
+  for (size_t i = 0; i < files_.size(); ++i)
+    if (!queue_.push(prepare_file(files_[i], pre_, i))) return;
+  queue_.close();  // next() drains what is queued, then returns nullopt
 }
 
-std::optional<PreparedImage> ImagePrefetcher::next() {
-  if (taken_ == files_.size()) return std::nullopt;
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [&] { return !queue_.empty(); });
-  PreparedImage item = std::move(queue_.front());
-  queue_.pop_front();
-  ++taken_;
-  lock.unlock();
-  changed_.notify_all();
-  return item;
-}
+std::optional<PreparedImage> ImagePrefetcher::next() { return queue_.pop(); }
 
 }  // namespace attnkit::vision

@@ -4,12 +4,10 @@
 // so one bad file does not stop the others.
 #pragma once
 
+#include "bounded_queue.h"
 #include "preprocess.h"
 
-#include <condition_variable>
 #include <cstddef>
-#include <deque>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -50,12 +48,9 @@ class ImagePrefetcher {
 
   const std::vector<std::string> files_;
   const Preprocessing pre_;
-  const size_t ahead_;
-  size_t taken_ = 0;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<PreparedImage> queue_;
-  bool stop_ = false;
+  /// Blocking (never drops): the worker waits while `ahead` images are ready; closed by the worker
+  /// after the last file, by the destructor to stop early.
+  BoundedQueue<PreparedImage> queue_;
   std::thread worker_;  // last: starts once everything above is initialised
 };
 
