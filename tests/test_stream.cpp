@@ -1,12 +1,14 @@
-// The pieces of `attnkit stream` that need no model (apps/vision): the bounded queue's drop and
-// no-drop policies, --source parsing, image-folder and video-file sources, the capture thread, and the
-// video writer's codecs and temporary-then-rename file. The whole program is tested by
+// The pieces of `attnkit stream` (apps/vision): the bounded queue's drop and no-drop policies and its
+// batches, --source parsing, image-folder and video-file sources, the capture thread, the video
+// writer's codecs and temporary-then-rename file, and the frame analyser's batches and precision. The whole program is tested by
 // tests/cli_stream.cmake. Like test_data, this compiles the program's sources in.
 #include <gtest/gtest.h>
 
 #ifndef ATTNKIT_HAVE_OPENCV
 TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without OpenCV: no stream command"; }
 #else
+#include "../apps/vision/frame_pipeline.cpp"
+#include "../apps/vision/heatmap.cpp"
 #include "../apps/vision/image_list.cpp"
 #include "../apps/vision/preprocess.cpp"
 #include "../apps/vision/video_source.cpp"
@@ -104,6 +106,41 @@ TEST(BoundedQueue, CloseWakesABlockedProducerAndDrainsWhatIsQueued) {
   EXPECT_FALSE(q.pop().has_value());
   EXPECT_FALSE(q.push(3));
   EXPECT_THROW(BoundedQueue<int>(0, QueuePolicy::Block), std::invalid_argument);
+}
+
+TEST(BoundedQueue, PopUpToFillsBatchesFromFilesInOrderAndDrainsTheRest) {
+  BoundedQueue<int> q(4, QueuePolicy::Block);
+  std::thread producer([&] {
+    for (int i = 0; i < 10; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a slow reader: batches must still fill
+      q.push(i);
+    }
+    q.close();
+  });
+  std::vector<int> seen;
+  std::vector<size_t> sizes;
+  while (true) {
+    const auto batch = q.pop_up_to(3, /*fill=*/true);
+    if (batch.empty()) break;
+    sizes.push_back(batch.size());
+    seen.insert(seen.end(), batch.begin(), batch.end());
+  }
+  producer.join();
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 3, 1}));  // full batches, then the remainder at the end
+  std::vector<int> expected(10);
+  for (int i = 0; i < 10; ++i) expected[i] = i;
+  EXPECT_EQ(seen, expected);
+}
+
+TEST(BoundedQueue, PopUpToWithoutFillTakesOnlyWhatIsQueued) {
+  BoundedQueue<int> q(4, QueuePolicy::DropOldest);
+  q.push(1);
+  q.push(2);
+  EXPECT_EQ(q.pop_up_to(8, /*fill=*/false), (std::vector<int>{1, 2}));  // no waiting for more
+  q.push(3);
+  EXPECT_EQ(q.pop_up_to(1, /*fill=*/false), (std::vector<int>{3}));
+  q.close();
+  EXPECT_TRUE(q.pop_up_to(8, /*fill=*/false).empty());
 }
 
 TEST(Source, ParsesEveryKind) {
@@ -231,6 +268,70 @@ TEST(Capture, ATruncatedFileIsAnErrorNotAnEnd) {
   EXPECT_GT(n, 0);
   EXPECT_LT(n, 40);
   EXPECT_NE(capture.error().find("decoding stopped"), std::string::npos) << capture.error();
+}
+
+// ---- FrameAnalyzer: several frames per forward, and reduced precision --------------------------------
+
+std::vector<attnkit::vision::Frame> sample_frames() {
+  std::vector<attnkit::vision::Frame> frames;
+  for (const auto& entry : fs::directory_iterator(fs::path(ATTNKIT_SOURCE_DIR) / "weights" / "samples")) {
+    cv::Mat img = cv::imread(entry.path().string(), cv::IMREAD_COLOR);
+    if (!img.empty()) frames.push_back({img, static_cast<int64_t>(frames.size())});
+  }
+  std::sort(frames.begin(), frames.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
+  return frames;
+}
+
+attnkit::vision::FrameAnalyzer bundled_analyzer(torch::ScalarType dtype) {
+  attnkit::Checkpoint info;
+  auto model = attnkit::load_checkpoint(std::string(ATTNKIT_SOURCE_DIR) + "/weights/fashion-mnist-resnet20x4.attnkit", &info);
+  return attnkit::vision::FrameAnalyzer(model, info, torch::Device(torch::kCPU), dtype);
+}
+
+TEST(Analyzer, ABatchGivesTheAnswersOfFramesOneByOne) {
+  auto frames = sample_frames();
+  ASSERT_EQ(frames.size(), 10u);
+  frames[3].image = synthetic_frame(3, {97, 61});  // frames of other sizes may share a batch
+  auto analyzer = bundled_analyzer(torch::kFloat32);
+  const attnkit::vision::ViewChoice view{attnkit::ExplainMethod::GradCam, ""};
+  const auto batched = analyzer.analyze(frames, view);
+  ASSERT_EQ(batched.size(), frames.size());
+  for (size_t i = 0; i < frames.size(); ++i) {
+    const auto single = analyzer.analyze({frames[i]}, view);
+    ASSERT_EQ(single.size(), 1u);
+    EXPECT_EQ(batched[i].frame.index, frames[i].index);
+    EXPECT_EQ(batched[i].label, single[0].label) << i;
+    EXPECT_NEAR(batched[i].probability, single[0].probability, 1e-5) << i;
+    EXPECT_EQ(batched[i].window.region, single[0].window.region) << i;
+    ASSERT_EQ(batched[i].map.sizes(), single[0].map.sizes());
+    EXPECT_TRUE(torch::allclose(batched[i].map, single[0].map, 1e-4, 1e-4)) << i;
+  }
+  EXPECT_TRUE(analyzer.analyze({}, view).empty());
+}
+
+TEST(Analyzer, Bfloat16KeepsTheLabelsOfFloat32) {
+  const auto frames = sample_frames();
+  auto full = bundled_analyzer(torch::kFloat32);
+  auto reduced = bundled_analyzer(torch::kBFloat16);
+  const attnkit::vision::ViewChoice view{attnkit::ExplainMethod::GradCam, ""};
+  const auto a = full.analyze(frames, view), b = reduced.analyze(frames, view);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].label, b[i].label) << i;
+    EXPECT_NEAR(a[i].probability, b[i].probability, 0.05) << i;
+    EXPECT_EQ(b[i].map.scalar_type(), torch::kFloat32);
+    // Same heatmap up to bf16 rounding: the maps agree closely as pictures.
+    const auto x = a[i].map.flatten() - a[i].map.mean(), y = b[i].map.flatten() - b[i].map.mean();
+    const double corr = (x * y).sum().item<double>() / (x.norm() * y.norm()).clamp_min(1e-12).item<double>();
+    EXPECT_GT(corr, 0.95) << i;
+  }
+}
+
+TEST(Analyzer, ReducedPrecisionIsOnlyCalledFastWhereItIs) {
+  using attnkit::vision::reduced_precision_is_fast;
+  EXPECT_FALSE(reduced_precision_is_fast(torch::Device(torch::kCPU), torch::kFloat16));
+  EXPECT_FALSE(reduced_precision_is_fast(torch::Device(torch::kCPU), torch::kFloat32));
+  EXPECT_TRUE(reduced_precision_is_fast(torch::Device(torch::kCUDA, 0), torch::kBFloat16));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 // close() ends the stream: pushes are refused, pop() drains what is left, then returns nothing.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <vector>
 
 namespace attnkit::vision {
 
@@ -49,6 +51,24 @@ class BoundedQueue {
     items_.pop_front();
     not_full_.notify_one();
     return item;
+  }
+
+  /// Up to `max` oldest items in order, waiting for the first. With `fill`, also waits until `max`
+  /// items are there (or the queue is closed): batches from a file are always full. Without it, takes
+  /// only what is queued already: batching a live source must not add latency. Empty once the queue
+  /// is closed and drained.
+  std::vector<T> pop_up_to(size_t max, bool fill) {
+    std::vector<T> out;
+    if (max == 0) return out;
+    std::unique_lock<std::mutex> lock(mutex_);
+    const size_t want = std::min(max, capacity_);
+    not_empty_.wait(lock, [&] { return closed_ || (fill ? items_.size() >= want : !items_.empty()); });
+    while (!items_.empty() && out.size() < max) {
+      out.push_back(std::move(items_.front()));
+      items_.pop_front();
+    }
+    not_full_.notify_all();
+    return out;
   }
 
   /// Refuses further pushes and wakes every waiting thread; items already queued can still be popped.

@@ -45,10 +45,15 @@ struct Analysis {
 
 class FrameAnalyzer {
  public:
-  /// `model` is moved to `device` and put in eval mode.
-  FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& info, const torch::Device& device);
+  /// `model` is moved to `device`, converted to `dtype` (float32, or bfloat16/float16 for speed:
+  /// see reduced_precision_is_fast) and put in eval mode.
+  FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& info, const torch::Device& device,
+                torch::ScalarType dtype = torch::kFloat32);
 
-  Analysis analyze(Frame frame, const ViewChoice& view);
+  /// Analyses `frames` as one batch: one forward (and one backward for the gradient CAMs) for all of
+  /// them, which keeps the cores busier than one frame at a time. The result has one Analysis per
+  /// frame, in order; inference_ms and preprocess_ms are the batch's times shared out per frame.
+  std::vector<Analysis> analyze(std::vector<Frame> frames, const ViewChoice& view);
 
   /// Methods the m key cycles through for this model (native only when it has spatial attention).
   const std::vector<ExplainMethod>& methods() const { return methods_; }
@@ -64,6 +69,7 @@ class FrameAnalyzer {
   std::shared_ptr<Backbone> model_;
   Checkpoint info_;
   torch::Device device_;
+  torch::ScalarType dtype_;
   std::vector<ExplainMethod> methods_;
   std::map<ExplainMethod, std::vector<std::string>> layers_;
 };
@@ -89,6 +95,11 @@ class HeatmapRenderer {
   torch::Tensor smoothed_;
   std::string smoothed_key_;
 };
+
+/// True when `dtype` (bfloat16 or float16) runs the model's convolutions markedly faster than float32
+/// on `device`: on CUDA; on a CPU, bfloat16 where it has AMX-BF16 tiles (oneDNN's bf16 convolutions
+/// use them). The choice of `--precision auto`.
+bool reduced_precision_is_fast(const torch::Device& device, torch::ScalarType dtype);
 
 /// Average of several [N, h, w] maps in [0, 1] at the finest map's resolution, min-max normalised
 /// again per image (one map is returned as it is).

@@ -53,9 +53,11 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   pre.validate(channels);
   const int in_w = static_cast<int>(pre.input_width), in_h = static_cast<int>(pre.input_height);
 
+  // GRAY converts first (the weighted sum is rounded to 8 bits, so the order matters, and resizing
+  // one channel is cheaper); BGR→RGB only permutes channels, which commutes with a per-channel
+  // resize, so it runs on the small resized image instead of the full frame.
   cv::Mat img;
   if (pre.color_order == "GRAY") cv::cvtColor(bgr, img, cv::COLOR_BGR2GRAY);
-  else if (pre.color_order == "RGB") cv::cvtColor(bgr, img, cv::COLOR_BGR2RGB);
   else img = bgr;
 
   // Resize; sx, sy map original pixels to resized pixels.
@@ -102,12 +104,22 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   out.window.input_height = in_h;
   out.window.region = cv::Rect2d(left / sx, top / sy, in_w / sx, in_h / sy);
 
-  cv::Mat contiguous = img.isContinuous() ? img : img.clone();
-  auto hwc = torch::from_blob(contiguous.data, {in_h, in_w, channels}, torch::kUInt8);
-  auto chw = hwc.permute({2, 0, 1}).to(torch::kFloat32).mul_(pre.pixel_scale);
-  const auto mean = torch::tensor(pre.mean, torch::kFloat64).to(torch::kFloat32).view({channels, 1, 1});
-  const auto stdev = torch::tensor(pre.std, torch::kFloat64).to(torch::kFloat32).view({channels, 1, 1});
-  out.tensor = chw.sub_(mean).div_(stdev).contiguous();
+  if (pre.color_order == "RGB") cv::cvtColor(img, img, cv::COLOR_BGR2RGB);
+
+  // HWC uint8 → normalised CHW float in one loop, in the float operations and order of
+  // torchvision's ToTensor + Normalize ((v · scale − mean) / std, each rounded to float), so results
+  // match it bit for bit. One plain loop rather than five ATen passes: `attnkit stream` prepares
+  // frames while the inference thread's OpenMP team runs, and small parallel regions would fight it.
+  out.tensor = torch::empty({channels, in_h, in_w}, torch::kFloat32);
+  float* dst = out.tensor.data_ptr<float>();
+  const auto scale = static_cast<float>(pre.pixel_scale);
+  for (int64_t c = 0; c < channels; ++c) {
+    const auto mean = static_cast<float>(pre.mean[c]), stdev = static_cast<float>(pre.std[c]);
+    for (int y = 0; y < in_h; ++y) {
+      const uchar* row = img.ptr<uchar>(y);
+      for (int x = 0; x < in_w; ++x) *dst++ = (static_cast<float>(row[x * channels + c]) * scale - mean) / stdev;
+    }
+  }
   return out;
 }
 
