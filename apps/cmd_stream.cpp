@@ -298,6 +298,7 @@ int run_stream(StreamArgs& a) {
     j["source"] = source.name();
     j["model"] = info.config.name();
     j["method"] = explain_method_name(shared_view.get().method);
+    j["layer"] = shared_view.get().layer;  // "" = the method's default layers
     j["frames"] = processed;
     j["dropped"] = dropped;
     j["fps"] = fps;

@@ -31,6 +31,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good  # videotestsrc etc. for stream tests
   ffmpeg               # writes test videos
   xvfb xauth           # window tests without a display
+  xdotool              # presses the stream window's keys in those tests
 )
 
 if [[ "${ATTNKIT_SKIP_APT:-0}" != 1 ]]; then

@@ -41,6 +41,7 @@ if(NOT CMAKE_SCRIPT_MODE_FILE)
   attnkit_stream_test(gstreamer gstreamer)
   attnkit_stream_test(window_xvfb window)
   attnkit_stream_test(sigint sigint)
+  attnkit_stream_test(window_keys window_keys)
   set_tests_properties(cli.stream_video_to_avi cli.stream_video_to_mp4 cli.stream_video_to_mkv cli.stream_truncated_video
     PROPERTIES FIXTURES_REQUIRED stream_clip)
   set_tests_properties(cli.stream_window_xvfb PROPERTIES FIXTURES_REQUIRED stream_frames)
@@ -215,6 +216,43 @@ elseif(STEP STREQUAL "window")
   expect("exit code 0 with a window" rc EQUAL 0)
   summary(frames frames)
   expect("5 frames shown" frames EQUAL 5)
+
+elseif(STEP STREQUAL "window_keys")
+  # The window's keys, pressed by xdotool on an endless live source: s saves a snapshot, m moves to
+  # the next method, l to the next layer, space pauses, and q quits even while paused.
+  find_program(XVFB_RUN xvfb-run)
+  find_program(XDOTOOL xdotool)
+  if(NOT XVFB_RUN OR NOT XDOTOOL)
+    message("SKIPPED: xvfb-run or xdotool is not installed")
+    return()
+  endif()
+  set(snaps ${WORK}/snapshots)
+  file(REMOVE_RECURSE ${snaps})
+  file(WRITE ${WORK}/keys.sh "
+\"$1\" stream --source \"videotestsrc is-live=true ! ${pipeline_caps}\" --out ${snaps} --json > ${WORK}/keys.out 2> ${WORK}/keys.err &
+pid=$!
+w=$(timeout 60 ${XDOTOOL} search --sync --name 'attnkit stream' | head -n 1)
+${XDOTOOL} windowfocus --sync \"$w\"
+sleep 1
+for k in s m l space q; do ${XDOTOOL} key \"$k\"; sleep 0.5; done
+wait $pid
+")
+  execute_process(COMMAND ${XVFB_RUN} -a sh ${WORK}/keys.sh ${ATTNKIT} RESULT_VARIABLE rc TIMEOUT 120)
+  file(READ ${WORK}/keys.out out)
+  file(READ ${WORK}/keys.err err)
+  message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")
+  skip_without_gstreamer()
+  expect("exit code 0 after q (pressed while paused)" rc EQUAL 0)
+  summary(interrupted interrupted)
+  expect("q is not an interruption" interrupted STREQUAL "OFF" OR interrupted STREQUAL "false")
+  summary(method method)
+  expect("m moved from gradcam to gradcam++" method STREQUAL "gradcam++")
+  summary(layer layer)
+  expect("l moved to a named layer" layer MATCHES "^layer[0-9]")
+  file(GLOB shots ${snaps}/stream-*.png)
+  list(LENGTH shots n)
+  expect("s saved one snapshot" n EQUAL 1)
+  expect("the snapshot is reported" err MATCHES "snapshot: ${snaps}/stream-")
 
 elseif(STEP STREQUAL "bad_input")
   string(REPLACE "|" ";" ARGS "${ARGS}")  # '|'-separated: a ';' would not survive add_test
