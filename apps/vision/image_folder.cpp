@@ -1,6 +1,7 @@
 #include "image_folder.h"
 
 #include "image_list.h"
+#include "preprocess.h"
 
 #include "train/csv.h"
 #include "train/io.h"
@@ -32,21 +33,20 @@ train::Dataset decode(const std::vector<Item>& items, const std::vector<std::str
   std::vector<uint8_t> pixels;
   std::vector<int64_t> labels;
   for (const auto& item : items) {
-    cv::Mat img = cv::imread(item.path, cv::IMREAD_UNCHANGED);
-    if (img.empty() || img.depth() != CV_8U) {
+    // The one decoder of the apps (also classify's and visualize's): 16-bit and float images become
+    // 8-bit, grey and BGRA become BGR; a grey file converted back to grey is exact.
+    cv::Mat img;
+    int file_channels = 0;
+    try {
+      img = read_image(item.path, &file_channels);
+    } catch (const std::exception&) {
       skipped.push_back(item.path);
       continue;
     }
-    if (channels == 0) channels = img.channels() == 1 ? 1 : 3;
+    if (channels == 0) channels = file_channels == 1 ? 1 : 3;
     if (size == 0) size = img.rows;
     cv::Mat converted;
-    if (channels == 1) {
-      if (img.channels() == 1) converted = img;
-      else cv::cvtColor(img, converted, img.channels() == 4 ? cv::COLOR_BGRA2GRAY : cv::COLOR_BGR2GRAY);
-    } else {
-      if (img.channels() == 1) cv::cvtColor(img, converted, cv::COLOR_GRAY2RGB);
-      else cv::cvtColor(img, converted, img.channels() == 4 ? cv::COLOR_BGRA2RGB : cv::COLOR_BGR2RGB);
-    }
+    cv::cvtColor(img, converted, channels == 1 ? cv::COLOR_BGR2GRAY : cv::COLOR_BGR2RGB);
     if (converted.rows != size || converted.cols != size) {
       const bool shrink = converted.rows > size || converted.cols > size;
       cv::resize(converted, converted, cv::Size(static_cast<int>(size), static_cast<int>(size)), 0, 0,

@@ -11,7 +11,7 @@
 
 namespace attnkit::vision {
 
-cv::Mat read_image(const std::string& path) {
+cv::Mat read_image(const std::string& path, int* file_channels) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw std::runtime_error(path + ": no such file");
   if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(path + ": is a folder, not an image");
@@ -25,6 +25,7 @@ cv::Mat read_image(const std::string& path) {
   if (img.depth() == CV_16U) img.convertTo(img, CV_8U, 1.0 / 257.0);
   else if (img.depth() == CV_32F || img.depth() == CV_64F) img.convertTo(img, CV_8U, 255.0);
   else if (img.depth() != CV_8U) throw std::runtime_error(path + ": unsupported pixel depth");
+  if (file_channels) *file_channels = img.channels();
   cv::Mat bgr;
   switch (img.channels()) {
     case 1: cv::cvtColor(img, bgr, cv::COLOR_GRAY2BGR); break;

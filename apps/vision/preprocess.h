@@ -21,8 +21,9 @@ namespace attnkit::vision {
 
 /// Decodes an image file into 8-bit BGR at its own resolution (gray and 16-bit images are
 /// converted, alpha dropped). Throws std::runtime_error naming the file when it does not exist,
-/// cannot be read, or is not an image OpenCV can decode.
-cv::Mat read_image(const std::string& path);
+/// cannot be read, or is not an image OpenCV can decode. `file_channels` (optional) receives the
+/// file's own channel count (1 grey, 3 colour, 4 with alpha).
+cv::Mat read_image(const std::string& path, int* file_channels = nullptr);
 
 /// The part of the original image the network sees, in original pixel coordinates (it may extend
 /// past the image where a centre crop pads).
