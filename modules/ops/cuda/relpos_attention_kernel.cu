@@ -579,7 +579,7 @@ void backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor
       }
       kernel<<<dim3(grid_for(slots), static_cast<unsigned>(m.heads)), kThreads, bytes, stream>>>(
           rows_of<T>(q), rows_of<T>(k), rows_of<T>(v), rows_of<T>(dout), lse.data_ptr<A>(), delta.data_ptr<A>(),
-          opt_ptr<A>(rtab), m, static_cast<A>(scale), tiles, items, mutable_rows_of<T>(dq), opt_ptr<A>(partial),
+          opt_ptr<A>(rtab), m, static_cast<A>(scale), tiles, items, mutable_rows_of<T>(dq), want_table ? partial.data_ptr<A>() : nullptr,
           window);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (want_table) {
