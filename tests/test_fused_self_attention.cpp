@@ -544,9 +544,23 @@ TEST(SelfAttention2dFusedCuda, AutoRunsFusedWithRelPosAndSdpaWithoutAndMatchesCp
   }
 }
 
+// Float32 convolutions and matmuls in IEEE precision (cuDNN takes TF32 by default) for a scope.
+struct NoTf32 {
+  bool cudnn = at::globalContext().allowTF32CuDNN(), cublas = at::globalContext().allowTF32CuBLAS();
+  NoTf32() {
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  ~NoTf32() {
+    at::globalContext().setAllowTF32CuDNN(cudnn);
+    at::globalContext().setAllowTF32CuBLAS(cublas);
+  }
+};
+
 TEST(SelfAttention2dFusedCuda, ChannelsLastFp32Bf16AndNonLocal) {
   ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
   torch::manual_seed(25);
+  const NoTf32 ieee;  // the qkv and proj convolutions, compared at 1e-4
   SelfAttention2d m(SelfAttention2dOptions(128).heads(2).rel_pos(true).feat_size({6, 5}));  // head dim 64
   auto x = torch::randn({2, 128, 6, 5}), gout = torch::randn_like(x);
   m->to(torch::kDouble);
