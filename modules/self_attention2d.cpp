@@ -97,7 +97,8 @@ torch::Tensor SelfAttention2dImpl::table_for(int64_t h, int64_t w) const {
 }
 
 bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
-  const bool possible = ops::has_relpos_attention_kernel(x.device());
+  const bool possible = ops::has_relpos_attention_kernel(x.device()) &&
+                        (!x.is_cuda() || inner_dim_ <= ops::kRelposAttentionMaxCudaHeadDim);
   switch (options.impl()) {
     case Implementation::Composite:
       return false;
@@ -106,11 +107,14 @@ bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
                   x.device(), " in this build; use Implementation::Auto or Composite");
       return true;
     default:
-      // Multi-head: the fused op, with or without a bias. With one it is the only O(H·W)-memory path;
-      // without one ATen's SDPA is as fast on contiguous q, k, v, but this block's q, k, v (views of
-      // the NCHW qkv output) send it to its O((H·W)²) math fallback: 4x slower at 56×56 (README).
-      // Non-local: SDPA (not measured yet).
-      return possible && options.variant() == SelfAttention2dVariant::MultiHead;
+      // Multi-head with a bias: the fused op, the only O(H·W)-memory path. Without one: on the CPU
+      // the fused op too (ATen's SDPA is as fast on contiguous q, k, v, but this block's q, k, v,
+      // views of the NCHW qkv output, send it to its O((H·W)²) math fallback: 4x slower at 56×56,
+      // README); on CUDA SDPA, fed q, k, v with a contiguous head dim, whose flash / memory-efficient
+      // kernels should beat ours (chosen by reasoning, to be confirmed with
+      // `attnkit bench --op self --device cuda`). Non-local: SDPA (not measured yet).
+      if (!possible || options.variant() != SelfAttention2dVariant::MultiHead) return false;
+      return relative_position_bias_table.defined() || !x.is_cuda();
   }
 }
 
@@ -165,16 +169,20 @@ torch::Tensor SelfAttention2dImpl::forward_multi_head(const torch::Tensor& x) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const bool fused = runs_fused(x);
   torch::Tensor q, k, v, out;
-  if (fused) {
+  if (fused || x.is_cuda()) {
     // [N, 3·heads·d, H, W] → [N, L, 3, heads, d] (free for a channels-last map, one transpose
-    // otherwise) → [3, N, heads, L, d] with d contiguous, which the fused op reads in place.
+    // otherwise) → [3, N, heads, L, d] with d contiguous, which the fused op reads in place (and
+    // SDPA's CUDA kernels need: they take a unit last stride only).
     auto qkv_out = qkv(x).permute({0, 2, 3, 1}).contiguous().view({n, l, 3, heads, d}).permute({2, 0, 3, 1, 4});
     q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
-    out = ops::relpos_attention(q, k, v, table_for(h, w), h, w, scale);
   } else {
     // [N, 3·heads·d, H, W] → [3, N, heads, L, d]
     auto qkv_out = qkv(x).reshape({n, 3, heads, d, l}).permute({1, 0, 2, 4, 3});
     q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
+  }
+  if (fused) {
+    out = ops::relpos_attention(q, k, v, table_for(h, w), h, w, scale);
+  } else {
     std::optional<torch::Tensor> mask;
     if (relative_position_bias_table.defined()) mask = position_bias(h, w, q.scalar_type()).unsqueeze(0);
     out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale);

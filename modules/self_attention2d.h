@@ -20,13 +20,15 @@
 //
 // Implementation (options.impl, set_implementation): the attention core runs either attnkit's fused
 // op ops::relpos_attention (tiled, online softmax, the bias looked up from the table on the fly:
-// O(H·W) memory forward and backward, CPU only) or the composite path, ATen's
+// O(H·W) memory forward and backward, CPU and CUDA) or the composite path, ATen's
 // scaled_dot_product_attention with, when rel_pos is on, the bias expanded into a
 // heads×(H·W)×(H·W) mask (O((H·W)²) memory). Auto runs the fused op for the multi-head variant on
 // the CPU, with or without rel_pos (measured faster both ways, see the README's bench table: SDPA
-// takes its O((H·W)²) math path on this block's strided q, k, v), and SDPA for non_local and on
-// other devices; Fused runs the fused op for every variant (an error on devices without it);
-// Composite always runs SDPA. On CUDA, Auto runs the composite path.
+// takes its O((H·W)²) math path on this block's strided q, k, v); on CUDA the fused op with
+// rel_pos and SDPA without it (SDPA's flash kernels, fed q, k, v with a contiguous head dim: a
+// choice by reasoning, not yet measured); SDPA for non_local and on other devices. Fused runs the
+// fused op for every variant (an error on devices without it, or on CUDA for head dims above
+// 256); Composite always runs SDPA.
 //
 // Recording (AttentionMapRecorder): when on, the attention weights of the query positions
 // `record_queries` (default: the centre (H/2, W/2)) are recomputed explicitly, for those rows only,

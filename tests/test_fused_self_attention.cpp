@@ -1,7 +1,7 @@
 // The fused self-attention op (attnkit::ops::relpos_attention) against softmax attention written
 // with plain ATen ops (the (H·W)² logits materialised, the Swin bias built by explicit loops):
 // forward, gradients of q, k, v and the table, dtypes, odd shapes, layouts, thread counts, errors;
-// and SelfAttention2d's fused path against its composite one.
+// and SelfAttention2d's fused path against its composite one; on CPU and, where a GPU exists, CUDA.
 #include <attnkit/attnkit.h>
 #include <gmock/gmock.h>
 #include <torch/torch.h>
@@ -98,13 +98,28 @@ std::vector<Tensor> run_reference(const Inputs& in, const Shape& s) {
              in64);
 }
 
+// The same values in other layouts: q stored [N, heads, d, L] (last stride L: copied), k a slice of
+// a wider tensor (row stride 2d: read in place), v stored [L, N, heads, d], the table transposed.
+Inputs strided(const Inputs& in) {
+  Inputs out = in;
+  out.q = in.q.transpose(-1, -2).contiguous().transpose(-1, -2);
+  out.k = torch::cat({in.k, torch::randn_like(in.k)}, -1).narrow(-1, 0, in.k.size(-1));
+  out.v = in.v.permute({2, 0, 1, 3}).contiguous().permute({1, 2, 0, 3});
+  out.table = in.table.t().contiguous().t();
+  EXPECT_FALSE(out.q.is_contiguous());
+  EXPECT_FALSE(out.k.is_contiguous());
+  return out;
+}
+
+// Gradients (entries 1...) against grad_atol / grad_rtol where given, else atol / rtol.
 void expect_close(const std::vector<Tensor>& got, const std::vector<Tensor>& want, double atol, double rtol,
-                  const std::string& what) {
+                  const std::string& what, double grad_atol = -1, double grad_rtol = -1) {
   const char* names[] = {"out", "dq", "dk", "dv", "dtable"};
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_TRUE(got[i].defined()) << what << ": " << names[i] << " undefined";
-    EXPECT_TRUE(all_close(got[i], want[i], atol, rtol)) << what << ": " << names[i];
+    const bool grad = i > 0 && grad_atol >= 0;
+    EXPECT_TRUE(all_close(got[i], want[i], grad ? grad_atol : atol, grad ? grad_rtol : rtol)) << what << ": " << names[i];
   }
 }
 
@@ -162,15 +177,7 @@ TEST(RelposAttention, NonContiguousAndExpandedInputs) {
   const int64_t L = s.h * s.w;
   auto in = make_inputs(s, torch::kDouble);
   auto want = run_reference(in, s);
-  // q stored [N, heads, d, L] (last stride L), k a slice of a wider tensor, v stored [L, N, heads, d].
-  Inputs strided = in;
-  strided.q = in.q.transpose(-1, -2).contiguous().transpose(-1, -2);
-  strided.k = torch::cat({in.k, torch::randn_like(in.k)}, -1).narrow(-1, 0, s.d);
-  strided.v = in.v.permute({2, 0, 1, 3}).contiguous().permute({1, 2, 0, 3});
-  strided.table = in.table.t().contiguous().t();
-  ASSERT_FALSE(strided.q.is_contiguous());
-  ASSERT_FALSE(strided.k.is_contiguous());
-  expect_close(run_fused(strided, s), want, 1e-10, 0.0, "strided");
+  expect_close(run_fused(strided(in), s), want, 1e-10, 0.0, "strided");
   // A key/value tensor broadcast over the heads (stride 0).
   auto k1 = in.k.narrow(1, 0, 1).expand({s.n, s.heads, L, s.d});
   auto got = relpos_attention(in.q, k1, in.v, in.table, s.h, s.w);
@@ -258,8 +265,9 @@ TEST(RelposAttention, BadArgumentsNameTheArgument) {
   EXPECT_THAT(error_of(call(qm, qm, qm, Tensor(), 2, 3)), HasSubstr("no kernel for q on device meta"));
 }
 
-TEST(RelposAttention, CudaTensorsAreRejectedClearly) {
+TEST(RelposAttention, CudaTensorsAreRejectedClearlyWithoutCudaKernels) {
   if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  if (attnkit::ops::has_relpos_attention_kernel(torch::Device(torch::kCUDA, 0))) GTEST_SKIP() << "built with CUDA kernels";
   auto q = torch::randn({1, 2, 6, 4}, torch::kCUDA);
   EXPECT_THAT(error_of([&] { relpos_attention(q, q, q, Tensor(), 2, 3); }), HasSubstr("no kernel for q on device cuda"));
 }
@@ -398,16 +406,191 @@ TEST(SelfAttention2dFused, RecordingAndEmptyBatchAndSetImplementation) {
   EXPECT_THAT(s.str(), HasSubstr("impl=fused"));
 }
 
-TEST(SelfAttention2dFused, CudaRunsCompositeUnderAuto) {
-  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
-  SelfAttention2d m(SelfAttention2dOptions(8).heads(2).rel_pos(true).feat_size({4, 4}));
-  auto x = torch::randn({2, 8, 4, 4});
-  auto want = m->forward(x);
-  m->to(torch::kCUDA);
-  auto got = m->forward(x.to(torch::kCUDA));
-  EXPECT_TRUE(all_close(got.cpu(), want, 1e-4));
-  attnkit::set_implementation(*m, Implementation::Fused);
-  EXPECT_THAT(error_of([&] { m->forward(x.to(torch::kCUDA)); }), HasSubstr("impl=fused but attnkit has no fused"));
+// ---- CUDA: the op and the block on the GPU against the float64 reference on the CPU ----------------
+
+// Why the CUDA cases cannot run here, or "" where they can.
+std::string cuda_skip_reason() {
+  if (!attnkit::testing::cuda_available()) return "no CUDA device";
+  if (!attnkit::ops::has_relpos_attention_kernel(torch::Device(torch::kCUDA, 0))) return "built without CUDA kernels";
+  return "";
+}
+#define ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS()                              \
+  if (const auto why = cuda_skip_reason(); !why.empty()) GTEST_SKIP() << why
+
+const torch::Device kCuda(torch::kCUDA, 0);
+
+Inputs on(const Inputs& in, const torch::Device& dev) {
+  return {in.q.to(dev), in.k.to(dev), in.v.to(dev), in.table.defined() ? in.table.to(dev) : Tensor(), in.gout.to(dev)};
+}
+
+// Head dims in every bucket (24, 33 → 64, 96, 128, 200 → 256), L below / across / not a multiple of
+// the 32-wide tiles, H·W = 1, one-row and one-column maps, maps wider than a tile.
+const std::vector<Shape> kCudaShapes = {{2, 2, 5, 7, 24},  {1, 3, 9, 11, 64}, {1, 1, 1, 1, 4},  {2, 2, 3, 24, 96},
+                                        {1, 2, 23, 25, 128}, {1, 1, 1, 70, 24}, {1, 2, 13, 1, 8}, {1, 2, 6, 40, 200},
+                                        {2, 1, 4, 5, 33}};
+
+struct CudaTolerance {
+  torch::Dtype dtype;
+  double atol, rtol, grad_atol, grad_rtol;
+};
+// float64 and float32 as on the CPU; bfloat16 / float16 round the output and every gradient once
+// (and backward reads the rounded output), the arithmetic is float.
+const std::vector<CudaTolerance> kCudaTolerances = {{torch::kDouble, 1e-10, 0, 1e-10, 0},
+                                                    {torch::kFloat, 1e-5, 1e-5, 1e-5, 1e-5},
+                                                    {torch::kBFloat16, 2e-2, 1e-2, 6e-2, 2e-2},
+                                                    {torch::kHalf, 4e-3, 4e-3, 2e-2, 1e-2}};
+
+TEST(RelposAttentionCuda, MatchesFp64ReferenceEveryDtypeAndShape) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(20);
+  for (const auto& tol : kCudaTolerances)
+    for (const auto& s : kCudaShapes)
+      for (bool with_table : {true, false}) {
+        auto in = make_inputs(s, tol.dtype, with_table);  // rounded to the dtype on the CPU
+        std::ostringstream what;
+        what << s << " " << tol.dtype << (with_table ? ", bias" : ", no bias");
+        auto got = run_fused(on(in, kCuda), s);
+        for (const auto& t : got) {
+          EXPECT_TRUE(t.is_cuda()) << what.str();
+          EXPECT_EQ(t.scalar_type(), tol.dtype) << what.str();
+        }
+        expect_close(got, run_reference(in, s), tol.atol, tol.rtol, what.str(), tol.grad_atol, tol.grad_rtol);
+      }
+}
+
+TEST(RelposAttentionCuda, MoreWorkThanOneWaveOfBlocks) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(21);
+  // 300 · 2 query tiles per head: more than a resident wave, so the dq blocks loop over their work
+  // items and the table gradient goes through several per-block partials.
+  const Shape s{300, 2, 7, 9, 32};
+  auto in = make_inputs(s, torch::kFloat);
+  expect_close(run_fused(on(in, kCuda), s), run_reference(in, s), 1e-5, 1e-5, "300 images");
+}
+
+TEST(RelposAttentionCuda, NonContiguousExpandedAndExplicitScale) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(22);
+  const Shape s{2, 3, 6, 5, 40};
+  const int64_t L = s.h * s.w;
+  const auto in_cpu = make_inputs(s, torch::kDouble);
+  const auto want = run_reference(in_cpu, s);
+  const auto in = on(in_cpu, kCuda);
+  expect_close(run_fused(strided(in), s), want, 1e-10, 0.0, "strided");
+  // k broadcast over the heads (head stride 0), and a scale other than d^-0.5.
+  auto k1 = in.k.narrow(1, 0, 1).expand({s.n, s.heads, L, s.d});
+  auto got = relpos_attention(in.q, k1, in.v, in.table, s.h, s.w, 0.3);
+  EXPECT_TRUE(all_close(got, reference(in.q.cpu(), k1.cpu(), in.v.cpu(), in.table.cpu(), s.h, s.w, 0.3), 1e-10));
+}
+
+TEST(RelposAttentionCuda, SameBitsTwiceEmptyBatchInferenceModeAndHeadDimLimit) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(23);
+  const Shape s{3, 2, 28, 29, 16};
+  auto in = on(make_inputs(s, torch::kFloat), kCuda);
+  auto one = run_fused(in, s), two = run_fused(in, s);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << "tensor " << i;
+  // N = 0: empty results, a zero table gradient.
+  const Shape s0{0, 2, 3, 4, 24};
+  auto in0 = on(make_inputs(s0, torch::kFloat), kCuda);
+  auto got0 = run_fused(in0, s0);
+  EXPECT_EQ(got0[0].sizes(), (std::vector<int64_t>{0, 2, 12, 24}));
+  ASSERT_TRUE(got0[4].defined());
+  EXPECT_EQ(got0[4].sizes(), in0.table.sizes());
+  EXPECT_EQ(got0[4].abs().sum().item<float>(), 0.0f);
+  // Inference mode: the CUDA key directly, below autograd.
+  const Shape s2{1, 2, 3, 4, 5};
+  auto in2 = make_inputs(s2, torch::kDouble);
+  auto want2 = reference(in2.q, in2.k, in2.v, in2.table, 3, 4, 1.0 / std::sqrt(5.0));
+  {
+    c10::InferenceMode guard;
+    auto g2 = on(in2, kCuda);
+    EXPECT_TRUE(all_close(relpos_attention(g2.q, g2.k, g2.v, g2.table, 3, 4), want2, 1e-10));
+  }
+  // Head dims above 256: a clear error.
+  auto big = torch::randn({1, 1, 4, 257}, kCuda);
+  EXPECT_THAT(error_of([&] { relpos_attention(big, big, big, Tensor(), 2, 2); }), HasSubstr("head dim d = 257"));
+}
+
+// The block on CUDA (Auto, Fused) against the same block on the CPU (Composite).
+TEST(SelfAttention2dFusedCuda, AutoRunsFusedWithRelPosAndSdpaWithoutAndMatchesCpu) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(24);
+  for (bool rel_pos : {true, false}) {
+    auto opts = SelfAttention2dOptions(24).heads(3);
+    if (rel_pos) opts.rel_pos(true).feat_size({5, 7});
+    SelfAttention2d cpu(opts), gpu(opts);
+    cpu->to(torch::kDouble);
+    gpu->to(torch::kDouble);
+    {
+      torch::NoGradGuard no_grad;
+      auto src = cpu->named_parameters();
+      for (auto& p : gpu->named_parameters()) p.value().copy_(src[p.key()]);
+    }
+    gpu->to(kCuda);
+    for (auto hw : std::vector<std::pair<int64_t, int64_t>>{{5, 7}, {6, 9}, {1, 1}}) {
+      auto x = torch::randn({2, 24, hw.first, hw.second}, torch::kDouble), gout = torch::randn_like(x);
+      const std::string what = (rel_pos ? "rel_pos " : "no bias ") + std::to_string(hw.first) + "x" +
+                               std::to_string(hw.second);
+      auto want = module_run(cpu, Implementation::Composite, x, gout);
+      bool fused = !rel_pos;
+      auto got = module_run(gpu, Implementation::Auto, x.to(kCuda), gout.to(kCuda), &fused);
+      EXPECT_EQ(fused, rel_pos) << what << ": Auto on CUDA runs the fused op exactly when there is a bias";
+      expect_same(got, want, 1e-9, what + " Auto");
+      got = module_run(gpu, Implementation::Fused, x.to(kCuda), gout.to(kCuda), &fused);
+      EXPECT_TRUE(fused) << what;
+      expect_same(got, want, 1e-9, what + " Fused");
+    }
+  }
+}
+
+// Float32 convolutions and matmuls in IEEE precision (cuDNN takes TF32 by default) for a scope.
+struct NoTf32 {
+  bool cudnn = at::globalContext().allowTF32CuDNN(), cublas = at::globalContext().allowTF32CuBLAS();
+  NoTf32() {
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  ~NoTf32() {
+    at::globalContext().setAllowTF32CuDNN(cudnn);
+    at::globalContext().setAllowTF32CuBLAS(cublas);
+  }
+};
+
+TEST(SelfAttention2dFusedCuda, ChannelsLastFp32Bf16AndNonLocal) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(25);
+  const NoTf32 ieee;  // the qkv and proj convolutions, compared at 1e-4
+  SelfAttention2d m(SelfAttention2dOptions(128).heads(2).rel_pos(true).feat_size({6, 5}));  // head dim 64
+  auto x = torch::randn({2, 128, 6, 5}), gout = torch::randn_like(x);
+  m->to(torch::kDouble);
+  auto want = module_run(m, Implementation::Composite, x.to(torch::kDouble), gout.to(torch::kDouble));
+  m->to(kCuda, torch::kFloat);
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    bool fused = false;
+    auto got = module_run(m, Implementation::Auto, x.to(kCuda).contiguous(fmt), gout.to(kCuda), &fused);
+    EXPECT_TRUE(fused);
+    for (const auto& [k, v] : want) EXPECT_TRUE(all_close(got.at(k), v, 1e-4, 1e-4)) << fmt << ": " << k;
+  }
+  m->to(torch::kBFloat16);
+  auto got = module_run(m, Implementation::Auto, x.to(kCuda, torch::kBFloat16), gout.to(kCuda, torch::kBFloat16));
+  EXPECT_EQ(got.at("y").scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(all_close(got.at("y"), want.at("y"), 5e-2, 5e-2)) << "bf16 y";
+  EXPECT_TRUE(all_close(got.at("grad.x"), want.at("grad.x"), 5e-2, 5e-2)) << "bf16 grad.x";
+  // The non-local variant under impl=fused (one head of rd = 8).
+  SelfAttention2d nl(SelfAttention2dOptions(16).variant(SelfAttention2dVariant::NonLocal).rd_channels(8));
+  nl->to(torch::kDouble);
+  {
+    torch::NoGradGuard no_grad;
+    nl->norm->weight.fill_(0.7);
+  }
+  auto x2 = torch::randn({2, 16, 4, 5}, torch::kDouble), g2 = torch::randn_like(x2);
+  auto want2 = module_run(nl, Implementation::Composite, x2, g2);
+  nl->to(kCuda);
+  bool fused = false;
+  auto got2 = module_run(nl, Implementation::Fused, x2.to(kCuda), g2.to(kCuda), &fused);
+  EXPECT_TRUE(fused);
+  expect_same(got2, want2, 1e-9, "non_local on CUDA");
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
     TORCH_CHECK(t->device() == q.device(), kWho, name, " is on ", t->device(), " but q is on ", q.device());
   }
   TORCH_CHECK(has_relpos_attention_kernel(q.device()), kWho, "no kernel for q on device ", q.device(),
-              " in this build (CPU only); SelfAttention2d uses its composite implementation there");
+              " in this build; SelfAttention2d uses its composite implementation there");
   TORCH_CHECK(q.size(3) > 0, kWho, "q must have a head dim d > 0, got ", q.sizes());
   TORCH_CHECK(height > 0 && width > 0, kWho, "height and width must be positive, got ", height, "x", width);
   TORCH_CHECK(height * width == q.size(2), kWho, "height·width (", height, "·", width, " = ", height * width,
@@ -43,8 +43,21 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   TORCH_CHECK(table.device() == q.device(), kWho, "table is on ", table.device(), " but q is on ", q.device());
 }
 
-/// The dtype the kernels run in: float64 stays, everything else runs in float32.
-at::ScalarType kernel_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+const RelposAttentionKernelTable& kernels_for(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return cuda::relpos_attention_kernels();
+#endif
+  return cpu::relpos_attention_kernels();
+}
+
+/// The dtype of lse, the flipped table and its gradient: float64 stays, everything else is float32.
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+/// The dtype the kernels read q, k, v and write out and the gradients in: the CPU kernels run in
+/// the accumulation dtype (bfloat16/half upcast), the CUDA kernels read every floating dtype.
+at::ScalarType kernel_dtype(const at::Tensor& t) {
+  return t.is_cuda() ? t.scalar_type() : acc_dtype(t.scalar_type());
+}
 
 /// t in the kernel dtype with a contiguous last dimension and a row stride of at least d (read in
 /// place where it already is, as the views of a channels-last qkv output are).
@@ -68,18 +81,17 @@ Tensor flipped_table(const Tensor& table, at::ScalarType dtype) {
 
 struct Forward {
   Tensor q, k, v;  // as the kernels read them
-  Tensor out, lse;  // kernel dtype
+  Tensor out, lse;  // kernel dtype, accumulation dtype
 };
 
 Forward forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table, int64_t height,
                      int64_t width, double scale) {
-  const auto dt = kernel_dtype(q.scalar_type());
+  const auto dt = kernel_dtype(q), acc = acc_dtype(dt);
   Forward f{kernel_view(q, dt), kernel_view(k, dt), kernel_view(v, dt), Tensor(), Tensor()};
   f.out = empty_heads_interleaved(q, dt);
-  f.lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(dt));
+  f.lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(acc));
   if (q.numel() == 0) return f;
-  cpu::relpos_attention_kernels().forward(f.q, f.k, f.v, flipped_table(table, dt), height, width, scale, f.out,
-                                          f.lse);
+  kernels_for(q.device()).forward(f.q, f.k, f.v, flipped_table(table, acc), height, width, scale, f.out, f.lse);
   return f;
 }
 
@@ -100,7 +112,7 @@ struct RelposAttentionFunction : public torch::autograd::Function<RelposAttentio
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4], &table = saved[5];
-    const auto dt = q.scalar_type();  // the kernel dtype
+    const auto dt = q.scalar_type(), acc = acc_dtype(dt);  // the kernel dtype, the accumulation dtype
     const auto in_dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     Tensor dq, dk, dv, dtable;
     if (grads[0].defined()) {
@@ -108,10 +120,10 @@ struct RelposAttentionFunction : public torch::autograd::Function<RelposAttentio
       dk = empty_heads_interleaved(q, dt);
       dv = empty_heads_interleaved(q, dt);
       const bool want_table = table.defined() && ctx->needs_input_grad(3);
-      if (want_table) dtable = at::empty({table.size(0), table.size(1)}, q.options().dtype(dt));
+      if (want_table) dtable = at::empty({table.size(0), table.size(1)}, q.options().dtype(acc));
       if (q.numel() > 0) {
-        cpu::relpos_attention_kernels().backward(
-            kernel_view(grads[0], dt), q, k, v, out, lse, flipped_table(table, dt), ctx->saved_data["height"].toInt(),
+        kernels_for(q.device()).backward(
+            kernel_view(grads[0], dt), q, k, v, out, lse, flipped_table(table, acc), ctx->saved_data["height"].toInt(),
             ctx->saved_data["width"].toInt(), ctx->saved_data["scale"].toDouble(), dq, dk, dv, dtable);
       } else if (want_table) {
         dtable.zero_();
@@ -150,7 +162,8 @@ Tensor relpos_attention_op(const Tensor& q, const Tensor& k, const Tensor& v, co
   return RelposAttentionFunction::apply(q, k, v, at::TensorList(tables), height, width, s);
 }
 
-// CPU key (below autograd, e.g. in inference mode) and CUDA key (an error naming the device).
+// CPU and CUDA keys: forward only (reached below autograd, e.g. in inference mode). Without CUDA
+// kernels in the build the CUDA key gives check_inputs' error naming the device.
 Tensor relpos_attention_forward_only(const Tensor& q, const Tensor& k, const Tensor& v,
                                      const std::optional<Tensor>& table_opt, int64_t height, int64_t width,
                                      std::optional<double> scale) {
@@ -161,7 +174,12 @@ Tensor relpos_attention_forward_only(const Tensor& q, const Tensor& k, const Ten
 
 }  // namespace
 
-bool has_relpos_attention_kernel(const at::Device& device) { return device.is_cpu(); }
+bool has_relpos_attention_kernel(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return true;
+#endif
+  return device.is_cpu();
+}
 
 at::Tensor relpos_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& table,
                             int64_t height, int64_t width, std::optional<double> scale) {

@@ -17,11 +17,13 @@
 // as in views of a [N, L, 3, heads, d] qkv tensor (the 1×1 qkv convolution's output in channels-last
 // memory), they are read in place; otherwise one contiguous copy is made. The output is
 // [N, heads, L, d] stored as [N, L, heads, d] (so that out.transpose(-1, -2).reshape([N, heads·d, H, W])
-// is a channels-last view, no copy). float32 and float64 run natively; bfloat16 and float16 run in
-// float32 (inputs upcast, output rounded back).
+// is a channels-last view, no copy). On the CPU float32 and float64 run natively, bfloat16 and
+// float16 in float32 (inputs upcast, output rounded back); the CUDA kernels read and write every
+// floating dtype natively and compute in float32 (float64 for float64).
 //
-// CPU only for now: CUDA tensors are rejected with an error (SelfAttention2d falls back to its
-// composite path there).
+// Devices: CPU, and CUDA in builds with CUDA kernels (ATTNKIT_WITH_CUDA; head dim d ≤ 256 there).
+// The CUDA kernels (modules/ops/cuda/relpos_attention_kernel.cu) were compiled but not yet run on a
+// GPU when written: tests/test_fused_self_attention.cpp's CUDA cases check them where one exists.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,7 +39,11 @@ namespace attnkit::ops {
 at::Tensor relpos_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& table,
                             int64_t height, int64_t width, std::optional<double> scale = std::nullopt);
 
-/// True when attnkit has a fused self-attention kernel for tensors on this device (CPU only today).
+/// True when attnkit has a fused self-attention kernel for tensors on this device (CPU, and CUDA in
+/// builds with CUDA kernels).
 bool has_relpos_attention_kernel(const at::Device& device);
+
+/// The largest head dim d the CUDA kernels take (the CPU kernels take any).
+constexpr int64_t kRelposAttentionMaxCudaHeadDim = 256;
 
 }  // namespace attnkit::ops

@@ -1,5 +1,5 @@
-// The CPU kernels of the fused self-attention op (attnkit::ops::relpos_attention), one table per
-// instruction set.
+// The kernels of the fused self-attention op (attnkit::ops::relpos_attention): one table per CPU
+// instruction set, and one for CUDA.
 //
 // Flash-attention-2 on the CPU: the queries of one (n, head) are cut into tiles of 64 or 256 rows
 // and the keys into tiles of 512; a tile of logits S = scale·Q Kᵀ (+ bias) is at most 256 × 512,
@@ -15,9 +15,15 @@
 // gradient) is a vector add per run.
 //
 // Tensors: q, k, v, out, dout, dq, dk, dv are [N, heads, L, d] with the last stride 1 and any other
-// strides (a row stride of at least d); all float or all double (the op upcasts bfloat16/half).
-// lse is [N, heads, L] contiguous, same dtype. rtab is [heads, T] contiguous, same dtype, or
-// undefined (no bias); dtable is [T, heads] contiguous (the table's own orientation), or undefined.
+// strides (a row stride of at least d), all of one dtype: float or double for the CPU table (the op
+// upcasts bfloat16/half), any floating dtype for the CUDA table (read natively, float arithmetic).
+// lse is [N, heads, L] contiguous in the accumulation dtype (double for double, float otherwise).
+// rtab is [heads, T] contiguous, accumulation dtype, or undefined (no bias); dtable is [T, heads]
+// contiguous (the table's own orientation), accumulation dtype, or undefined.
+//
+// CPU: modules/ops/cpu/relpos_attention_kernel.cpp, one copy per CPU capability.
+// CUDA: modules/ops/cuda/relpos_attention_kernel.cu (head dim d ≤ 256; the same tiling idea with
+// 32-wide tiles, see that file), only in builds with CUDA kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,9 +34,10 @@ struct RelposAttentionKernelTable {
   /// out = softmax(scale·q kᵀ + bias) v; lse = logsumexp of each row of logits.
   void (*forward)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rtab,
                   int64_t height, int64_t width, double scale, at::Tensor& out, at::Tensor& lse);
-  /// dq, dk, dv (overwritten) and, when defined, dtable (overwritten). Deterministic and
-  /// independent of the thread count: each (n, head) is one task, and the table gradient is summed
-  /// over n in a fixed order.
+  /// dq, dk, dv (overwritten) and, when defined, dtable (overwritten). Deterministic. CPU: the same
+  /// bits for any thread count (each (n, head) is one task, the table gradient summed over n in a
+  /// fixed order). CUDA: the same bits run to run on one GPU (no atomics; the table gradient's
+  /// partial sums depend on the GPU's SM count).
   void (*backward)(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& rtab, int64_t height,
                    int64_t width, double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& dtable);
@@ -40,5 +47,10 @@ namespace cpu {
 /// The kernels for the best instruction set this CPU supports.
 const RelposAttentionKernelTable& relpos_attention_kernels();
 }  // namespace cpu
+
+namespace cuda {
+/// The CUDA kernels (defined only when attnkit is built with CUDA kernels).
+const RelposAttentionKernelTable& relpos_attention_kernels();
+}  // namespace cuda
 
 }  // namespace attnkit::ops
