@@ -410,6 +410,8 @@ TEST(FusedLocalAttention2d, SameResultWithOneAndTwoThreads) {
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(all_close(runs[0][i], runs[1][i], 1e-5, 1e-5)) << i;
 }
 
+}  // namespace
+
 // ---- CUDA: the fused kernels on the GPU against the CPU kernels --------------------------------------
 // The CPU kernels are checked against plain ATen math above; each case here runs the same inputs
 // (rounded to the dtype under test) through the CUDA kernels in that dtype and through the CPU
@@ -448,12 +450,12 @@ Result op_result(const Inputs& in, const Tensor& dy, int64_t ks, int64_t dil) {
 // in float64 from the same values.
 void check_cuda(const Inputs& gpu, int64_t ks, int64_t dil, const Tol& t, const std::string& what) {
   SCOPED_TRACE(what + " k=" + std::to_string(ks) + " d=" + std::to_string(dil));
-  ASSERT_TRUE(gpu.q.is_cuda());
+  ASSERT_EQ(gpu.q.device(), kCuda);
   const Inputs ref_in = map_inputs(gpu, [](const Tensor& x) { return x.to(torch::kCPU, torch::kDouble); });
   const auto dy = torch::randn(gpu.q.sizes(), torch::kDouble).to(gpu.q.scalar_type());
   const Result got = op_result(gpu, dy.to(kCuda), ks, dil);
   const Result ref = op_result(ref_in, dy.to(torch::kDouble), ks, dil);
-  ASSERT_TRUE(got.y.is_cuda());
+  ASSERT_EQ(got.y.device(), kCuda);
   ASSERT_EQ(got.y.scalar_type(), gpu.q.scalar_type());
   ASSERT_TRUE(all_close(got.y, ref.y, t.atol, t.rtol)) << t.dtype << " forward " << gpu.q.sizes();
   if (ref.y.numel() == 0) return;
@@ -461,7 +463,8 @@ void check_cuda(const Inputs& gpu, int64_t ks, int64_t dil, const Tol& t, const 
   EXPECT_TRUE(all_close(got.dk, ref.dk, t.grad_atol, t.rtol)) << t.dtype << " grad k";
   EXPECT_TRUE(all_close(got.dv, ref.dv, t.grad_atol, t.rtol)) << t.dtype << " grad v";
   if (gpu.rpb.defined()) {
-    ASSERT_TRUE(got.drpb.defined() && got.drpb.is_cuda());
+    ASSERT_TRUE(got.drpb.defined());
+    EXPECT_EQ(got.drpb.device(), kCuda);
     EXPECT_EQ(got.drpb.scalar_type(), gpu.rpb.scalar_type());
     EXPECT_TRUE(all_close(got.drpb, ref.drpb, t.grad_atol * 10, t.rtol)) << t.dtype << " grad rpb";
   }
@@ -619,13 +622,13 @@ TEST(FusedLocalAttentionCuda, BlockOnCudaEqualsBlockOnCpu) {
       for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
         LocalAttention2d cpu_block(c.o), gpu_block(c.o);
         cpu_block->to(t.dtype);
+        gpu_block->to(kCuda, t.dtype);
         {
           torch::NoGradGuard no_grad;
           for (auto& p : cpu_block->named_parameters()) p.value().normal_(0, 0.2);
           auto src = cpu_block->named_parameters();
           for (auto& p : gpu_block->named_parameters()) p.value().copy_(src[p.key()]);
         }
-        gpu_block->to(kCuda, t.dtype);
         auto x_cpu = torch::randn(c.shape, t.dtype).contiguous(fmt).requires_grad_(true);
         auto x_gpu = x_cpu.detach().to(kCuda).contiguous(fmt).requires_grad_(true);
         auto y_cpu = cpu_block->forward(x_cpu), y_gpu = gpu_block->forward(x_gpu);
