@@ -313,12 +313,14 @@ unsigned blocks_for(int64_t items, int group) {
 }
 
 // The window tables of both axes as one int64 tensor on q's device: start, first_query and
-// last_query of the rows, then of the columns. (Copied on the current stream, before the kernels.)
+// last_query of the rows, then of the columns. Copied from pinned memory on the current stream
+// without waiting (a pageable copy would synchronise the stream on every call); the pinned
+// buffer is not reused before the copy is done (the caching host allocator records the stream).
 Tensor device_windows(const NeighborhoodGeometry& g, const at::Device& device) {
   std::vector<int64_t> host;
   for (const auto* axis : {&g.rows, &g.cols})
     for (const auto* v : {&axis->start, &axis->first_query, &axis->last_query}) host.insert(host.end(), v->begin(), v->end());
-  return at::tensor(host, at::kLong).to(device);
+  return at::tensor(host, at::kLong).pin_memory().to(device, /*non_blocking=*/true);
 }
 
 Dims dims_of(const Tensor& q, const NeighborhoodGeometry& g, const Tensor& windows) {
