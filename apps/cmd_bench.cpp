@@ -198,7 +198,7 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
   if (op == "local") {
     const int64_t heads = 4, k = 7;
     auto impls = module_pair<LocalAttention2d>(LocalAttention2dOptions(C).heads(heads).kernel_size(k), x);
-    if (x.is_cpu()) {
+    if (ops::has_neighborhood_attention_kernel(x.device())) {
       // The attention core alone: the fused op on q, k, v views of a channels-last qkv projection.
       auto qkv = torch::randn({x.size(0), 3 * C, x.size(2), x.size(3)}, x.options())
                      .contiguous(torch::MemoryFormat::ChannelsLast)

@@ -13,12 +13,14 @@
 //
 // Two implementations of the same math (options.impl). Composite, the reference: the key index
 // [H·W, k·k] is built once per (H, W, k, d, device) and cached (relative_position.h), and keys/values
-// are gathered, i.e. it materialises k²·C values per position. Fused (CPU): both 1×1 convs run as
-// GEMMs on [N, H, W, C] rows (channels-last), around the fused op attnkit::ops::neighborhood_attention
-// (ops/neighborhood_attention.h), which reads q, k, v in place and never builds the windows.
-// Auto picks fused on CPU (measured faster: README, `attnkit bench --op local`) unless the block
-// records its attention map, and composite elsewhere (no CUDA kernel yet). The fused path's output
-// keeps x's memory format (channels-last in, channels-last out); the composite one is NCHW. Any H, W with H, W >= k·d works; smaller maps are an error.
+// are gathered, i.e. it materialises k²·C values per position. Fused (CPU, and CUDA in builds with
+// CUDA kernels): both 1×1 convs run as GEMMs on [N, H, W, C] rows (channels-last), around the fused
+// op attnkit::ops::neighborhood_attention (ops/neighborhood_attention.h), which reads q, k, v in
+// place and never builds the windows. Auto picks fused wherever the op has a kernel (CPU: measured
+// faster, README and `attnkit bench --op local`; CUDA: not yet measured) unless the block records
+// its attention map, and composite elsewhere. The fused path's output keeps x's memory format
+// (channels-last in, channels-last out); the composite one is NCHW. Any H, W with H, W >= k·d works;
+// smaller maps are an error.
 //
 // Recording (AttentionMapRecorder): the attention weights, [N, heads, H, W, k, k]; entry
 // [n, h, y, x, i, j] is the weight that query (y, x) gives to window slot (i, j), i.e. key

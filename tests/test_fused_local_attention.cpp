@@ -1,7 +1,8 @@
 // The fused neighborhood attention op against the same math written with plain ATen ops (gathering
 // each query's window through neighborhood_index, as LocalAttention2d's composite path does):
 // forward, gradients of q, k, v and rpb, dtypes, window shapes, layouts, thread counts, finite
-// differences and error messages; then LocalAttention2d's fused path against its composite path.
+// differences and error messages; then LocalAttention2d's fused path against its composite path;
+// then, where a GPU exists, the CUDA kernels and the block on CUDA against the CPU.
 #include <attnkit/attnkit.h>
 #include <attnkit/modules/ops/neighborhood_attention.h>
 #include <attnkit/modules/relative_position.h>
@@ -10,6 +11,11 @@
 #include <torch/torch.h>
 
 #include "testing.h"
+
+#ifdef ATTNKIT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -123,8 +129,8 @@ TEST(FusedLocalAttentionOp, ReducedPrecision) {
   }
 }
 
-TEST(FusedLocalAttentionOp, EmptyBatch) {
-  auto in = make_inputs({0, 2, 5, 6, 4}, 3, torch::kFloat);
+// N = 0: empty output and gradients, and a zero rpb gradient (on in's device).
+void expect_empty_batch_works(Inputs in) {
   for (auto* t : {&in.q, &in.k, &in.v, &in.rpb}) t->requires_grad_(true);
   auto y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3, 1);
   EXPECT_EQ(y.sizes(), in.q.sizes());
@@ -134,6 +140,8 @@ TEST(FusedLocalAttentionOp, EmptyBatch) {
   ASSERT_TRUE(in.rpb.grad().defined());
   EXPECT_EQ(in.rpb.grad().abs().sum().item<float>(), 0.0f);
 }
+
+TEST(FusedLocalAttentionOp, EmptyBatch) { expect_empty_batch_works(make_inputs({0, 2, 5, 6, 4}, 3, torch::kFloat)); }
 
 TEST(FusedLocalAttentionOp, StridedInputs) {
   torch::manual_seed(5);
@@ -264,7 +272,7 @@ TEST(FusedLocalAttentionOp, BadInputNamesTheArgument) {
               HasSubstr("q must be floating point, got Int"));
   EXPECT_THAT(error_of(call(in.q, in.k.to(torch::kMeta), in.v, in.rpb)), HasSubstr("k is on meta but q is on cpu"));
   EXPECT_THAT(error_of(call(in.q.to(torch::kMeta), in.k.to(torch::kMeta), in.v.to(torch::kMeta), Tensor())),
-              HasSubstr("q is on meta but attnkit has a kernel for this op on CPU only"));
+              HasSubstr("q is on meta but attnkit has no kernel for this op on that device"));
   EXPECT_THAT(error_of(call(in.q, in.k, in.v, in.rpb, 4)), HasSubstr("kernel_size must be odd and >= 1, got 4"));
   EXPECT_THAT(error_of(call(in.q, in.k, in.v, Tensor(), 3, 0)), HasSubstr("dilation must be >= 1, got 0"));
   EXPECT_THAT(error_of(call(in.q, in.k, in.v, Tensor(), 5, 2)),
@@ -402,27 +410,248 @@ TEST(FusedLocalAttention2d, SameResultWithOneAndTwoThreads) {
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(all_close(runs[0][i], runs[1][i], 1e-5, 1e-5)) << i;
 }
 
-// ---- CUDA: no fused kernel; the op says so, the block runs its composite path --------------------
-TEST(FusedLocalAttentionCuda, OpRefusesAndBlockFallsBack) {
-  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
-  const auto dev = torch::Device(torch::kCUDA, 0);
-  auto in = make_inputs({1, 2, 5, 5, 4}, 3, torch::kFloat);
-  EXPECT_THAT(error_of([&] {
-                attnkit::ops::neighborhood_attention(in.q.to(dev), in.k.to(dev), in.v.to(dev), in.rpb.to(dev), 3);
-              }),
-              HasSubstr("attnkit has a kernel for this op on CPU only"));
-  auto [fused, composite] = block_pair(LocalAttention2dOptions(8).heads(2).kernel_size(3), torch::kFloat);
-  LocalAttention2d block(LocalAttention2dOptions(8).heads(2).kernel_size(3));
-  block->to(dev);
-  auto x = torch::randn({1, 8, 6, 6});
-  {
-    torch::NoGradGuard no_grad;
-    auto src = composite->named_parameters();
-    for (auto& p : block->named_parameters()) p.value().copy_(src[p.key()]);
+}  // namespace
+
+// ---- CUDA: the fused kernels on the GPU against the CPU kernels --------------------------------------
+// The CPU kernels are checked against plain ATen math above; each case here runs the same inputs
+// (rounded to the dtype under test) through the CUDA kernels in that dtype and through the CPU
+// kernels in float64, and compares the output and every gradient.
+namespace {
+
+const torch::Device kCuda(torch::kCUDA, 0);
+
+#define ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS()                                                                         \
+  if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";                                         \
+  if (!attnkit::ops::has_neighborhood_attention_kernel(kCuda)) GTEST_SKIP() << "attnkit built without CUDA kernels"
+
+struct Tol {
+  torch::Dtype dtype;
+  double atol, rtol, grad_atol;  // grad_atol: dq, dk, dv; the rpb gradient (a sum over all queries) gets 10x
+};
+// Against float64 math on the same rounded inputs: fp64 and fp32 to their accumulation error; bf16 and
+// fp16 to the rounding of the output (and gradients) to 8 and 11 bits plus float accumulation.
+const Tol kTols[] = {{torch::kDouble, 1e-10, 0, 1e-10},
+                     {torch::kFloat, 1e-5, 1e-5, 1e-5},
+                     {torch::kBFloat16, 0.02, 0.01, 0.08},
+                     {torch::kHalf, 0.004, 0.01, 0.016}};
+
+Inputs map_inputs(const Inputs& in, const std::function<Tensor(const Tensor&)>& f) {
+  auto g = [&](const Tensor& t) { return t.defined() ? f(t) : t; };
+  return {g(in.q), g(in.k), g(in.v), g(in.rpb)};
+}
+
+Result op_result(const Inputs& in, const Tensor& dy, int64_t ks, int64_t dil) {
+  return run(in, dy, [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb) {
+    return attnkit::ops::neighborhood_attention(q, k, v, rpb, ks, dil);
+  });
+}
+
+// `gpu`: the inputs on the GPU in the dtype under test (any layout); the reference runs on the CPU
+// in float64 from the same values.
+void check_cuda(const Inputs& gpu, int64_t ks, int64_t dil, const Tol& t, const std::string& what) {
+  SCOPED_TRACE(what + " k=" + std::to_string(ks) + " d=" + std::to_string(dil));
+  ASSERT_EQ(gpu.q.device(), kCuda);
+  const Inputs ref_in = map_inputs(gpu, [](const Tensor& x) { return x.to(torch::kCPU, torch::kDouble); });
+  const auto dy = torch::randn(gpu.q.sizes(), torch::kDouble).to(gpu.q.scalar_type());
+  const Result got = op_result(gpu, dy.to(kCuda), ks, dil);
+  const Result ref = op_result(ref_in, dy.to(torch::kDouble), ks, dil);
+  ASSERT_EQ(got.y.device(), kCuda);
+  ASSERT_EQ(got.y.scalar_type(), gpu.q.scalar_type());
+  ASSERT_TRUE(all_close(got.y, ref.y, t.atol, t.rtol)) << t.dtype << " forward " << gpu.q.sizes();
+  if (ref.y.numel() == 0) return;
+  EXPECT_TRUE(all_close(got.dq, ref.dq, t.grad_atol, t.rtol)) << t.dtype << " grad q";
+  EXPECT_TRUE(all_close(got.dk, ref.dk, t.grad_atol, t.rtol)) << t.dtype << " grad k";
+  EXPECT_TRUE(all_close(got.dv, ref.dv, t.grad_atol, t.rtol)) << t.dtype << " grad v";
+  if (gpu.rpb.defined()) {
+    ASSERT_TRUE(got.drpb.defined());
+    EXPECT_EQ(got.drpb.device(), kCuda);
+    EXPECT_EQ(got.drpb.scalar_type(), gpu.rpb.scalar_type());
+    EXPECT_TRUE(all_close(got.drpb, ref.drpb, t.grad_atol * 10, t.rtol)) << t.dtype << " grad rpb";
   }
-  EXPECT_TRUE(all_close(block->forward(x.to(dev)), composite->forward(x), 1e-5, 1e-5));
-  block->options.impl(Implementation::Fused);
-  EXPECT_THAT(error_of([&] { block->forward(x.to(dev)); }), HasSubstr("impl=fused but attnkit has no fused kernel"));
+}
+
+Inputs cuda_inputs(std::vector<int64_t> shape, int64_t ks, torch::Dtype dtype, bool bias = true) {
+  return map_inputs(make_inputs(shape, ks, torch::kDouble, bias), [&](const Tensor& x) { return x.to(kCuda, dtype); });
+}
+
+TEST(FusedLocalAttentionCuda, MatchesCpuAcrossWindowsAndDtypes) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(21);
+  for (const Tol& t : kTols)
+    for (auto [ks, dil] : {std::pair<int64_t, int64_t>{1, 1}, {3, 1}, {5, 1}, {7, 1}, {3, 2}, {5, 2}})
+      for (bool bias : {true, false}) {
+        const int64_t span = ks * dil;
+        // H != W, one side of exactly k·d; head_dim 13 (not a multiple of 8: a group of 16 lanes).
+        check_cuda(cuda_inputs({2, 3, span, span + 5, 13}, ks, t.dtype, bias), ks, dil, t,
+                   bias ? "windows, bias" : "windows, no bias");
+      }
+}
+
+TEST(FusedLocalAttentionCuda, HeadDimsFromOneLaneToSeveralChunks) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(22);
+  // Groups of 1..32 lanes; 33 and 100: several registers per lane; 257 and 300: two chunks of 256.
+  for (const Tol& t : {kTols[0], kTols[1], kTols[2]})
+    for (int64_t d : {1, 3, 8, 17, 32, 33, 100, 257, 300}) {
+      check_cuda(cuda_inputs({1, 2, 9, 8, d}, 3, t.dtype), 3, 1, t, "head_dim " + std::to_string(d));
+      check_cuda(cuda_inputs({2, 1, 10, 11, d}, 5, t.dtype), 5, 2, t, "head_dim " + std::to_string(d));
+    }
+}
+
+TEST(FusedLocalAttentionCuda, LargerMapManyBlocks) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(23);
+  // More groups than one grid-stride round of small blocks, heads of 32, NAT's k = 7.
+  check_cuda(cuda_inputs({3, 4, 40, 37, 32}, 7, torch::kFloat), 7, 1, kTols[1], "40x37");
+  check_cuda(cuda_inputs({2, 2, 30, 33, 16}, 7, torch::kDouble), 7, 3, kTols[0], "30x33 d=3");
+}
+
+TEST(FusedLocalAttentionCuda, SinglePositionAndEmptyBatch) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(24);
+  for (const Tol& t : kTols) {
+    check_cuda(cuda_inputs({2, 3, 1, 1, 6}, 1, t.dtype), 1, 1, t, "H*W = 1");
+    check_cuda(cuda_inputs({0, 2, 5, 6, 4}, 3, t.dtype), 3, 1, t, "N = 0");
+  }
+  expect_empty_batch_works(cuda_inputs({0, 2, 5, 6, 4}, 3, torch::kFloat));
+}
+
+TEST(FusedLocalAttentionCuda, StridedInputs) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(25);
+  const int64_t N = 2, heads = 3, D = 5, H = 7, W = 9;
+  for (const Tol& t : {kTols[0], kTols[1], kTols[3]}) {
+    // Views of a channels-last qkv projection (zero-copy, rows 3·C apart).
+    auto qkv = torch::randn({N, 3 * heads * D, H, W}, torch::kDouble).to(kCuda, t.dtype)
+                   .contiguous(torch::MemoryFormat::ChannelsLast);
+    auto [q, k, v] = attnkit::ops::split_qkv(qkv, heads);
+    EXPECT_EQ(q.data_ptr(), qkv.data_ptr());
+    auto rpb = torch::randn({heads, 5, 5}, torch::kDouble).to(kCuda, t.dtype);
+    check_cuda({q, k, v, rpb}, 3, 2, t, "channels-last qkv views");
+    // Transposed H/W, head_dim strided by 2 (copied by the op), a batch expanded with stride 0, and a
+    // transposed rpb.
+    auto qt = torch::randn({N, heads, W, H, D}, torch::kDouble).to(kCuda, t.dtype).transpose(2, 3);
+    auto kt = torch::randn({N, heads, H, W, 2 * D}, torch::kDouble).to(kCuda, t.dtype).slice(4, 0, 2 * D, 2);
+    auto vt = torch::randn({1, heads, H, W, D}, torch::kDouble).to(kCuda, t.dtype).expand({N, -1, -1, -1, -1});
+    auto rpb_t = torch::randn({heads, 5, 5}, torch::kDouble).to(kCuda, t.dtype).transpose(1, 2);
+    check_cuda({qt, kt, vt, rpb_t}, 3, 1, t, "transposed / sliced / expanded");
+  }
+}
+
+TEST(FusedLocalAttentionCuda, PackedQkvAndGradientOfQAlone) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(26);
+  const int64_t heads = 2, D = 5;
+  for (auto fmt : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    auto qkv_cpu = torch::randn({2, 3 * heads * D, 8, 9}, torch::kDouble).contiguous(fmt);
+    auto rpb_cpu = torch::randn({heads, 5, 5}, torch::kDouble);
+    auto dy = torch::randn({2, heads, 8, 9, D}, torch::kDouble);
+    std::vector<Tensor> results[2];
+    for (int dev = 0; dev < 2; ++dev) {
+      auto qkv = (dev ? qkv_cpu.to(kCuda) : qkv_cpu.clone()).requires_grad_(true);
+      auto rpb = (dev ? rpb_cpu.to(kCuda) : rpb_cpu.clone()).requires_grad_(true);
+      auto y = attnkit::ops::neighborhood_attention_qkv(qkv, heads, rpb, 3, 2);
+      auto g = torch::autograd::grad({y}, {qkv, rpb}, {dev ? dy.to(kCuda) : dy});
+      results[dev] = {y, g[0], g[1]};
+      if (dev) EXPECT_EQ(g[0].suggest_memory_format(), torch::MemoryFormat::ChannelsLast);
+    }
+    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(all_close(results[1][i], results[0][i], 1e-10)) << i;
+  }
+  // Only q wants a gradient: the key pass is skipped; dq is the same as with all gradients.
+  auto in = cuda_inputs({1, 2, 7, 8, 6}, 3, torch::kDouble);
+  auto q = in.q.clone().requires_grad_(true);
+  auto y = attnkit::ops::neighborhood_attention(q, in.k, in.v, in.rpb, 3, 2);
+  auto dy = torch::randn_like(y);
+  auto dq = torch::autograd::grad({y}, {q}, {dy})[0];
+  EXPECT_TRUE(dq.equal(op_result(in, dy, 3, 2).dq));
+}
+
+TEST(FusedLocalAttentionCuda, SameBitsEveryRunAndOnAnyStream) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(27);
+  auto in = cuda_inputs({2, 4, 15, 17, 13}, 5, torch::kFloat);
+  auto dy = torch::randn(in.q.sizes(), in.q.options());
+  const Result a = op_result(in, dy, 5, 2);
+  Result b = op_result(in, dy, 5, 2);
+#ifdef ATTNKIT_WITH_CUDA
+  {
+    // On a side stream: the kernels and their small copies must follow the current stream.
+    c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+    b = op_result(in, dy, 5, 2);
+    c10::cuda::getCurrentCUDAStream().synchronize();
+  }
+#endif
+  // No atomics: every output element is summed by one group in a fixed order.
+  EXPECT_TRUE(a.y.equal(b.y));
+  EXPECT_TRUE(a.dq.equal(b.dq));
+  EXPECT_TRUE(a.dk.equal(b.dk));
+  EXPECT_TRUE(a.dv.equal(b.dv));
+  EXPECT_TRUE(a.drpb.equal(b.drpb));
+}
+
+TEST(FusedLocalAttentionCuda, InferenceModeAndDeviceErrors) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  auto in = cuda_inputs({1, 2, 5, 5, 4}, 3, torch::kFloat);
+  Tensor y;
+  {
+    c10::InferenceMode guard;  // below autograd: the CUDA key's registration
+    y = attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb, 3);
+  }
+  EXPECT_TRUE(all_close(y, attnkit::ops::neighborhood_attention(in.q.cpu(), in.k.cpu(), in.v.cpu(), in.rpb.cpu(), 3),
+                        1e-5, 1e-5));
+  EXPECT_THAT(error_of([&] { attnkit::ops::neighborhood_attention(in.q, in.k, in.v, in.rpb.cpu(), 3); }),
+              HasSubstr("rpb is on cpu but q is on cuda:0"));
+  EXPECT_THAT(error_of([&] { attnkit::ops::neighborhood_attention(in.q, in.k.cpu(), in.v, in.rpb, 3); }),
+              HasSubstr("k is on cpu but q is on cuda:0"));
+}
+
+// LocalAttention2d on the GPU (Auto: the fused op) equals the same block on the CPU.
+TEST(FusedLocalAttentionCuda, BlockOnCudaEqualsBlockOnCpu) {
+  ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
+  torch::manual_seed(28);
+  struct Case {
+    LocalAttention2dOptions o;
+    std::vector<int64_t> shape;
+  };
+  const Case cases[] = {{LocalAttention2dOptions(24).heads(3).kernel_size(3), {2, 24, 10, 13}},
+                        {LocalAttention2dOptions(32).heads(4).kernel_size(7), {2, 32, 14, 12}},
+                        {LocalAttention2dOptions(24).heads(4).kernel_size(5).dilation(2), {1, 24, 11, 10}},
+                        {LocalAttention2dOptions(15).heads(3).kernel_size(3).rel_pos_bias(false), {2, 15, 7, 7}}};
+  for (const Tol& t : {kTols[0], kTols[1]})
+    for (const auto& c : cases)
+      for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+        LocalAttention2d cpu_block(c.o), gpu_block(c.o);
+        cpu_block->to(t.dtype);
+        gpu_block->to(kCuda, t.dtype);
+        {
+          torch::NoGradGuard no_grad;
+          for (auto& p : cpu_block->named_parameters()) p.value().normal_(0, 0.2);
+          auto src = cpu_block->named_parameters();
+          for (auto& p : gpu_block->named_parameters()) p.value().copy_(src[p.key()]);
+        }
+        auto x_cpu = torch::randn(c.shape, t.dtype).contiguous(fmt).requires_grad_(true);
+        auto x_gpu = x_cpu.detach().to(kCuda).contiguous(fmt).requires_grad_(true);
+        auto y_cpu = cpu_block->forward(x_cpu), y_gpu = gpu_block->forward(x_gpu);
+        if (fmt == torch::MemoryFormat::ChannelsLast)
+          EXPECT_TRUE(y_gpu.is_contiguous(torch::MemoryFormat::ChannelsLast)) << "Auto ran the composite path on CUDA";
+        const double tol = t.dtype == torch::kDouble ? 1e-10 : 1e-4;
+        ASSERT_TRUE(all_close(y_gpu, y_cpu, tol, tol)) << t.dtype << " forward";
+        auto dy = torch::randn_like(y_cpu);
+        y_cpu.backward(dy);
+        y_gpu.backward(dy.to(kCuda));
+        EXPECT_TRUE(all_close(x_gpu.grad(), x_cpu.grad(), tol * 10, tol)) << t.dtype << " grad x";
+        auto cpu_params = cpu_block->named_parameters();
+        for (auto& p : gpu_block->named_parameters())
+          EXPECT_TRUE(all_close(p.value().grad(), cpu_params[p.key()].grad(), tol * 100, tol)) << "grad " << p.key();
+      }
+  // Reduced precision runs end to end on the fused path.
+  LocalAttention2d block(LocalAttention2dOptions(16).heads(2).kernel_size(3).impl(Implementation::Fused));
+  block->to(kCuda, torch::kBFloat16);
+  auto x = torch::randn({2, 16, 9, 9}, torch::TensorOptions().device(kCuda).dtype(torch::kBFloat16)).requires_grad_(true);
+  auto y = block->forward(x);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  y.sum().backward();
+  EXPECT_TRUE(x.grad().isfinite().all().item<bool>());
 }
 
 }  // namespace

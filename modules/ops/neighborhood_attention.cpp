@@ -18,6 +18,13 @@ constexpr const char* kOp = "attnkit::neighborhood_attention";
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+const NeighborhoodAttentionKernelTable& kernels_for(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return cuda::neighborhood_attention_kernels();
+#endif
+  return cpu::neighborhood_attention_kernels();
+}
+
 void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t kernel_size,
                   int64_t dilation) {
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
@@ -31,7 +38,8 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
     TORCH_CHECK(t->device() == q.device(), kOp, ": ", name, " is on ", t->device(), " but q is on ", q.device());
   }
   TORCH_CHECK(has_neighborhood_attention_kernel(q.device()), kOp, ": q is on ", q.device(),
-              " but attnkit has a kernel for this op on CPU only (LocalAttention2d runs its composite path there)");
+              " but attnkit has no kernel for this op on that device in this build (CPU, and CUDA where compiled "
+              "in; LocalAttention2d runs its composite path elsewhere)");
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, kOp, ": kernel_size must be odd and >= 1, got ",
               kernel_size);
   TORCH_CHECK(dilation >= 1, kOp, ": dilation must be >= 1, got ", dilation);
@@ -95,8 +103,8 @@ Forward forward_impl(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   f.out = empty_heads_last(q);
   f.lse = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options().dtype(acc));
   if (q.numel() == 0) return f;
-  cpu::neighborhood_attention_kernels().forward(q, f.k, f.v, bias_table(rpb, acc),
-                                                geometry(q, kernel_size, dilation, scale), f.out, f.lse);
+  kernels_for(q.device())
+      .forward(q, f.k, f.v, bias_table(rpb, acc), geometry(q, kernel_size, dilation, scale), f.out, f.lse);
   return f;
 }
 
@@ -113,7 +121,7 @@ Tensor backward_impl(const Tensor& grad, const Tensor& q, const Tensor& k, const
   const int64_t side = 2 * g.kernel_size - 1;
   Tensor drpb = rpb.defined() ? at::zeros({q.size(1), side, side}, q.options().dtype(acc)) : Tensor();
   if (q.numel() > 0) {
-    const auto& kernels = cpu::neighborhood_attention_kernels();
+    const auto& kernels = kernels_for(q.device());
     const Tensor dout = head_dim_contiguous(grad.to(q.scalar_type()));
     kernels.backward(dout, q, k, v, bias_table(rpb, acc), lse, g, dq, dk, dv, drpb);
   }
@@ -237,7 +245,8 @@ Tensor neighborhood_attention_qkv_op(const Tensor& qkv, int64_t heads, const std
   return NeighborhoodAttentionQkvFunction::apply(rows, heads, rpb, kernel_size, dilation, s);
 }
 
-// CPU (and CUDA, to say clearly that there is no kernel) keys: forward only, e.g. under inference mode.
+// CPU and CUDA keys (CUDA also in builds without its kernels, to say so clearly): forward only, e.g.
+// under inference mode.
 Tensor neighborhood_attention_forward_only(const Tensor& q, const Tensor& k, const Tensor& v,
                                            const std::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation,
                                            std::optional<double> scale) {
@@ -254,7 +263,12 @@ std::optional<Tensor> optional(const Tensor& t) { return t.defined() ? std::opti
 
 }  // namespace
 
-bool has_neighborhood_attention_kernel(const at::Device& device) { return device.is_cpu(); }
+bool has_neighborhood_attention_kernel(const at::Device& device) {
+#ifdef ATTNKIT_WITH_CUDA
+  if (device.is_cuda()) return true;
+#endif
+  return device.is_cpu();
+}
 
 at::Tensor neighborhood_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rpb,
                                   int64_t kernel_size, int64_t dilation, std::optional<double> scale) {

@@ -23,11 +23,13 @@
 // rather than stored (k² per query and head would be more than the output itself for head_dim < k²).
 // Backward allocates dq, dk, dv, per thread 2·H·W·k² floats (the weights and logit gradients of one
 // (n, head) plane at a time) and (with rpb) [N·heads, (2k-1)²] partial bias gradients; no atomics,
-// so results do not depend on the thread count.
+// so results do not depend on the thread count. On CUDA: one number per query (and with rpb at most
+// [64, heads, (2k-1)²] partial sums), no atomics either: the same bits from run to run.
 //
 // Dtypes float32, float64, bfloat16, float16 (all accumulate in float, or double for double); rpb of
-// any floating dtype (its gradient comes back in that dtype). CPU only: CUDA tensors are an error
-// (LocalAttention2d runs its composite path there). Double backward is not supported.
+// any floating dtype (its gradient comes back in that dtype). CPU, and CUDA in builds with CUDA
+// kernels (ATTNKIT_WITH_CUDA; elsewhere CUDA tensors are an error and LocalAttention2d runs its
+// composite path there). Double backward is not supported.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -58,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> split_qkv(const at::Tensor& qkv, 
 /// the op's own output; a copy for other strides).
 at::Tensor merge_heads(const at::Tensor& out);
 
-/// True when attnkit has a fused neighborhood attention kernel for tensors on this device (CPU).
+/// True when attnkit has a fused neighborhood attention kernel for tensors on this device (CPU; CUDA
+/// in builds with CUDA kernels).
 bool has_neighborhood_attention_kernel(const at::Device& device);
 
 }  // namespace attnkit::ops

@@ -19,7 +19,10 @@
 // inputs, float otherwise); rpb and drpb may be undefined (no bias).
 //
 // CPU: modules/ops/cpu/neighborhood_attention_kernel.cpp, compiled once per CPU capability;
-// cpu::neighborhood_attention_kernels() picks the best one for the running CPU. No CUDA kernels yet.
+// cpu::neighborhood_attention_kernels() picks the best one for the running CPU.
+// CUDA: modules/ops/cuda/neighborhood_attention_kernel.cu; cuda::neighborhood_attention_kernels()
+// (only in builds with CUDA kernels). Same passes, except that its backward recomputes P and dS
+// where it needs them instead of keeping them per plane (see that file).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,5 +59,10 @@ namespace cpu {
 /// The kernels for the best instruction set this CPU supports.
 const NeighborhoodAttentionKernelTable& neighborhood_attention_kernels();
 }  // namespace cpu
+
+namespace cuda {
+/// The CUDA kernels (defined only when attnkit is built with CUDA kernels).
+const NeighborhoodAttentionKernelTable& neighborhood_attention_kernels();
+}  // namespace cuda
 
 }  // namespace attnkit::ops
