@@ -1,4 +1,5 @@
 #include <attnkit/modules/eca.h>
+#include <attnkit/modules/fused_gates.h>
 #include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
 
 #include <cmath>
@@ -51,7 +52,15 @@ std::tuple<torch::Tensor, torch::Tensor> ECAImpl::forward_with_attention(const t
   return result;
 }
 
-torch::Tensor ECAImpl::forward(const torch::Tensor& x) { return std::get<0>(forward_with_attention(x)); }
+torch::Tensor ECAImpl::forward(const torch::Tensor& x) {
+  detail::check_gate_input(x, options.channels(), "ECA", conv->weight);
+  if (!detail::use_fused(options.impl(), x, recording(), "ECA")) return std::get<0>(forward_with_attention(x));
+  // ECA is the fused CBAM op with the average-pooled descriptor, ECA's 1-D conv in place of the MLP
+  // and no spatial gate.
+  ops::CbamWeights w;
+  w.eca_weight = conv->weight;
+  return ops::cbam(x, w, detail::channel_gate_config(ChannelPool::Avg));
+}
 
 void ECAImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::ECA(channels=" << options.channels() << ", kernel_size=" << kernel_size_ << ")";

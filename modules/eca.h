@@ -17,6 +17,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -46,6 +47,9 @@ struct ECAOptions {
   TORCH_ARG(double, beta) = 1.0;
   /// Lower bound on the derived kernel size: 1 as the paper, 3 as timm.
   TORCH_ARG(int64_t, min_kernel_size) = 1;
+  /// fused: attnkit's fused kernels; composite: stock ATen ops; auto: fused where available for the
+  /// input's device, composite where not or while recording the attention map.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
 class ECAImpl : public torch::nn::Cloneable<ECAImpl>, public AttentionMapRecorder {

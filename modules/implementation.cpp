@@ -2,8 +2,10 @@
 
 #include <attnkit/modules/cbam.h>
 #include <attnkit/modules/channel_attention.h>
+#include <attnkit/modules/eca.h>
 #include <attnkit/modules/local_attention2d.h>
 #include <attnkit/modules/self_attention2d.h>
+#include <attnkit/modules/spatial_attention.h>
 #include <attnkit/modules/squeeze_excite.h>
 
 namespace attnkit {
@@ -25,7 +27,8 @@ int set_implementation(torch::nn::Module& root, Implementation impl) {
   for (const auto& m : root.modules(/*include_self=*/true))
     switched += (set_if<CBAMImpl>(m.get(), impl) || set_if<ChannelAttentionImpl>(m.get(), impl) ||
                  set_if<SqueezeExciteImpl>(m.get(), impl) || set_if<LocalAttention2dImpl>(m.get(), impl) ||
-                 set_if<SelfAttention2dImpl>(m.get(), impl));
+                 set_if<SelfAttention2dImpl>(m.get(), impl) || set_if<ECAImpl>(m.get(), impl) ||
+                 set_if<SpatialAttentionImpl>(m.get(), impl));
   return switched;
 }
 

@@ -1,3 +1,4 @@
+#include <attnkit/modules/fused_gates.h>
 #include <attnkit/modules/spatial_attention.h>
 #include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
 
@@ -52,7 +53,22 @@ std::tuple<torch::Tensor, torch::Tensor> SpatialAttentionImpl::forward_with_atte
   return result;
 }
 
-torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x) { return std::get<0>(forward_with_attention(x)); }
+torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x) {
+  detail::check_gate_input(x, -1, "SpatialAttention", conv->weight);
+  if (detail::use_fused(options.impl(), x, recording(), "SpatialAttention")) {
+    // The fused CBAM op with no channel gate (g = 1).
+    ops::CbamWeights w;
+    ops::CbamConfig cfg;
+    if (detail::add_spatial_gate(*this, w, cfg)) {
+      auto y = ops::cbam(x, w, cfg);
+      detail::count_batch(*this, cfg);
+      return y;
+    }
+    TORCH_CHECK(options.impl() != Implementation::Fused,
+                "SpatialAttention: impl=fused cannot run a BatchNorm with cumulative-average momentum");
+  }
+  return std::get<0>(forward_with_attention(x));
+}
 
 void SpatialAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::SpatialAttention(kernel_size=" << options.kernel_size()

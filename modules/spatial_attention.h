@@ -25,6 +25,7 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/implementation.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -58,6 +59,9 @@ struct SpatialAttentionOptions {
   TORCH_ARG(double, bn_momentum) = 0.01;
   /// Whether reset() sets the BatchNorm weight to 0, as the official ResNet init (timm: no, 1).
   TORCH_ARG(bool, bn_zero_init) = true;
+  /// fused: attnkit's fused kernels; composite: stock ATen ops; auto: fused where available for the
+  /// input's device, composite where not or while recording the attention map.
+  TORCH_ARG(Implementation, impl) = Implementation::Auto;
 
  public:
   /// timm's SpatialAttn: [mean, max], BatchNorm momentum 0.1, weight initialised to 1.

@@ -83,9 +83,10 @@ std::tuple<torch::Tensor, torch::Tensor> SqueezeExciteImpl::forward_with_attenti
 
 torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) {
   detail::check_gate_input(x, options.channels(), "SqueezeExcite", fc1->weight);
-  // Auto stays composite: on the 2-core AVX-512 machine the fused SE forward is slower than ATen's mean +
-  // multiply (2.9 vs 1.5 ms at 8x256x56x56, attnkit bench --op se), so it is opt-in until it wins.
-  if (!detail::use_fused(options.impl(), x, recording(), "SqueezeExcite", /*auto_fused=*/false))
+  // Auto runs fused: the same two passes over x as ATen's mean + multiply, so the forward gains little
+  // (1.1x at 8x256x56x56, 1.3x at 3x67x15x15 on the 2-core AVX-512 machine, attnkit bench --op se);
+  // forward+backward 1.2-1.5x at the large shape.
+  if (!detail::use_fused(options.impl(), x, recording(), "SqueezeExcite"))
     return std::get<0>(forward_with_attention(x));
   // SE is the fused CBAM op with the average-pooled descriptor only and no spatial gate; the op
   // takes the 1×1-conv weights [out, in, 1, 1] as they are.

@@ -16,17 +16,23 @@ using attnkit::ops::CbamWeights;
 using attnkit::testing::all_close;
 using ::testing::HasSubstr;
 
-// Obviously-correct CBAM, straight from the paper's equations.
+// Obviously-correct CBAM, straight from the paper's equations (with ECA's 1-D conv in place of the
+// MLP when eca_weight is given, and no channel gate when neither is).
 torch::Tensor reference_cbam(const torch::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
   namespace F = torch::nn::functional;
   auto mlp = [&](const torch::Tensor& d) {
+    if (w.eca_weight.defined())
+      return torch::conv1d(d.unsqueeze(1), w.eca_weight, {}, 1, (w.eca_weight.size(-1) - 1) / 2).squeeze(1);
     auto h = torch::relu(torch::matmul(d, w.fc1_weight.flatten(1).t()) + (w.fc1_bias.defined() ? w.fc1_bias : torch::zeros({1}, d.options())));
     return torch::matmul(h, w.fc2_weight.flatten(1).t()) + (w.fc2_bias.defined() ? w.fc2_bias : torch::zeros({1}, d.options()));
   };
-  torch::Tensor logits = torch::zeros({x.size(0), x.size(1)}, x.options());
-  if (cfg.pool_avg) logits = logits + mlp(x.mean({2, 3}));
-  if (cfg.pool_max) logits = logits + mlp(x.amax({2, 3}));
-  auto y = x * torch::sigmoid(logits).unsqueeze(-1).unsqueeze(-1);
+  auto y = x;
+  if (w.fc1_weight.defined() || w.eca_weight.defined()) {
+    torch::Tensor logits = torch::zeros({x.size(0), x.size(1)}, x.options());
+    if (cfg.pool_avg) logits = logits + mlp(x.mean({2, 3}));
+    if (cfg.pool_max) logits = logits + mlp(x.amax({2, 3}));
+    y = x * torch::sigmoid(logits).unsqueeze(-1).unsqueeze(-1);
+  }
   if (!w.spatial_weight.defined()) return y;
   auto mx = std::get<0>(y.max(1, true));
   auto mean = y.mean(1, true);
@@ -63,8 +69,26 @@ Case make_case(int64_t C, int64_t reduction, int64_t k, torch::Dtype dtype, bool
   return c;
 }
 
+// ECA's channel gate (1-D conv of size k across channels, average pooling) with CBAM's spatial gate
+// or without it.
+Case make_eca_case(int64_t k, torch::Dtype dtype, bool spatial = false) {
+  Case c = make_case(8, 2, 7, dtype, spatial);
+  c.w.fc1_weight = c.w.fc1_bias = c.w.fc2_weight = c.w.fc2_bias = torch::Tensor();
+  c.w.eca_weight = torch::randn({1, 1, k}, torch::TensorOptions().dtype(dtype)) * 0.7;
+  c.cfg.pool_max = false;
+  return c;
+}
+
+// CBAM's spatial gate alone (no channel gate).
+Case make_spatial_case(int64_t k, torch::Dtype dtype) {
+  Case c = make_case(8, 2, k, dtype);
+  c.w.fc1_weight = c.w.fc1_bias = c.w.fc2_weight = c.w.fc2_bias = torch::Tensor();
+  return c;
+}
+
 std::vector<torch::Tensor*> params(CbamWeights& w) {
-  return {&w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight, &w.bn_weight, &w.bn_bias};
+  return {&w.fc1_weight, &w.fc1_bias,      &w.fc2_weight, &w.fc2_bias,
+          &w.spatial_weight, &w.bn_weight, &w.bn_bias,    &w.eca_weight};
 }
 
 // Checks forward and the gradients of x and every parameter.
@@ -96,7 +120,8 @@ void check_against_reference(const torch::Tensor& x_in, Case c, double atol) {
   y.backward(dy);
   yr.backward(dy);
   EXPECT_TRUE(all_close(x.grad(), xr.grad(), atol)) << "grad x";
-  const char* names[] = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight", "bn_weight", "bn_bias"};
+  const char* names[] = {"fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "spatial_weight", "bn_weight", "bn_bias",
+                         "eca_weight"};
   auto ps = params(c.w), rs = params(ref_w);
   for (size_t i = 0; i < ps.size(); ++i) {
     if (!ps[i]->defined()) continue;
@@ -155,6 +180,48 @@ TEST(FusedCbam, Variants) {
   check_against_reference(x, c, 1e-10);
 }
 
+// ECA and the spatial gate alone run through the same op: every layout, dtype and odd shape.
+void check_gate_cases(const Case& c, const char* what) {
+  SCOPED_TRACE(what);
+  for (auto nhwc : {false, true}) {
+    auto fmt = nhwc ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+    check_against_reference(torch::randn({2, 37, 9, 11}, torch::kDouble).contiguous(fmt), c, 1e-10);  // odd C
+    check_against_reference(torch::randn({3, 19, 1, 1}, torch::kDouble).contiguous(fmt), c, 1e-10);   // H·W = 1
+    check_against_reference(torch::randn({2, 1, 5, 6}, torch::kDouble).contiguous(fmt), c, 1e-10);    // C = 1
+    check_against_reference(torch::randn({0, 8, 4, 4}, torch::kDouble).contiguous(fmt), c, 1e-10);    // N = 0
+  }
+  check_against_reference(torch::randn({2, 5, 7, 48}, torch::kDouble).permute({0, 3, 2, 1}), c, 1e-10);
+  check_against_reference(torch::randn({2, 96, 7, 5}, torch::kDouble).slice(1, 0, 96, 2), c, 1e-10);
+}
+
+TEST(FusedCbam, EcaMatchesReference) {
+  torch::manual_seed(21);
+  check_gate_cases(make_eca_case(5, torch::kDouble), "eca k=5");
+  check_gate_cases(make_eca_case(1, torch::kDouble), "eca k=1");
+  auto c = make_eca_case(3, torch::kDouble);
+  c.cfg.pool_max = true;  // both descriptors through the same conv
+  check_gate_cases(c, "eca avg+max");
+  check_gate_cases(make_eca_case(3, torch::kDouble, /*spatial=*/true), "eca + spatial gate");
+  check_against_reference(torch::randn({3, 67, 15, 15}), make_eca_case(5, torch::kFloat), 1e-5);
+}
+
+TEST(FusedCbam, SpatialGateAloneMatchesReference) {
+  torch::manual_seed(22);
+  check_gate_cases(make_spatial_case(7, torch::kDouble), "spatial k=7");
+  auto c = make_spatial_case(3, torch::kDouble);
+  c.cfg.spatial_max_first = false;
+  c.cfg.bn_training = true;
+  check_gate_cases(c, "spatial [mean, max], batch statistics");
+  c = make_spatial_case(5, torch::kDouble);
+  c.cfg.use_bn = false;
+  c.w.bn_weight = c.w.bn_bias = c.w.bn_running_mean = c.w.bn_running_var = torch::Tensor();
+  c.w.spatial_bias = torch::randn({1}, torch::kDouble);
+  check_gate_cases(c, "spatial, conv bias, no BatchNorm");
+  check_against_reference(torch::randn({3, 67, 15, 15}), make_spatial_case(7, torch::kFloat), 1e-5);
+  check_against_reference(torch::randn({3, 67, 15, 15}).contiguous(torch::MemoryFormat::ChannelsLast),
+                          make_spatial_case(7, torch::kFloat), 1e-5);
+}
+
 TEST(FusedCbam, BatchNormTrainingModeUpdatesRunningStats) {
   torch::manual_seed(6);
   auto c = make_case(32, 8, 7, torch::kDouble);
@@ -186,31 +253,49 @@ TEST(FusedCbam, ReducedPrecision) {
     EXPECT_EQ(y.scalar_type(), dtype);
     // Inputs and weights rounded to 8 (bf16) or 11 (fp16) bits: a few ulps of the output scale.
     EXPECT_TRUE(all_close(y, expected, dtype == torch::kBFloat16 ? 0.05 : 0.01, 0.02)) << dtype;
+    for (const auto& g : {make_eca_case(5, torch::kDouble), make_spatial_case(7, torch::kDouble)}) {
+      auto gr = g;
+      for (auto* p : params(gr.w))
+        if (p->defined()) *p = p->to(dtype);
+      auto yg = attnkit::ops::cbam(x64.to(dtype), gr.w, gr.cfg);
+      EXPECT_EQ(yg.scalar_type(), dtype);
+      EXPECT_TRUE(all_close(yg, reference_cbam(x64, g.w, g.cfg), dtype == torch::kBFloat16 ? 0.05 : 0.01, 0.02))
+          << dtype << (g.w.eca_weight.defined() ? " eca" : " spatial");
+    }
   }
 }
 
 TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
   torch::manual_seed(9);
-  auto c = make_case(64, 16, 7, torch::kFloat);
-  for (auto* p : params(c.w))
-    if (p->defined()) p->requires_grad_(true);
-  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
-    auto x = torch::randn({3, 64, 20, 20}).contiguous(fmt);
-    std::vector<torch::Tensor> runs[2];
-    const int prev = torch::get_num_threads();
-    for (int threads : {1, 2}) {
-      torch::set_num_threads(threads);
-      auto xi = x.clone().requires_grad_(true);
-      auto y = attnkit::ops::cbam(xi, c.w, c.cfg);
-      auto grads = torch::autograd::grad({y}, {xi, c.w.fc1_weight, c.w.spatial_weight}, {torch::ones_like(y)});
-      runs[threads - 1] = {y, grads[0], grads[1], grads[2]};
+  for (auto c : {make_case(64, 16, 7, torch::kFloat), make_eca_case(5, torch::kFloat, /*spatial=*/true),
+                 make_spatial_case(7, torch::kFloat)}) {
+    for (auto* p : params(c.w))
+      if (p->defined()) p->requires_grad_(true);
+    // The channel gate's first weight (the spatial gate alone: BatchNorm's weight).
+    const bool mlp = c.w.fc1_weight.defined();
+    auto& first = mlp ? c.w.fc1_weight : c.w.eca_weight.defined() ? c.w.eca_weight : c.w.bn_weight;
+    for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+      SCOPED_TRACE(mlp ? "mlp" : c.w.eca_weight.defined() ? "eca" : "spatial");
+      auto x = torch::randn({3, 64, 20, 20}).contiguous(fmt);
+      std::vector<torch::Tensor> runs[2];
+      const int prev = torch::get_num_threads();
+      for (int threads : {1, 2}) {
+        torch::set_num_threads(threads);
+        auto xi = x.clone().requires_grad_(true);
+        auto y = attnkit::ops::cbam(xi, c.w, c.cfg);
+        auto grads = torch::autograd::grad({y}, {xi, first, c.w.spatial_weight}, {torch::ones_like(y)});
+        runs[threads - 1] = {y, grads[0], grads[1], grads[2]};
+      }
+      torch::set_num_threads(prev);
+      // attnkit's passes give each output element to exactly one task: bit-identical results.
+      for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(runs[0][i].equal(runs[1][i])) << "output " << i;
+      // fc1's gradient is a matrix product of the same order at any thread count. ECA's conv1d, BN's
+      // and the 7x7 conv's weight gradients come from ATen's convolution and BatchNorm backward, whose
+      // reduction order depends on the thread count: equal to float rounding.
+      if (mlp) EXPECT_TRUE(runs[0][2].equal(runs[1][2])) << "fc1 weight grad";
+      else EXPECT_TRUE(all_close(runs[0][2], runs[1][2], 1e-5, 1e-5)) << "first weight grad";
+      EXPECT_TRUE(all_close(runs[0][3], runs[1][3], 1e-5, 1e-5)) << "spatial weight grad";
     }
-    torch::set_num_threads(prev);
-    // attnkit's passes give each output element to exactly one task: bit-identical results.
-    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(runs[0][i].equal(runs[1][i])) << "output " << i;
-    // The 7x7 conv's weight gradient comes from ATen's convolution backward, whose reduction order
-    // depends on the thread count: equal to float rounding.
-    EXPECT_TRUE(all_close(runs[0][3], runs[1][3], 1e-5, 1e-5)) << "spatial weight grad";
   }
 }
 
@@ -276,6 +361,16 @@ TEST(FusedCbam, BadInputNamesTheArgument) {
   w = c.w;
   w.fc2_bias = torch::randn({15});
   expect_error(torch::randn({2, 16, 5, 5}), w, "expected fc2_bias of shape [16], got [15]");
+  w = c.w;
+  w.fc2_weight = torch::Tensor();
+  expect_error(torch::randn({2, 16, 5, 5}), w, "fc1_weight and fc2_weight go together");
+  w = c.w;
+  w.eca_weight = torch::randn({1, 1, 3});
+  expect_error(torch::randn({2, 16, 5, 5}), w, "give the MLP (fc1_weight, fc2_weight) or eca_weight, not both");
+  w = CbamWeights{};
+  expect_error(torch::randn({2, 16, 5, 5}), w, "no gate");
+  w.eca_weight = torch::randn({1, 1, 4});
+  expect_error(torch::randn({2, 16, 5, 5}), w, "eca_weight must have an odd kernel size, got 4");
 }
 
 TEST(FusedCbam, CallableThroughTheDispatcher) {
@@ -334,6 +429,14 @@ TEST(FusedModules, ChannelGatesFusedEqualsComposite) {
   for (auto pool : {attnkit::ChannelPool::Avg, attnkit::ChannelPool::Max, attnkit::ChannelPool::AvgMax})
     expect_same_module_results<attnkit::ChannelAttention>(attnkit::ChannelAttentionOptions(40).reduction(4).pool(pool), true);
   expect_same_module_results<attnkit::SqueezeExcite>(attnkit::SqueezeExciteOptions(40), true);
+  expect_same_module_results<attnkit::ECA>(attnkit::ECAOptions(40), true);
+  expect_same_module_results<attnkit::ECA>(attnkit::ECAOptions(40).kernel_size(5), false);
+}
+
+TEST(FusedModules, SpatialGateFusedEqualsComposite) {
+  expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions(), /*training=*/false);
+  expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions(), /*training=*/true);
+  expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions::timm_style(), true);
 }
 
 TEST(FusedModules, RecordingFallsBackToTheCompositePathUnderAuto) {

@@ -7,6 +7,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <functional>
+
 namespace attnkit::ops {
 namespace {
 
@@ -37,14 +39,26 @@ void check_inputs(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) 
   TORCH_CHECK(x.size(2) * x.size(3) > 0, "attnkit::cbam: x must have H, W > 0, got ", x.sizes());
   TORCH_CHECK(cfg.pool_avg || cfg.pool_max, "attnkit::cbam: at least one of pool_avg, pool_max must be set");
   const int64_t C = x.size(1);
-  TORCH_CHECK(w.fc1_weight.defined() && w.fc2_weight.defined(), "attnkit::cbam: fc1_weight and fc2_weight are required");
-  const int64_t R = w.fc1_weight.size(0);
-  if (w.fc1_weight.dim() == 4) check_param(w.fc1_weight, "fc1_weight", x, {R, C, 1, 1});
-  else check_param(w.fc1_weight, "fc1_weight", x, {R, C});
-  check_param(w.fc1_bias, "fc1_bias", x, {R});
-  if (w.fc2_weight.dim() == 4) check_param(w.fc2_weight, "fc2_weight", x, {C, R, 1, 1});
-  else check_param(w.fc2_weight, "fc2_weight", x, {C, R});
-  check_param(w.fc2_bias, "fc2_bias", x, {C});
+  TORCH_CHECK(w.fc1_weight.defined() == w.fc2_weight.defined(),
+              "attnkit::cbam: fc1_weight and fc2_weight go together (both, or neither)");
+  TORCH_CHECK(!(w.fc1_weight.defined() && w.eca_weight.defined()),
+              "attnkit::cbam: give the MLP (fc1_weight, fc2_weight) or eca_weight, not both");
+  TORCH_CHECK(w.fc1_weight.defined() || w.eca_weight.defined() || w.spatial_weight.defined(),
+              "attnkit::cbam: no gate: give fc1_weight and fc2_weight, eca_weight or spatial_weight");
+  if (w.fc1_weight.defined()) {
+    const int64_t R = w.fc1_weight.size(0);
+    if (w.fc1_weight.dim() == 4) check_param(w.fc1_weight, "fc1_weight", x, {R, C, 1, 1});
+    else check_param(w.fc1_weight, "fc1_weight", x, {R, C});
+    check_param(w.fc1_bias, "fc1_bias", x, {R});
+    if (w.fc2_weight.dim() == 4) check_param(w.fc2_weight, "fc2_weight", x, {C, R, 1, 1});
+    else check_param(w.fc2_weight, "fc2_weight", x, {C, R});
+    check_param(w.fc2_bias, "fc2_bias", x, {C});
+  }
+  if (w.eca_weight.defined()) {
+    const int64_t k = w.eca_weight.size(-1);
+    TORCH_CHECK(k % 2 == 1, "attnkit::cbam: eca_weight must have an odd kernel size, got ", k);
+    check_param(w.eca_weight, "eca_weight", x, {1, 1, k});
+  }
   if (w.spatial_weight.defined()) {
     const int64_t k = w.spatial_weight.size(-1);
     TORCH_CHECK(k % 2 == 1, "attnkit::cbam: spatial_weight must have an odd kernel size, got ", k);
@@ -65,27 +79,52 @@ void check_inputs(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) 
 Tensor as_matrix(const Tensor& w, at::ScalarType t) { return w.flatten(1).to(t); }
 Tensor opt_to(const Tensor& t, at::ScalarType s) { return t.defined() ? t.to(s) : t; }
 
-/// g = sigmoid(mlp(avg) + mlp(max)) on the [N, C] descriptors (accumulation dtype).
+bool has_channel_gate(const CbamWeights& w) { return w.fc1_weight.defined() || w.eca_weight.defined(); }
+
+/// g = sigmoid(f(avg) + f(max)) on the [N, C] descriptors (accumulation dtype); f is the MLP or ECA's
+/// 1-D convolution across channels.
 Tensor channel_gate(const Tensor& avg, const Tensor& max, const CbamWeights& w, const CbamConfig& cfg) {
   const auto t = avg.scalar_type();
-  const Tensor w1 = as_matrix(w.fc1_weight, t), w2 = as_matrix(w.fc2_weight, t);
-  const Tensor b1 = opt_to(w.fc1_bias, t), b2 = opt_to(w.fc2_bias, t);
-  auto mlp = [&](const Tensor& d) { return at::linear(at::relu(at::linear(d, w1, b1)), w2, b2); };
-  Tensor logits;
-  if (cfg.pool_avg) logits = mlp(avg);
-  if (cfg.pool_max) logits = logits.defined() ? logits + mlp(max) : mlp(max);
-  return at::sigmoid(logits);
+  std::function<Tensor(const Tensor&)> f;
+  if (w.eca_weight.defined()) {
+    const Tensor we = w.eca_weight.to(t);
+    const int64_t pad = (we.size(-1) - 1) / 2;
+    f = [we, pad](const Tensor& d) { return at::conv1d(d.unsqueeze(1), we, {}, 1, pad).squeeze(1); };
+  } else {
+    const Tensor w1 = as_matrix(w.fc1_weight, t), w2 = as_matrix(w.fc2_weight, t);
+    const Tensor b1 = opt_to(w.fc1_bias, t), b2 = opt_to(w.fc2_bias, t);
+    f = [w1, w2, b1, b2](const Tensor& d) { return at::linear(at::relu(at::linear(d, w1, b1)), w2, b2); };
+  }
+  // Both descriptors go through f as one batch of 2N rows: half the (small, overhead-bound) ATen calls.
+  if (cfg.pool_avg && cfg.pool_max) {
+    const int64_t N = avg.size(0);
+    const Tensor both = f(at::cat({avg, max}, 0));
+    return at::sigmoid(both.narrow(0, 0, N) + both.narrow(0, N, N));
+  }
+  return at::sigmoid(f(cfg.pool_avg ? avg : max));
 }
 
 /// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
-/// running statistics (the forward pass) or not (backward's recomputation).
+/// running statistics (the forward pass) or not (backward's recomputation). `conv`: the table's
+/// direct convolution when it has one and no gradient is wanted (forward), else ATen's conv2d.
 Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const CbamWeights& w,
-                    const CbamConfig& cfg, bool update_stats) {
+                    const CbamConfig& cfg, bool update_stats, const CbamKernelTable* conv = nullptr) {
   const auto t = zmax.scalar_type();
   const int64_t N = zmax.size(0);
-  const Tensor z = cfg.spatial_max_first ? at::stack({zmax, zmean}, 1) : at::stack({zmean, zmax}, 1);
   const int64_t k = w.spatial_weight.size(-1);
-  Tensor a = at::conv2d(z.view({N, 2, H, W}), w.spatial_weight.to(t), opt_to(w.spatial_bias, t), 1, k / 2);
+  Tensor a;
+  if (conv && conv->spatial_conv) {
+    // The kernel takes the zmax weights first.
+    Tensor wk = w.spatial_weight.to(t).view({2, k, k});
+    if (!cfg.spatial_max_first) wk = wk.flip(0);
+    a = at::empty({N, H * W}, zmax.options());
+    conv->spatial_conv(zmax, zmean, H, W, wk.contiguous(), a);
+    a = a.view({N, 1, H, W});
+    if (w.spatial_bias.defined()) a.add_(w.spatial_bias.to(t));
+  } else {
+    const Tensor z = cfg.spatial_max_first ? at::stack({zmax, zmean}, 1) : at::stack({zmean, zmax}, 1);
+    a = at::conv2d(z.view({N, 2, H, W}), w.spatial_weight.to(t), opt_to(w.spatial_bias, t), 1, k / 2);
+  }
   if (cfg.use_bn) {
     const bool batch_stats = cfg.bn_training;
     Tensor rm = batch_stats && !update_stats ? Tensor() : w.bn_running_mean;
@@ -150,19 +189,21 @@ Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cf
   f.out = out;
   if (N == 0) return f;
   const auto& k = kernels_for(x.device());
-  f.avg = at::empty({N, C}, acc);
-  f.max = at::empty({N, C}, acc);
-  k.channel_pool(in.flat, in.nhwc, f.avg, f.max);
-  {
+  if (has_channel_gate(w)) {
+    f.avg = at::empty({N, C}, acc);
+    f.max = at::empty({N, C}, acc);
+    k.channel_pool(in.flat, in.nhwc, f.avg, f.max);
     at::NoGradGuard no_grad;
     f.g = channel_gate(f.avg, f.max, w, cfg).contiguous();
+  } else {
+    f.g = at::ones({N, C}, acc);  // the spatial gate alone
   }
   if (w.spatial_weight.defined()) {
     f.zmax = at::empty({N, H * W}, acc);
     f.zmean = at::empty({N, H * W}, acc);
     k.gated_pool(in.flat, in.nhwc, f.g, f.zmax, f.zmean);
     at::NoGradGuard no_grad;
-    f.s = spatial_gate(f.zmax, f.zmean, H, W, w, cfg, /*update_stats=*/true).contiguous();
+    f.s = spatial_gate(f.zmax, f.zmean, H, W, w, cfg, /*update_stats=*/true, &k).contiguous();
   }
   k.apply_gates(in.flat, in.nhwc, f.g, f.s, out_flat);
   return f;
@@ -175,9 +216,13 @@ Tensor leaf(const Tensor& t) { return t.defined() ? t.detach().requires_grad_(t.
 // The differentiable parameters in a fixed order. Only the defined ones become autograd inputs
 // (a custom Function cannot take undefined tensors); a bit mask remembers which.
 std::vector<Tensor> differentiable(const CbamWeights& w) {
-  return {w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, w.spatial_weight, w.spatial_bias, w.bn_weight, w.bn_bias};
+  return {w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, w.spatial_weight, w.spatial_bias, w.bn_weight, w.bn_bias,
+          w.eca_weight};
 }
-constexpr size_t kParams = 8;
+constexpr size_t kParams = 9;
+// Which of them belong to the channel gate and which to the spatial gate.
+const std::vector<size_t> kChannelParams = {0, 1, 2, 3, 8};
+const std::vector<size_t> kSpatialParams = {4, 5, 6, 7};
 
 struct CbamFunction : public torch::autograd::Function<CbamFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
@@ -210,7 +255,7 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
     const Tensor &avg = saved[1], &max = saved[2], &g = saved[3], &zmax = saved[4], &zmean = saved[5], &s = saved[6];
     std::vector<Tensor> p(kParams);
     for (size_t i = 0; i < kParams; ++i) p[i] = leaf(saved[9 + i]);
-    const CbamWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], saved[7], saved[8]};
+    const CbamWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], saved[7], saved[8], p[8]};
     const auto flags = ctx->saved_data["flags"].toBoolList();
     const CbamConfig cfg{flags[0], flags[1], flags[2], flags[3], flags[4], ctx->saved_data["momentum"].toDouble(),
                          ctx->saved_data["eps"].toDouble()};
@@ -227,15 +272,15 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
       const Tensor dy = flat_like(grads[0].to(x.scalar_type()), nhwc);
       const Tensor xf = flat_like(x, nhwc);
       at::AutoGradMode enable_grad(true);
-      // Gradients of `out` w.r.t. `inputs` (leaves), for every parameter in [first, last) that wants one.
-      auto small_backward = [&](const Tensor& out, std::vector<Tensor> inputs, const Tensor& grad, size_t first,
-                                size_t last) {
+      // Gradients of `out` w.r.t. `inputs` (leaves), for every parameter in `which` that wants one.
+      auto small_backward = [&](const Tensor& out, std::vector<Tensor> inputs, const Tensor& grad,
+                                const std::vector<size_t>& which) {
         const size_t fixed = inputs.size();
-        for (size_t i = first; i < last; ++i)
+        for (size_t i : which)
           if (p[i].defined() && p[i].requires_grad()) inputs.push_back(p[i]);
         auto gs = torch::autograd::grad({out}, inputs, {grad}, false, false, /*allow_unused=*/true);
         size_t next = fixed;
-        for (size_t i = first; i < last; ++i)
+        for (size_t i : which)
           if (p[i].defined() && p[i].requires_grad()) param_grads[i] = gs[next++];
         gs.resize(fixed);
         return gs;
@@ -249,18 +294,22 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
         k.backward_spatial(dy, xf, nhwc, g, ds, best_c);
         Tensor zmax_l = zmax.detach().requires_grad_(true), zmean_l = zmean.detach().requires_grad_(true);
         Tensor s_re = spatial_gate(zmax_l, zmean_l, H, W, w, cfg, /*update_stats=*/false);
-        auto dz = small_backward(s_re, {zmax_l, zmean_l}, ds, 4, 8);
+        auto dz = small_backward(s_re, {zmax_l, zmean_l}, ds, kSpatialParams);
         dzmax = dz[0].defined() ? dz[0].contiguous() : at::zeros_like(zmax);
         dzmean = dz[1].defined() ? dz[1].contiguous() : at::zeros_like(zmean);
       }
-      // Channel gate: dg from the big tensor, then back through the MLP on the descriptors.
-      Tensor dg = at::empty({N, C}, acc);
-      Tensor argmax_p = at::empty({N, C}, acc.dtype(at::kInt));
-      k.backward_gate(dy, xf, nhwc, s, dzmax, dzmean, best_c, max, dg, argmax_p);
-      Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
-      auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, 0, 4);
-      const Tensor davg = dd[0].defined() ? dd[0].contiguous() : Tensor();
-      const Tensor dmax = dd[1].defined() ? dd[1].contiguous() : Tensor();
+      // Channel gate: dg from the big tensor, then back through the MLP (or ECA's conv) on the
+      // descriptors. Without one, g = 1 and nothing flows that way.
+      Tensor davg, dmax, argmax_p;
+      if (has_channel_gate(w)) {
+        Tensor dg = at::empty({N, C}, acc);
+        argmax_p = at::empty({N, C}, acc.dtype(at::kInt));
+        k.backward_gate(dy, xf, nhwc, s, dzmax, dzmean, best_c, max, dg, argmax_p);
+        Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
+        auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, kChannelParams);
+        if (dd[0].defined()) davg = dd[0].contiguous();
+        if (dd[1].defined()) dmax = dd[1].contiguous();
+      }
       if (x.requires_grad()) {
         Tensor dx_flat;
         std::tie(dx, dx_flat) = empty_like_layout(x, nhwc);
@@ -288,16 +337,17 @@ Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value()
 
 // The op's schema as a C++ signature: optional tensors arrive as std::optional.
 #define ATTNKIT_CBAM_OP_ARGS                                                                                      \
-  const Tensor &x, const Tensor &fc1_w, const std::optional<Tensor>&fc1_b, const Tensor &fc2_w,                  \
+  const Tensor &x, const std::optional<Tensor>&fc1_w, const std::optional<Tensor>&fc1_b,                         \
+      const std::optional<Tensor>&fc2_w,                                                                          \
       const std::optional<Tensor>&fc2_b, const std::optional<Tensor>&sw, const std::optional<Tensor>&sb,         \
       const std::optional<Tensor>&bnw, const std::optional<Tensor>&bnb, const std::optional<Tensor>&rm,          \
       const std::optional<Tensor>&rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn, bool bn_training, \
-      double momentum, double eps
+      double momentum, double eps, const std::optional<Tensor>&eca_w
 #define ATTNKIT_CBAM_UNPACK_ARGS                                                                                   \
-  const CbamWeights w{fc1_w,                  value_or_undefined(fc1_b), fc2_w,                                   \
-                      value_or_undefined(fc2_b), value_or_undefined(sw), value_or_undefined(sb),                  \
-                      value_or_undefined(bnw), value_or_undefined(bnb), value_or_undefined(rm),                   \
-                      value_or_undefined(rv)};                                                                    \
+  const CbamWeights w{value_or_undefined(fc1_w), value_or_undefined(fc1_b), value_or_undefined(fc2_w),         \
+                      value_or_undefined(fc2_b), value_or_undefined(sw),    value_or_undefined(sb),            \
+                      value_or_undefined(bnw),   value_or_undefined(bnb),   value_or_undefined(rm),            \
+                      value_or_undefined(rv),    value_or_undefined(eca_w)};                                  \
   const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};                       \
   check_inputs(x, w, cfg)
 
@@ -305,7 +355,7 @@ Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value()
 Tensor cbam_op(ATTNKIT_CBAM_OP_ARGS) {
   ATTNKIT_CBAM_UNPACK_ARGS;
   if (!needs_grad({&x, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
-                   &w.spatial_bias, &w.bn_weight, &w.bn_bias})) {
+                   &w.spatial_bias, &w.bn_weight, &w.bn_bias, &w.eca_weight})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return forward_impl(x, w, cfg).out;
   }
@@ -334,19 +384,19 @@ at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "").typed<decltype(cbam_op)>();
   auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
   TORCH_CHECK(x.defined(), "attnkit::cbam: x is undefined");
-  return op.call(x, w.fc1_weight, opt(w.fc1_bias), w.fc2_weight, opt(w.fc2_bias), opt(w.spatial_weight),
+  return op.call(x, opt(w.fc1_weight), opt(w.fc1_bias), opt(w.fc2_weight), opt(w.fc2_bias), opt(w.spatial_weight),
                  opt(w.spatial_bias), opt(w.bn_weight), opt(w.bn_bias), opt(w.bn_running_mean),
                  opt(w.bn_running_var), cfg.pool_avg, cfg.pool_max, cfg.spatial_max_first, cfg.use_bn,
-                 cfg.bn_training, cfg.bn_momentum, cfg.bn_eps);
+                 cfg.bn_training, cfg.bn_momentum, cfg.bn_eps, opt(w.eca_weight));
 }
 
 TORCH_LIBRARY_FRAGMENT(attnkit, m) {
   m.def(
-      "cbam(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias, "
+      "cbam(Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
       "Tensor? spatial_weight, Tensor? spatial_bias, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor(a!)? bn_running_mean, Tensor(b!)? bn_running_var, bool pool_avg=True, bool pool_max=True, "
       "bool spatial_max_first=True, bool use_bn=True, bool bn_training=False, float bn_momentum=0.1, "
-      "float bn_eps=1e-5) -> Tensor");
+      "float bn_eps=1e-5, Tensor? eca_weight=None) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(attnkit, CPU, m) { m.impl("cbam", cbam_forward_only); }
 #ifdef ATTNKIT_WITH_CUDA

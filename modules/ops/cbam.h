@@ -1,16 +1,21 @@
-// attnkit::ops::cbam — CBAM (and its channel-only special cases, SE and CBAM's channel gate) as
-// one fused op, registered as torch.ops.attnkit.cbam.
+// attnkit::ops::cbam — CBAM and its special cases (SE, ECA, CBAM's channel gate or spatial gate
+// alone) as one fused op, registered as torch.ops.attnkit.cbam.
 //
 //   y = x * g[n, c] * s[n, h, w]
-//   g = sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))          mlp = fc2(relu(fc1(.)))
+//   g = sigmoid(f(avgpool(x)) + f(maxpool(x)))               f = fc2(relu(fc1(.))): the MLP (CBAM, SE)
+//                                                            f = conv1d_k across channels: ECA
+//                                                            (no channel gate: g = 1)
 //   s = sigmoid(bn(conv_k×k([max_c(x*g), mean_c(x*g)])))     (or [mean, max]; no spatial gate: s = 1)
 //
 // Why fused: composed from ATen ops, CBAM walks the feature map ten or more times (pool, pool,
 // multiply, two channel reductions, multiply, and as many again backwards). Here the big tensor is
 // read three times and written once forward (channel pooling; gated channel max/mean without
-// writing x*g; the final scaling), and read three times and written once backward. The work on the
-// small tensors (the MLP on [N, C], the k×k convolution and BatchNorm on [N, 2, H, W]) runs as ATen
-// ops; backward recomputes them, which costs next to nothing and keeps the op free of saved graphs.
+// writing x*g; the final scaling), and read three times and written once backward; without a
+// channel gate the pooling pass is skipped, without a spatial gate the gated pass. The work on the
+// small tensors (the MLP or 1-D conv on [N, C], BatchNorm on [N, 1, H, W]) runs as ATen ops, except
+// the k×k convolution, which on CPU is a direct loop (ATen's costs more than a pass over x at
+// 8×256×56×56); backward recomputes them with ATen, which costs next to nothing and keeps the op
+// free of saved graphs.
 //
 // Gradients flow to x and every parameter. BatchNorm follows at::batch_norm: in training mode it
 // normalises with batch statistics and updates the running ones in place, once per forward.
@@ -23,7 +28,8 @@ namespace attnkit::ops {
 
 /// The parameters of the gates. Optional tensors may be undefined.
 struct CbamWeights {
-  at::Tensor fc1_weight;  ///< [C_r, C] or [C_r, C, 1, 1] (1×1 convolution, as timm stores it)
+  at::Tensor fc1_weight;  ///< [C_r, C] or [C_r, C, 1, 1] (1×1 convolution, as timm stores it); undefined:
+                          ///< no MLP (ECA, or no channel gate)
   at::Tensor fc1_bias;    ///< [C_r] or undefined
   at::Tensor fc2_weight;  ///< [C, C_r] or [C, C_r, 1, 1]
   at::Tensor fc2_bias;    ///< [C] or undefined
@@ -31,6 +37,7 @@ struct CbamWeights {
   at::Tensor spatial_bias;    ///< [1] or undefined
   at::Tensor bn_weight, bn_bias;              ///< [1] each, or undefined (no BatchNorm / not affine)
   at::Tensor bn_running_mean, bn_running_var;  ///< [1] each, or undefined (always batch statistics)
+  at::Tensor eca_weight;  ///< [1, 1, k], k odd: ECA's channel gate in place of the MLP, or undefined
 };
 
 struct CbamConfig {

@@ -41,6 +41,12 @@ struct CbamKernelTable {
                          const at::Tensor& s, const at::Tensor& dzmax, const at::Tensor& dzmean,
                          const at::Tensor& best_c, const at::Tensor& davg, const at::Tensor& dmax,
                          const at::Tensor& argmax_p, at::Tensor& dx);
+  /// Optional (nullptr: the op runs ATen's conv2d). The spatial gate's k×k convolution, zero padded,
+  /// without bias: a[n, p] = sum over (i, dy, dx) of weight[i, dy, dx] * z_i[n, p shifted by (dy, dx)]
+  /// with z_0 = zmax, z_1 = zmean; zmax, zmean [N, H*W], weight [2, k, k], a [N, H*W], all contiguous
+  /// in the accumulation dtype.
+  void (*spatial_conv)(const at::Tensor& zmax, const at::Tensor& zmean, int64_t H, int64_t W,
+                       const at::Tensor& weight, at::Tensor& a);
 };
 
 namespace cpu {
