@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <thread>
 
 namespace attnkit::app {
 namespace {
@@ -52,6 +53,13 @@ int run_train(TrainArgs& a) {
   o.device = train::resolve_device(a.device);
   train::configure_cuda_speed(o.device);
   o.amp = a.amp == "auto" ? (o.device == "cuda" ? "bf16" : "off") : a.amp;
+  // A loader thread pays off only where it has a core of its own: on CUDA (the CPU mostly waits) or
+  // when LibTorch's threads leave one free. Measured on 2 cores with 2 threads (resnet20, batch 128):
+  // 790 images/s without it, 645 with it, since it preempts the OpenMP team at every barrier.
+  if (o.prefetch < 0) {
+    const auto cores = static_cast<int>(std::thread::hardware_concurrency());
+    o.prefetch = o.device == "cuda" || at::get_num_threads() < cores ? 2 : 0;
+  }
   o.augment.hflip = !a.no_hflip;
   o.optimizer.nesterov = !a.no_nesterov;
   o.verbose = !a.quiet;
@@ -83,7 +91,7 @@ int run_train(TrainArgs& a) {
     std::cerr << "training " << o.model << " (width " << o.width << ") on " << train_set.size() << " images ("
               << train_set.channels() << "x" << train_set.height() << "x" << train_set.width() << ", "
               << train_set.classes.size() << " classes), validating on " << val_set.size() << "; device " << o.device
-              << ", amp " << o.amp << ", " << at::get_num_threads() << " thread(s) -> " << o.out_dir << "\n";
+              << ", amp " << o.amp << ", " << at::get_num_threads() << " thread(s), prefetch " << o.prefetch << " -> " << o.out_dir << "\n";
   }
   const auto result = train::train_model(o, train_set, val_set);
   const auto& last = result.history.back();
@@ -176,8 +184,11 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--weights-dtype", o.weights_dtype,
                   "Element type of the saved model weights (float16 halves the file; loading casts back)")
       ->check(CLI::IsMember({"float32", "float16", "bfloat16"}))->capture_default_str();
-  cmd->add_option("--prefetch", o.prefetch, "Batches the loader thread prepares ahead (0 = no thread)")
-      ->check(CLI::Range(0, 64))->capture_default_str();
+  o.prefetch = -1;
+  cmd->add_option("--prefetch", o.prefetch,
+                  "Batches the loader thread prepares ahead (0 = no thread; -1 = auto: 2 on CUDA or when LibTorch's "
+                  "threads leave a core free, else 0, because on busy cores the thread slows training down)")
+      ->check(CLI::Range(-1, 64))->capture_default_str();
   o.out_dir.clear();
   cmd->add_option("--out", o.out_dir, "Output folder (checkpoints, metrics.jsonl, curves.png); default runs/MODEL");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its last completed epoch");
