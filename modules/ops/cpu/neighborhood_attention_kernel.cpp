@@ -43,6 +43,13 @@ template <typename TA, typename TB>
 inline acc_t<TB> dot(const TA* a, const TB* b, int64_t d) {
   using V = typename Lanes<TB>::V;
   constexpr int K = Lanes<TB>::kSize;
+  if (d < K) {
+    // Heads narrower than a vector (e.g. 4 channels of a 16-channel block with 4 heads): a partial
+    // load pads through a stack buffer and a horizontal sum follows, ~10x the cost of these few FMAs.
+    acc_t<TB> sum = 0;
+    for (int64_t i = 0; i < d; ++i) sum += static_cast<acc_t<TB>>(a[i]) * static_cast<acc_t<TB>>(b[i]);
+    return sum;
+  }
   V acc(0);
   int64_t i = 0;
   for (; i + K <= d; i += K) acc = at::vec::fmadd(Lanes<TA>::load(a + i), Lanes<TB>::load(b + i), acc);
@@ -59,6 +66,10 @@ inline void axpy(acc_t<T>* acc, acc_t<T> alpha, const T* x, int64_t d) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int K = L::kSize;
+  if (d < K) {  // narrow heads: see dot()
+    for (int64_t i = 0; i < d; ++i) acc[i] += alpha * static_cast<acc_t<T>>(x[i]);
+    return;
+  }
   const V a(alpha);
   int64_t i = 0;
   for (; i + K <= d; i += K) at::vec::fmadd(a, L::load(x + i), V::loadu(acc + i)).store(acc + i);
@@ -74,6 +85,10 @@ inline void store_scaled(T* dst, const acc_t<T>* src, acc_t<T> scale, int64_t d)
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int K = L::kSize;
+  if (d < K) {  // narrow heads: see dot()
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<T>(scale * src[i]);
+    return;
+  }
   for (int64_t i = 0; i < d; i += K) {
     const int r = static_cast<int>(std::min<int64_t>(K, d - i));
     L::store(dst + i, Lanes<acc_t<T>>::load(src + i, r) * V(scale), r);
