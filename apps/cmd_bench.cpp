@@ -7,6 +7,8 @@
 // (outputs, saved activations, gradients and oneDNN's buffers included).
 #include "commands.h"
 
+#include "train/device.h"
+
 #include <attnkit/attnkit.h>
 #include <attnkit/modules/ops/neighborhood_attention.h>
 #include <c10/core/CPUAllocator.h>
@@ -151,13 +153,6 @@ std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& f
   return out;
 }
 
-torch::Dtype parse_dtype(const std::string& s) {
-  if (s == "float32") return torch::kFloat;
-  if (s == "float64") return torch::kDouble;
-  if (s == "bfloat16") return torch::kBFloat16;
-  return torch::kHalf;
-}
-
 std::string shape_str(torch::IntArrayRef s) {
   std::ostringstream o;
   for (size_t i = 0; i < s.size(); ++i) o << (i ? "x" : "") << s[i];
@@ -252,7 +247,7 @@ int run_bench(const BenchArgs& args) {
                                    : torch::Device(args.device);
   TORCH_CHECK(!device.is_cuda() || torch::cuda::is_available(), "bench: --device cuda but no CUDA device is available");
   if (args.threads > 0) torch::set_num_threads(args.threads);
-  const auto dtype = parse_dtype(args.dtype);
+  const auto dtype = train::dtype_from_name(args.dtype);
   torch::manual_seed(0);
 
   std::vector<nlohmann::json> rows;

@@ -147,10 +147,9 @@ int run_stream(StreamArgs& a) {
   Checkpoint info;
   auto model = load_checkpoint(weights_or_bundled(a.weights), &info);
   const torch::Device device(device_name);
-  const torch::ScalarType dtype = a.precision == "bfloat16" ? torch::kBFloat16
-                                  : a.precision == "float16" ? torch::kHalf
-                                  : a.precision == "auto" && vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16
-                                                                                                                   : torch::kFloat32;
+  const torch::ScalarType dtype =
+      a.precision != "auto" ? train::dtype_from_name(a.precision)
+                            : (vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
   if (dtype == torch::kHalf && device.is_cpu())
     throw std::runtime_error("--precision float16 needs --device cuda (CPU convolutions have no fast float16 path); use bfloat16");
   vision::FrameAnalyzer analyzer(model, info, device, dtype);
@@ -175,7 +174,7 @@ int run_stream(StreamArgs& a) {
   }
   info_out << "source: " << source.name() << ": " << vision::describe(mode) << "\n"
            << "model: " << info.config.name() << ", " << explain_method_name(first_view.method) << " maps, " << device_name << ", "
-           << (dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kHalf ? "float16" : "float32") << ", batch " << batch << "\n"
+           << train::dtype_name(dtype) << ", batch " << batch << "\n"
            << std::flush;
   if (display) cv::namedWindow(kWindow, cv::WINDOW_AUTOSIZE);
 

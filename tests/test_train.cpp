@@ -7,6 +7,7 @@
 #include "../apps/train/csv.cpp"
 #include "../apps/train/data_source.cpp"
 #include "../apps/train/dataset.cpp"
+#include "../apps/train/device.cpp"
 #include "../apps/train/idx.cpp"
 #include "../apps/train/io.cpp"
 #include "../apps/train/loader.cpp"

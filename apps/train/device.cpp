@@ -17,6 +17,24 @@ std::string resolve_device(const std::string& device) {
   return device;
 }
 
+c10::ScalarType dtype_from_name(const std::string& name) {
+  if (name == "float32") return c10::kFloat;
+  if (name == "float64") return c10::kDouble;
+  if (name == "bfloat16") return c10::kBFloat16;
+  if (name == "float16") return c10::kHalf;
+  throw std::invalid_argument("'" + name + "': expected float32, float64, bfloat16 or float16");
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kFloat: return "float32";
+    case c10::kDouble: return "float64";
+    case c10::kBFloat16: return "bfloat16";
+    case c10::kHalf: return "float16";
+    default: return c10::toString(dtype);
+  }
+}
+
 void configure_threads(int threads) {
   if (threads > 0) at::set_num_threads(threads);
 }

@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include "device.h"
 #include "io.h"
 #include "loader.h"
 #include "progress.h"
@@ -194,6 +195,8 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   if (o.epochs < 1) throw std::runtime_error("--epochs must be >= 1, got " + std::to_string(o.epochs));
   if (o.batch_size < 1) throw std::runtime_error("--batch-size must be >= 1, got " + std::to_string(o.batch_size));
   if (o.amp != "off" && o.amp != "bf16") throw std::runtime_error("--amp '" + o.amp + "': expected off or bf16");
+  if (o.weights_dtype != "float32" && o.weights_dtype != "float16" && o.weights_dtype != "bfloat16")
+    throw std::runtime_error("--weights-dtype '" + o.weights_dtype + "': expected float32, float16 or bfloat16");
   if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw std::runtime_error("--label-smoothing must be in [0, 1)");
   const torch::Device device(o.device);
   const int64_t num_classes = static_cast<int64_t>(train_data.classes.size());
@@ -260,8 +263,7 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
     for (const auto& item : recipe_fingerprint(o)) recipe += (recipe.empty() ? "" : " ") + item;
     meta["recipe"] = recipe;
     Checkpoint ck = make_checkpoint(*model, train_data.classes, pre, meta);
-    const auto dtype = o.weights_dtype == "float16" ? torch::kHalf
-                       : o.weights_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+    const auto dtype = dtype_from_name(o.weights_dtype);
     for (auto& [name, tensor] : ck.state)
       tensor = (tensor.is_floating_point() ? tensor.to(dtype) : tensor).contiguous();
     save_checkpoint(ck, path);
