@@ -1,6 +1,7 @@
 // attnkit::neighborhood_attention: validation, window geometry, autograd, registration.
 #include <attnkit/modules/ops/neighborhood_attention.h>
 
+#include <attnkit/modules/ops/cbam.h>
 #include <attnkit/modules/ops/neighborhood_attention_kernels.h>
 #include <attnkit/modules/ops/neighborhood_window.h>
 
@@ -263,12 +264,8 @@ std::optional<Tensor> optional(const Tensor& t) { return t.defined() ? std::opti
 
 }  // namespace
 
-bool has_neighborhood_attention_kernel(const at::Device& device) {
-#ifdef ATTNKIT_WITH_CUDA
-  if (device.is_cuda()) return true;
-#endif
-  return device.is_cpu();
-}
+// Every fused op has kernels on the same devices (the CPU, and CUDA in CUDA builds): one rule for all.
+bool has_neighborhood_attention_kernel(const at::Device& device) { return has_fused_kernels(device); }
 
 at::Tensor neighborhood_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rpb,
                                   int64_t kernel_size, int64_t dilation, std::optional<double> scale) {

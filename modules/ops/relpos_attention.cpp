@@ -1,6 +1,7 @@
 // attnkit::relpos_attention: validation, layout and dtype handling, autograd, registration.
 #include <attnkit/modules/ops/relpos_attention.h>
 
+#include <attnkit/modules/ops/cbam.h>
 #include <attnkit/modules/ops/relpos_attention_kernels.h>
 
 #include <ATen/ATen.h>
@@ -174,12 +175,8 @@ Tensor relpos_attention_forward_only(const Tensor& q, const Tensor& k, const Ten
 
 }  // namespace
 
-bool has_relpos_attention_kernel(const at::Device& device) {
-#ifdef ATTNKIT_WITH_CUDA
-  if (device.is_cuda()) return true;
-#endif
-  return device.is_cpu();
-}
+// Every fused op has kernels on the same devices (the CPU, and CUDA in CUDA builds): one rule for all.
+bool has_relpos_attention_kernel(const at::Device& device) { return has_fused_kernels(device); }
 
 at::Tensor relpos_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& table,
                             int64_t height, int64_t width, std::optional<double> scale) {
