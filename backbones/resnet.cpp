@@ -1,5 +1,6 @@
 #include <attnkit/backbones/resnet.h>
 #include <attnkit/modules/factory.h>
+#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/padding.h>
@@ -117,8 +118,7 @@ void BasicBlockImpl::reset() {
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   auto y = F::relu(bn1(conv1(x)));
   y = bn2(conv2(y));
-  if (!attn.is_empty()) y = attn.forward(y);
-  return F::relu(y + (downsample ? downsample->forward(x) : x));
+  return forward_add_relu(attn, y, downsample ? downsample->forward(x) : x);
 }
 
 void BasicBlockImpl::pretty_print(std::ostream& s) const { print_block(s, "BasicBlock", options); }
@@ -149,8 +149,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   auto y = F::relu(bn1(conv1(x)));
   y = F::relu(bn2(conv2(y)));
   y = bn3(conv3(y));
-  if (!attn.is_empty()) y = attn.forward(y);
-  return F::relu(y + (downsample ? downsample->forward(x) : x));
+  return forward_add_relu(attn, y, downsample ? downsample->forward(x) : x);
 }
 
 void BottleneckImpl::pretty_print(std::ostream& s) const { print_block(s, "Bottleneck", options); }

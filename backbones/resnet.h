@@ -11,6 +11,8 @@
 //
 //   y = relu(attn(bn_last(conv_last(...))) + shortcut(x))
 //
+// (the add and ReLU inside attn's last pass for the gates that have a ResidualEpilogue).
+//
 // Departures from torchvision:
 //   - `width` scales every stage (64·width, 128·width, ...) and the stem;
 //   - stem "small" (3×3/1 conv, no max-pool) for 28–64 px inputs;

@@ -41,21 +41,27 @@ std::tuple<torch::Tensor, torch::Tensor> CBAMImpl::forward_with_attention(const 
   return result;
 }
 
-torch::Tensor CBAMImpl::forward(const torch::Tensor& x) {
+torch::Tensor CBAMImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+
+torch::Tensor CBAMImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  return run(x, shortcut);
+}
+
+torch::Tensor CBAMImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
   detail::check_gate_input(x, options.channels(), "CBAM", channel->fc1->weight);
   const bool maps = recording() || channel->recording() || (spatial && spatial->recording());
   if (detail::use_fused(options.impl(), x, maps, "CBAM")) {
     ops::CbamWeights w{channel->fc1->weight, channel->fc1->bias, channel->fc2->weight, channel->fc2->bias};
-    ops::CbamConfig cfg = detail::channel_gate_config(options.pool());
+    ops::CbamConfig cfg = detail::channel_gate_config(options.pool(), shortcut);
     if (!spatial || detail::add_spatial_gate(*spatial, w, cfg)) {
-      auto y = ops::cbam(x, w, cfg);
+      auto y = ops::cbam(x, w, cfg, shortcut);
       if (spatial) detail::count_batch(*spatial, cfg);
       return y;
     }
     TORCH_CHECK(options.impl() != Implementation::Fused,
                 "CBAM: impl=fused cannot run a spatial BatchNorm with cumulative-average momentum");
   }
-  return std::get<0>(forward_with_attention(x));
+  return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
 }
 
 void CBAMImpl::pretty_print(std::ostream& stream) const {

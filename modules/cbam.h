@@ -26,6 +26,7 @@
 
 #include <attnkit/modules/attention_map.h>
 #include <attnkit/modules/implementation.h>
+#include <attnkit/modules/residual_epilogue.h>
 #include <attnkit/modules/channel_attention.h>
 #include <attnkit/modules/spatial_attention.h>
 
@@ -82,12 +83,17 @@ struct CBAMOptions {
   SpatialAttentionOptions spatial_options() const;
 };
 
-class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>, public AttentionMapRecorder {
+class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>,
+                 public AttentionMapRecorder,
+                 public ResidualEpilogue {
  public:
   explicit CBAMImpl(const CBAMOptions& options);
   void reset() override;
   /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns the gated map, same shape.
   torch::Tensor forward(const torch::Tensor& x);
+  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
+  /// forward runs fused (see residual_epilogue.h).
+  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
   /// forward(x) and the attention map (spatial N×1×H×W, or channel N×C with no_spatial); records
   /// it when recording() is on.
   std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
@@ -97,6 +103,10 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>, public AttentionMapRecor
   ChannelAttention channel{nullptr};
   /// Null with no_spatial.
   SpatialAttention spatial{nullptr};
+
+ private:
+  /// forward (shortcut undefined) or forward_add_relu.
+  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(CBAM);

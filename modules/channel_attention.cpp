@@ -58,13 +58,20 @@ std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_with_atte
   return result;
 }
 
-torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) {
+torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+
+torch::Tensor ChannelAttentionImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  return run(x, shortcut);
+}
+
+torch::Tensor ChannelAttentionImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
   detail::check_gate_input(x, options.channels(), "ChannelAttention", fc1->weight);
   // Auto runs fused: 1.3x the composite forward and about 4x its forward+backward at 8x256x56x56 on
   // the 2-core AVX-512 machine (attnkit bench --op channel).
   if (!detail::use_fused(options.impl(), x, recording(), "ChannelAttention"))
-    return std::get<0>(forward_with_attention(x));
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, detail::channel_gate_config(options.pool()));
+    return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
+                   detail::channel_gate_config(options.pool(), shortcut), shortcut);
 }
 
 void ChannelAttentionImpl::pretty_print(std::ostream& stream) const {

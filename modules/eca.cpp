@@ -52,14 +52,21 @@ std::tuple<torch::Tensor, torch::Tensor> ECAImpl::forward_with_attention(const t
   return result;
 }
 
-torch::Tensor ECAImpl::forward(const torch::Tensor& x) {
+torch::Tensor ECAImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+
+torch::Tensor ECAImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  return run(x, shortcut);
+}
+
+torch::Tensor ECAImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
   detail::check_gate_input(x, options.channels(), "ECA", conv->weight);
-  if (!detail::use_fused(options.impl(), x, recording(), "ECA")) return std::get<0>(forward_with_attention(x));
+  if (!detail::use_fused(options.impl(), x, recording(), "ECA"))
+    return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
   // ECA is the fused CBAM op with the average-pooled descriptor, ECA's 1-D conv in place of the MLP
   // and no spatial gate.
   ops::CbamWeights w;
   w.eca_weight = conv->weight;
-  return ops::cbam(x, w, detail::channel_gate_config(ChannelPool::Avg));
+  return ops::cbam(x, w, detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut);
 }
 
 void ECAImpl::pretty_print(std::ostream& stream) const {

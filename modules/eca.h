@@ -18,6 +18,7 @@
 
 #include <attnkit/modules/attention_map.h>
 #include <attnkit/modules/implementation.h>
+#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -52,12 +53,17 @@ struct ECAOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class ECAImpl : public torch::nn::Cloneable<ECAImpl>, public AttentionMapRecorder {
+class ECAImpl : public torch::nn::Cloneable<ECAImpl>,
+                public AttentionMapRecorder,
+                public ResidualEpilogue {
  public:
   explicit ECAImpl(const ECAOptions& options);
   void reset() override;
   /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · gate, same shape.
   torch::Tensor forward(const torch::Tensor& x);
+  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
+  /// forward runs fused (see residual_epilogue.h).
+  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
   /// forward(x) and the N×C gate; records the gate when recording() is on.
   std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
@@ -70,6 +76,8 @@ class ECAImpl : public torch::nn::Cloneable<ECAImpl>, public AttentionMapRecorde
 
  private:
   int64_t kernel_size_ = 0;
+  /// forward (shortcut undefined) or forward_add_relu.
+  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(ECA);

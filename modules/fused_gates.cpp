@@ -6,8 +6,9 @@ bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, cons
   return use_fused_kernel(impl, x.device(), ops::has_fused_kernels(x.device()), recording, who, auto_fused);
 }
 
-ops::CbamConfig channel_gate_config(ChannelPool pool) {
+ops::CbamConfig channel_gate_config(ChannelPool pool, const torch::Tensor& shortcut) {
   ops::CbamConfig cfg;
+  cfg.relu = shortcut.defined();
   cfg.pool_avg = pool != ChannelPool::Max;
   cfg.pool_max = pool != ChannelPool::Avg;
   return cfg;

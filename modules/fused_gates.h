@@ -13,8 +13,9 @@ namespace attnkit::detail {
 /// (implementation.h) with the devices that op has kernels for.
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused = true);
 
-/// The op's configuration for a channel gate pooling with `pool` (no spatial gate yet).
-ops::CbamConfig channel_gate_config(ChannelPool pool);
+/// The op's configuration for a channel gate pooling with `pool` (no spatial gate yet), with the
+/// residual epilogue's ReLU when a shortcut is given (forward_add_relu).
+ops::CbamConfig channel_gate_config(ChannelPool pool, const torch::Tensor& shortcut = {});
 
 /// Adds the spatial gate's conv and BatchNorm to the op's weights and config. Returns false where the
 /// fused op cannot express this gate (BatchNorm with cumulative-average momentum).

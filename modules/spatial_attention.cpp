@@ -53,21 +53,28 @@ std::tuple<torch::Tensor, torch::Tensor> SpatialAttentionImpl::forward_with_atte
   return result;
 }
 
-torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x) {
+torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+
+torch::Tensor SpatialAttentionImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  return run(x, shortcut);
+}
+
+torch::Tensor SpatialAttentionImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
   detail::check_gate_input(x, -1, "SpatialAttention", conv->weight);
   if (detail::use_fused(options.impl(), x, recording(), "SpatialAttention")) {
     // The fused CBAM op with no channel gate (g = 1).
     ops::CbamWeights w;
     ops::CbamConfig cfg;
+    cfg.relu = shortcut.defined();
     if (detail::add_spatial_gate(*this, w, cfg)) {
-      auto y = ops::cbam(x, w, cfg);
+      auto y = ops::cbam(x, w, cfg, shortcut);
       detail::count_batch(*this, cfg);
       return y;
     }
     TORCH_CHECK(options.impl() != Implementation::Fused,
                 "SpatialAttention: impl=fused cannot run a BatchNorm with cumulative-average momentum");
   }
-  return std::get<0>(forward_with_attention(x));
+  return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
 }
 
 void SpatialAttentionImpl::pretty_print(std::ostream& stream) const {

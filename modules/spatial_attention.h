@@ -26,6 +26,7 @@
 
 #include <attnkit/modules/attention_map.h>
 #include <attnkit/modules/implementation.h>
+#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -70,13 +71,18 @@ struct SpatialAttentionOptions {
   }
 };
 
-class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>, public AttentionMapRecorder {
+class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>,
+                             public AttentionMapRecorder,
+                             public ResidualEpilogue {
  public:
   explicit SpatialAttentionImpl(const SpatialAttentionOptions& options = {});
   void reset() override;
   /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · map, same shape.
   /// In training mode the BatchNorm uses batch statistics and updates its running ones.
   torch::Tensor forward(const torch::Tensor& x);
+  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
+  /// forward runs fused (see residual_epilogue.h).
+  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
   /// forward(x) and the N×1×H×W map; records the map when recording() is on.
   std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
@@ -85,6 +91,10 @@ class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>, 
   torch::nn::Conv2d conv{nullptr};
   /// Null when options.batch_norm() is false.
   torch::nn::BatchNorm2d bn{nullptr};
+
+ private:
+  /// forward (shortcut undefined) or forward_add_relu.
+  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(SpatialAttention);

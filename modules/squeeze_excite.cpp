@@ -81,16 +81,23 @@ std::tuple<torch::Tensor, torch::Tensor> SqueezeExciteImpl::forward_with_attenti
   return result;
 }
 
-torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) {
+torch::Tensor SqueezeExciteImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+
+torch::Tensor SqueezeExciteImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  return run(x, shortcut);
+}
+
+torch::Tensor SqueezeExciteImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
   detail::check_gate_input(x, options.channels(), "SqueezeExcite", fc1->weight);
   // Auto runs fused: the same two passes over x as ATen's mean + multiply, so the forward gains little
   // (1.1x at 8x256x56x56, 1.3x at 3x67x15x15 on the 2-core AVX-512 machine, attnkit bench --op se);
   // forward+backward 1.2-1.5x at the large shape.
   if (!detail::use_fused(options.impl(), x, recording(), "SqueezeExcite"))
-    return std::get<0>(forward_with_attention(x));
+    return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
   // SE is the fused CBAM op with the average-pooled descriptor only and no spatial gate; the op
   // takes the 1×1-conv weights [out, in, 1, 1] as they are.
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias}, detail::channel_gate_config(ChannelPool::Avg));
+  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
+                   detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut);
 }
 
 void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {

@@ -19,6 +19,7 @@
 
 #include <attnkit/modules/attention_map.h>
 #include <attnkit/modules/implementation.h>
+#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -65,12 +66,17 @@ struct SqueezeExciteOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>, public AttentionMapRecorder {
+class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>,
+                          public AttentionMapRecorder,
+                          public ResidualEpilogue {
  public:
   explicit SqueezeExciteImpl(const SqueezeExciteOptions& options);
   void reset() override;
   /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · gate, same shape.
   torch::Tensor forward(const torch::Tensor& x);
+  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
+  /// forward runs fused (see residual_epilogue.h).
+  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
   /// forward(x) and the N×C gate; records the gate when recording() is on.
   std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
@@ -84,6 +90,8 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>, public
 
  private:
   int64_t hidden_ = 0;
+  /// forward (shortcut undefined) or forward_add_relu.
+  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(SqueezeExcite);

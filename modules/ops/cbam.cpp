@@ -4,9 +4,11 @@
 #include <attnkit/modules/ops/cbam_kernels.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <functional>
 
 namespace attnkit::ops {
@@ -33,12 +35,20 @@ void check_param(const Tensor& t, const char* name, const Tensor& x, std::initia
               at::IntArrayRef(shape), ", got ", t.sizes());
 }
 
-void check_inputs(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+void check_inputs(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const Tensor& residual) {
   TORCH_CHECK(x.dim() == 4, "attnkit::cbam: expected x of shape [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(x.is_floating_point(), "attnkit::cbam: x must be floating point, got ", x.scalar_type());
   TORCH_CHECK(x.size(2) * x.size(3) > 0, "attnkit::cbam: x must have H, W > 0, got ", x.sizes());
   TORCH_CHECK(cfg.pool_avg || cfg.pool_max, "attnkit::cbam: at least one of pool_avg, pool_max must be set");
   const int64_t C = x.size(1);
+  if (residual.defined()) {
+    TORCH_CHECK(residual.device() == x.device(), "attnkit::cbam: residual is on ", residual.device(), " but x is on ",
+                x.device());
+    TORCH_CHECK(residual.scalar_type() == x.scalar_type(), "attnkit::cbam: residual must have x's dtype ",
+                x.scalar_type(), ", got ", residual.scalar_type());
+    TORCH_CHECK(residual.sizes() == x.sizes(), "attnkit::cbam: residual must have x's shape ", x.sizes(), ", got ",
+                residual.sizes());
+  }
   TORCH_CHECK(w.fc1_weight.defined() == w.fc2_weight.defined(),
               "attnkit::cbam: fc1_weight and fc2_weight go together (both, or neither)");
   TORCH_CHECK(!(w.fc1_weight.defined() && w.eca_weight.defined()),
@@ -104,9 +114,45 @@ Tensor channel_gate(const Tensor& avg, const Tensor& max, const CbamWeights& w, 
   return at::sigmoid(f(cfg.pool_avg ? avg : max));
 }
 
+/// The value of a one-element tensor on the CPU (the spatial gate's scalars), or `fallback` if undefined.
+double scalar_of(const Tensor& t, double fallback) {
+  if (!t.defined()) return fallback;
+  TORCH_INTERNAL_ASSERT(t.is_cpu() && t.numel() == 1);
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "attnkit::cbam",
+                                  [&] { v = static_cast<double>(*t.const_data_ptr<scalar_t>()); });
+  return v;
+}
+
+/// `t` as a contiguous tensor of dtype `type` (itself when it already is one), for the kernels.
+Tensor dense(const Tensor& t, at::ScalarType type) {
+  if (!t.defined() || (t.scalar_type() == type && t.is_contiguous())) return t;
+  return t.to(type).contiguous();
+}
+
+/// Forward's channel gate: the table's direct loops where it has them (CPU), else channel_gate().
+Tensor channel_gate_forward(const Tensor& avg, const Tensor& max, const CbamWeights& w, const CbamConfig& cfg,
+                            const CbamKernelTable& k) {
+  const auto t = avg.scalar_type();
+  const Tensor a = cfg.pool_avg ? avg : Tensor(), m = cfg.pool_max ? max : Tensor();
+  if (w.eca_weight.defined() && k.eca_gate) {
+    Tensor g = at::empty_like(avg);
+    k.eca_gate(a, m, dense(w.eca_weight, t), g);
+    return g;
+  }
+  if (w.fc1_weight.defined() && k.mlp_gate) {
+    Tensor g = at::empty_like(avg);
+    k.mlp_gate(a, m, dense(w.fc1_weight, t), dense(w.fc1_bias, t), dense(w.fc2_weight, t), dense(w.fc2_bias, t), g);
+    return g;
+  }
+  return channel_gate(avg, max, w, cfg).contiguous();
+}
+
 /// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
 /// running statistics (the forward pass) or not (backward's recomputation). `conv`: the table's
 /// direct convolution when it has one and no gradient is wanted (forward), else ATen's conv2d.
+/// Forward in eval mode on the CPU is thus one kernel call; the ATen path stays the reference
+/// (backward recomputes with it).
 Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const CbamWeights& w,
                     const CbamConfig& cfg, bool update_stats, const CbamKernelTable* conv = nullptr) {
   const auto t = zmax.scalar_type();
@@ -115,12 +161,24 @@ Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t 
   Tensor a;
   if (conv && conv->spatial_conv) {
     // The kernel takes the zmax weights first.
-    Tensor wk = w.spatial_weight.to(t).view({2, k, k});
-    if (!cfg.spatial_max_first) wk = wk.flip(0);
+    Tensor wk = dense(w.spatial_weight, t).view({2, k, k});
+    if (!cfg.spatial_max_first) wk = wk.flip(0);  // flip copies: contiguous
+    // Its epilogue applies the conv bias and, in eval mode, BatchNorm: both are one affine map of the
+    // conv's output, so the whole gate is one pass over the small map.
+    const double bias = scalar_of(w.spatial_bias, 0.0);
+    if (!cfg.use_bn || !cfg.bn_training) {
+      double scale = 1.0, shift = bias;
+      if (cfg.use_bn) {
+        scale = scalar_of(w.bn_weight, 1.0) / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps);
+        shift = (bias - scalar_of(w.bn_running_mean, 0.0)) * scale + scalar_of(w.bn_bias, 0.0);
+      }
+      Tensor s = at::empty({N, H * W}, zmax.options());
+      conv->spatial_conv(zmax, zmean, H, W, wk, scale, shift, /*sigmoid=*/true, s);
+      return s;
+    }
     a = at::empty({N, H * W}, zmax.options());
-    conv->spatial_conv(zmax, zmean, H, W, wk.contiguous(), a);
+    conv->spatial_conv(zmax, zmean, H, W, wk, 1.0, bias, /*sigmoid=*/false, a);
     a = a.view({N, 1, H, W});
-    if (w.spatial_bias.defined()) a.add_(w.spatial_bias.to(t));
   } else {
     const Tensor z = cfg.spatial_max_first ? at::stack({zmax, zmean}, 1) : at::stack({zmean, zmax}, 1);
     a = at::conv2d(z.view({N, 2, H, W}), w.spatial_weight.to(t), opt_to(w.spatial_bias, t), 1, k / 2);
@@ -177,7 +235,7 @@ struct Forward {
   bool nhwc;
 };
 
-Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const Tensor& residual) {
   // The small math runs in the accumulation dtype whatever autocast says: the kernels read it so.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -194,7 +252,7 @@ Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cf
     f.max = at::empty({N, C}, acc);
     k.channel_pool(in.flat, in.nhwc, f.avg, f.max);
     at::NoGradGuard no_grad;
-    f.g = channel_gate(f.avg, f.max, w, cfg).contiguous();
+    f.g = channel_gate_forward(f.avg, f.max, w, cfg, k);
   } else {
     f.g = at::ones({N, C}, acc);  // the spatial gate alone
   }
@@ -205,7 +263,9 @@ Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cf
     at::NoGradGuard no_grad;
     f.s = spatial_gate(f.zmax, f.zmean, H, W, w, cfg, /*update_stats=*/true, &k).contiguous();
   }
-  k.apply_gates(in.flat, in.nhwc, f.g, f.s, out_flat);
+  // The residual joins in x's layout (a copy only if it comes in another one).
+  const Tensor res_flat = residual.defined() ? flat_like(residual, in.nhwc) : Tensor();
+  k.apply_gates(in.flat, in.nhwc, f.g, f.s, res_flat, cfg.relu, out_flat);
   return f;
 }
 
@@ -225,10 +285,10 @@ const std::vector<size_t> kChannelParams = {0, 1, 2, 3, 8};
 const std::vector<size_t> kSpatialParams = {4, 5, 6, 7};
 
 struct CbamFunction : public torch::autograd::Function<CbamFunction> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
-                        at::TensorList defined_params, const CbamWeights& w,
-                        const CbamConfig& cfg) {
-    Forward f = forward_impl(x, w, cfg);
+  // inputs: the defined parameters, then the residual if there is one (autograd tracks them there).
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, at::TensorList inputs,
+                        const CbamWeights& w, const CbamConfig& cfg, bool has_residual) {
+    Forward f = forward_impl(x, w, cfg, has_residual ? inputs.back() : Tensor());
     int64_t present = 0;
     const auto all = differentiable(w);
     for (size_t i = 0; i < kParams; ++i)
@@ -239,10 +299,11 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
     const Tensor rv = cfg.bn_training ? Tensor() : w.bn_running_var;
     std::vector<Tensor> to_save = {x, f.avg, f.max, f.g, f.zmax, f.zmean, f.s, rm, rv};
     to_save.insert(to_save.end(), all.begin(), all.end());
+    to_save.push_back(cfg.relu ? f.out : Tensor());  // ReLU's backward needs the output's sign
     ctx->save_for_backward(to_save);
     ctx->saved_data["present"] = present;
     ctx->saved_data["flags"] = std::vector<bool>{cfg.pool_avg, cfg.pool_max, cfg.spatial_max_first, cfg.use_bn,
-                                                 cfg.bn_training, f.nhwc};
+                                                 cfg.bn_training, f.nhwc, cfg.relu, has_residual};
     ctx->saved_data["momentum"] = cfg.bn_momentum;
     ctx->saved_data["eps"] = cfg.bn_eps;
     return f.out;
@@ -259,17 +320,22 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
     const auto flags = ctx->saved_data["flags"].toBoolList();
     const CbamConfig cfg{flags[0], flags[1], flags[2], flags[3], flags[4], ctx->saved_data["momentum"].toDouble(),
                          ctx->saved_data["eps"].toDouble()};
-    const bool nhwc = flags[5];
+    const bool nhwc = flags[5], relu = flags[6], has_residual = flags[7];
     const int64_t present = ctx->saved_data["present"].toInt();
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
 
     std::vector<Tensor> param_grads(kParams);
-    Tensor dx;
+    Tensor dx, dresidual;
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     if (N > 0 && grads[0].defined()) {
       const auto& k = kernels_for(x.device());
       const auto acc = x.options().dtype(acc_type(x.scalar_type()));
-      const Tensor dy = flat_like(grads[0].to(x.scalar_type()), nhwc);
+      // Through the epilogue first: the ReLU passes the gradient where the output is positive, the
+      // residual's gradient is what reaches the gates.
+      Tensor gy = grads[0].to(x.scalar_type());
+      if (relu) gy = at::threshold_backward(gy, saved[9 + kParams], 0);
+      if (has_residual) dresidual = gy;
+      const Tensor dy = flat_like(gy, nhwc);
       const Tensor xf = flat_like(x, nhwc);
       at::AutoGradMode enable_grad(true);
       // Gradients of `out` w.r.t. `inputs` (leaves), for every parameter in `which` that wants one.
@@ -316,12 +382,13 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
         k.backward_input(dy, xf, nhwc, g, s, dzmax, dzmean, best_c, davg, dmax, argmax_p, dx_flat);
       }
     }
-    // One gradient per autograd input: x, each defined parameter, then the two non-tensor arguments.
+    // One gradient per autograd input: x, each defined parameter, the residual, then the three
+    // non-tensor arguments.
     torch::autograd::variable_list out = {dx};
     for (size_t i = 0; i < kParams; ++i)
       if (present & (int64_t{1} << i)) out.push_back(param_grads[i]);
-    out.emplace_back();
-    out.emplace_back();
+    if (has_residual) out.push_back(dresidual);
+    out.resize(out.size() + 3);
     return out;
   }
 };
@@ -342,33 +409,35 @@ Tensor value_or_undefined(const std::optional<Tensor>& t) { return t.has_value()
       const std::optional<Tensor>&fc2_b, const std::optional<Tensor>&sw, const std::optional<Tensor>&sb,         \
       const std::optional<Tensor>&bnw, const std::optional<Tensor>&bnb, const std::optional<Tensor>&rm,          \
       const std::optional<Tensor>&rv, bool pool_avg, bool pool_max, bool max_first, bool use_bn, bool bn_training, \
-      double momentum, double eps, const std::optional<Tensor>&eca_w
+      double momentum, double eps, const std::optional<Tensor>&eca_w, const std::optional<Tensor>&res, bool relu
 #define ATTNKIT_CBAM_UNPACK_ARGS                                                                                   \
   const CbamWeights w{value_or_undefined(fc1_w), value_or_undefined(fc1_b), value_or_undefined(fc2_w),         \
                       value_or_undefined(fc2_b), value_or_undefined(sw),    value_or_undefined(sb),            \
                       value_or_undefined(bnw),   value_or_undefined(bnb),   value_or_undefined(rm),            \
                       value_or_undefined(rv),    value_or_undefined(eca_w)};                                  \
-  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps};                       \
-  check_inputs(x, w, cfg)
+  const CbamConfig cfg{pool_avg, pool_max, max_first, use_bn, bn_training, momentum, eps, relu};                 \
+  const Tensor residual = value_or_undefined(res);                                                              \
+  check_inputs(x, w, cfg, residual)
 
 // Autograd key: records the fused backward when a gradient is wanted.
 Tensor cbam_op(ATTNKIT_CBAM_OP_ARGS) {
   ATTNKIT_CBAM_UNPACK_ARGS;
   if (!needs_grad({&x, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
-                   &w.spatial_bias, &w.bn_weight, &w.bn_bias, &w.eca_weight})) {
+                   &w.spatial_bias, &w.bn_weight, &w.bn_bias, &w.eca_weight, &residual})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return forward_impl(x, w, cfg).out;
+    return forward_impl(x, w, cfg, residual).out;
   }
-  torch::autograd::variable_list defined_params;
+  torch::autograd::variable_list inputs;
   for (const auto& t : differentiable(w))
-    if (t.defined()) defined_params.push_back(t);
-  return CbamFunction::apply(x, at::TensorList(defined_params), w, cfg);
+    if (t.defined()) inputs.push_back(t);
+  if (residual.defined()) inputs.push_back(residual);
+  return CbamFunction::apply(x, at::TensorList(inputs), w, cfg, residual.defined());
 }
 
 // CPU and CUDA keys: forward only (reached below autograd, e.g. under inference mode).
 Tensor cbam_forward_only(ATTNKIT_CBAM_OP_ARGS) {
   ATTNKIT_CBAM_UNPACK_ARGS;
-  return forward_impl(x, w, cfg).out;
+  return forward_impl(x, w, cfg, residual).out;
 }
 
 }  // namespace
@@ -380,14 +449,14 @@ bool has_fused_kernels(const at::Device& device) {
   return device.is_cpu();
 }
 
-at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "").typed<decltype(cbam_op)>();
   auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
   TORCH_CHECK(x.defined(), "attnkit::cbam: x is undefined");
   return op.call(x, opt(w.fc1_weight), opt(w.fc1_bias), opt(w.fc2_weight), opt(w.fc2_bias), opt(w.spatial_weight),
                  opt(w.spatial_bias), opt(w.bn_weight), opt(w.bn_bias), opt(w.bn_running_mean),
                  opt(w.bn_running_var), cfg.pool_avg, cfg.pool_max, cfg.spatial_max_first, cfg.use_bn,
-                 cfg.bn_training, cfg.bn_momentum, cfg.bn_eps, opt(w.eca_weight));
+                 cfg.bn_training, cfg.bn_momentum, cfg.bn_eps, opt(w.eca_weight), opt(residual), cfg.relu);
 }
 
 TORCH_LIBRARY_FRAGMENT(attnkit, m) {
@@ -396,7 +465,7 @@ TORCH_LIBRARY_FRAGMENT(attnkit, m) {
       "Tensor? spatial_weight, Tensor? spatial_bias, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor(a!)? bn_running_mean, Tensor(b!)? bn_running_var, bool pool_avg=True, bool pool_max=True, "
       "bool spatial_max_first=True, bool use_bn=True, bool bn_training=False, float bn_momentum=0.1, "
-      "float bn_eps=1e-5, Tensor? eca_weight=None) -> Tensor");
+      "float bn_eps=1e-5, Tensor? eca_weight=None, Tensor? residual=None, bool relu=False) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(attnkit, CPU, m) { m.impl("cbam", cbam_forward_only); }
 #ifdef ATTNKIT_WITH_CUDA

@@ -6,6 +6,7 @@
 //                                                            f = conv1d_k across channels: ECA
 //                                                            (no channel gate: g = 1)
 //   s = sigmoid(bn(conv_k×k([max_c(x*g), mean_c(x*g)])))     (or [mean, max]; no spatial gate: s = 1)
+//   optionally y = relu(y + residual): a ResNet block's end, folded into the op's last pass
 //
 // Why fused: composed from ATen ops, CBAM walks the feature map ten or more times (pool, pool,
 // multiply, two channel reductions, multiply, and as many again backwards). Here the big tensor is
@@ -48,11 +49,16 @@ struct CbamConfig {
   bool bn_training = false;       ///< BatchNorm uses batch statistics (and updates running ones)
   double bn_momentum = 0.1;
   double bn_eps = 1e-5;
+  bool relu = false;  ///< ReLU on the output (after adding the residual, if one is given)
 };
 
 /// The fused op: x is [N, C, H, W], float32/float64/bfloat16/float16, NCHW or channels-last (the
 /// output keeps the layout). Validates shapes, dtypes and devices with messages naming the argument.
-at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg);
+///
+/// With a `residual` (x's shape, dtype and device) and cfg.relu, it returns relu(gates(x) + residual):
+/// the end of a ResNet block, in the op's last pass over the map instead of an add and a ReLU pass
+/// after it (and without the tensor in between). Both are optional and independent.
+at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual = {});
 
 /// True when attnkit has fused kernels for tensors on this device.
 bool has_fused_kernels(const at::Device& device);

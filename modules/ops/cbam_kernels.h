@@ -1,8 +1,9 @@
 // The memory-bound passes of the fused CBAM op (and of the SE / channel gates), one table per device.
 //
-// CBAM touches the big feature map x only in these passes; everything else (the channel MLP on
-// [N, C] descriptors, the k×k convolution on the [N, 2, H, W] pooled map) is tiny and runs as
-// ATen ops. Forward:  channel_pool (read x) -> gated_pool (read x) -> apply_gates (read x, write y):
+// CBAM touches the big feature map x only in these passes. The rest (the channel MLP on [N, C]
+// descriptors, the k×k convolution on the [N, 2, H, W] pooled map) is tiny: a table may run it in
+// direct loops (optional entries), else the op composes it from ATen ops. Direct loops matter at
+// batch 1, where a dozen ATen calls on tensors of a few kB cost more than a pass over x. Forward:  channel_pool (read x) -> gated_pool (read x) -> apply_gates (read x, write y):
 // four passes of memory traffic, against ten or more for the same math composed from ATen ops.
 // Backward: backward_spatial (read dy, x) -> backward_gate (read dy, x) -> backward_input
 // (read dy, x, write dx).
@@ -26,8 +27,11 @@ struct CbamKernelTable {
   void (*channel_pool)(const at::Tensor& x, bool nhwc, at::Tensor& avg, at::Tensor& max);
   /// For y = x * g[n, c]: zmax[n, p] = max over channels of y, zmean[n, p] = mean over channels of y.
   void (*gated_pool)(const at::Tensor& x, bool nhwc, const at::Tensor& g, at::Tensor& zmax, at::Tensor& zmean);
-  /// out = x * g[n, c] * s[n, p] (s undefined: no spatial factor). out has x's layout.
-  void (*apply_gates)(const at::Tensor& x, bool nhwc, const at::Tensor& g, const at::Tensor& s, at::Tensor& out);
+  /// out = x * g[n, c] * s[n, p] (s undefined: no spatial factor), plus residual (undefined: none),
+  /// then max(., 0) when `relu` (NaN stays NaN, as torch.relu). out and residual have x's layout.
+  /// The residual and ReLU finish a residual unit in this pass instead of two more over the map.
+  void (*apply_gates)(const at::Tensor& x, bool nhwc, const at::Tensor& g, const at::Tensor& s,
+                      const at::Tensor& residual, bool relu, at::Tensor& out);
   /// ds[n, p] = sum over c of dy * x * g[n, c]; best_c[n, p] = first channel maximising x * g (int32).
   void (*backward_spatial)(const at::Tensor& dy, const at::Tensor& x, bool nhwc, const at::Tensor& g,
                            at::Tensor& ds, at::Tensor& best_c);
@@ -42,11 +46,23 @@ struct CbamKernelTable {
                          const at::Tensor& best_c, const at::Tensor& davg, const at::Tensor& dmax,
                          const at::Tensor& argmax_p, at::Tensor& dx);
   /// Optional (nullptr: the op runs ATen's conv2d). The spatial gate's k×k convolution, zero padded,
-  /// without bias: a[n, p] = sum over (i, dy, dx) of weight[i, dy, dx] * z_i[n, p shifted by (dy, dx)]
-  /// with z_0 = zmax, z_1 = zmean; zmax, zmean [N, H*W], weight [2, k, k], a [N, H*W], all contiguous
-  /// in the accumulation dtype.
+  /// with an affine epilogue: a[n, p] = scale * conv[n, p] + shift, then sigmoid(a) when `sigmoid`.
+  /// conv[n, p] = sum over (i, dy, dx) of weight[i, dy, dx] * z_i[n, p shifted by (dy, dx)] with
+  /// z_0 = zmax, z_1 = zmean; zmax, zmean [N, H*W], weight [2, k, k], a [N, H*W], all contiguous in
+  /// the accumulation dtype. The epilogue carries the conv bias and an eval-mode BatchNorm folded
+  /// into one scale and shift, so the gate's small map is written once.
   void (*spatial_conv)(const at::Tensor& zmax, const at::Tensor& zmean, int64_t H, int64_t W,
-                       const at::Tensor& weight, at::Tensor& a);
+                       const at::Tensor& weight, double scale, double shift, bool sigmoid, at::Tensor& a);
+  /// Optional (nullptr: ATen ops). CBAM's / SE's channel gate from the pooled descriptors:
+  /// g[n, :] = sigmoid(f(avg[n, :]) + f(max[n, :])), f(d) = w2 relu(w1 d + b1) + b2; an undefined
+  /// avg or max drops its term. w1 [R, C], w2 [C, R], b1 [R] and b2 [C] (or undefined), avg, max and
+  /// g [N, C]: contiguous, accumulation dtype.
+  void (*mlp_gate)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& w1, const at::Tensor& b1,
+                   const at::Tensor& w2, const at::Tensor& b2, at::Tensor& g);
+  /// Optional (nullptr: ATen ops). ECA's channel gate: g[n, :] = sigmoid(conv(avg[n, :]) +
+  /// conv(max[n, :])), conv the zero-padded 1-D convolution across channels with weight [k] (k odd);
+  /// an undefined avg or max drops its term. Contiguous, accumulation dtype.
+  void (*eca_gate)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& weight, at::Tensor& g);
 };
 
 namespace cpu {

@@ -40,6 +40,33 @@ Shape shape_of(const Tensor& x, bool nhwc) {
 }
 int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_len)); }
 
+// Positions per task of a per-position sweep over channels (NCHW): at most kBlock (the stack
+// buffers), and small enough for about four tasks per thread, so that batch 1 with a 7×7 map still
+// splits. Each position's result does not depend on the blocking.
+int64_t position_block(int64_t N, int64_t P, int64_t K) {
+  const int64_t tasks = 4 * at::get_num_threads();
+  const int64_t per_task = (N * P + tasks - 1) / tasks;
+  return std::clamp<int64_t>((per_task + K - 1) / K * K, K, kBlock);
+}
+
+template <typename A>
+at::vec::Vectorized<A> sigmoid_of(const at::vec::Vectorized<A>& v) {
+  using V = at::vec::Vectorized<A>;
+  return V(1) / (V(1) + v.neg().exp());
+}
+
+// Dot product of two contiguous rows of length n.
+template <typename A>
+A dot(const A* a, const A* b, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  V acc(0);
+  int64_t i = 0;
+  for (; i + K <= n; i += K) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);
+  if (i < n) acc = at::vec::fmadd(V::loadu(a + i, n - i), V::loadu(b + i, n - i), acc);
+  return lane_sum(acc);
+}
+
 template <typename T>
 const acc_t<T>* opt_ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<acc_t<T>>() : nullptr;
@@ -140,12 +167,12 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
   const A ninf = -std::numeric_limits<A>::infinity();
   const A inv_c = A(1) / static_cast<A>(C);
   if (!nhwc) {
-    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    const int64_t pb = position_block(N, P, K), blocks = (P + pb - 1) / pb;
     at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
       alignas(64) A sum[kBlock];
       alignas(64) A m[kBlock];
       for (int64_t t = b; t < e; ++t) {
-        const int64_t n = t / blocks, p0 = (t % blocks) * kBlock, pn = std::min(kBlock, P - p0);
+        const int64_t n = t / blocks, p0 = (t % blocks) * pb, pn = std::min(pb, P - p0);
         std::fill(sum, sum + pn, A(0));
         std::fill(m, m + pn, ninf);
         // kRows channel rows per sweep of the block: the partial results go through the stack buffers
@@ -204,7 +231,8 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
 
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t, Tensor& out) {
+void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t, const Tensor& res_t, bool relu,
+                      Tensor& out) {
   using L = Lanes<T>;
   using A = typename L::A;
   using V = typename L::V;
@@ -212,21 +240,26 @@ void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tenso
   const Shape sh = shape_of(x, nhwc);
   const int64_t N = sh.n, C = sh.c, P = sh.p;
   const T* xp = x.data_ptr<T>();
+  const T* rp = res_t.defined() ? res_t.data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
   const A* g = g_t.data_ptr<A>();
   const A* s = opt_ptr<T>(s_t);
+  // The epilogue on the `cnt` values at flat offset `off`: + residual, ReLU.
+  auto finish = [rp, relu](V v, int64_t off, int cnt) {
+    if (rp) v = v + L::load(rp + off, cnt);
+    if (relu) v = at::vec::maximum(v, V(0));  // propagates NaN, as torch.relu
+    return v;
+  };
   if (!nhwc) {
     at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const V gc(g[r]);
-        const T* row = xp + r * P;
-        T* orow = op + r * P;
         const A* srow = s ? s + (r / C) * P : nullptr;
         for (int64_t i = 0; i < P; i += K) {
           const int cnt = static_cast<int>(std::min<int64_t>(K, P - i));
-          V v = L::load(row + i, cnt) * gc;
+          V v = L::load(xp + r * P + i, cnt) * gc;
           if (srow) v = v * V::loadu(srow + i, cnt);
-          L::store(orow + i, v, cnt);
+          L::store(op + r * P + i, finish(v, r * P + i, cnt), cnt);
         }
       }
     });
@@ -236,11 +269,10 @@ void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tenso
     for (int64_t r = b; r < e; ++r) {
       const A* gn = g + (r / P) * C;
       const V sp(s ? s[r] : A(1));
-      const T* row = xp + r * C;
-      T* orow = op + r * C;
       for (int64_t c = 0; c < C; c += K) {
         const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
-        L::store(orow + c, L::load(row + c, cnt) * V::loadu(gn + c, cnt) * sp, cnt);
+        const V v = L::load(xp + r * C + c, cnt) * V::loadu(gn + c, cnt) * sp;
+        L::store(op + r * C + c, finish(v, r * C + c, cnt), cnt);
       }
     }
   });
@@ -263,13 +295,13 @@ void backward_spatial_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const
   int32_t* best_c = best_t.data_ptr<int32_t>();
   const A ninf = -std::numeric_limits<A>::infinity();
   if (!nhwc) {
-    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    const int64_t pb = position_block(N, P, K), blocks = (P + pb - 1) / pb;
     at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
       alignas(64) A acc[kBlock];
       alignas(64) A best[kBlock];
       alignas(64) A arg[kBlock];
       for (int64_t t = b; t < e; ++t) {
-        const int64_t n = t / blocks, p0 = (t % blocks) * kBlock, pn = std::min(kBlock, P - p0);
+        const int64_t n = t / blocks, p0 = (t % blocks) * pb, pn = std::min(pb, P - p0);
         std::fill(acc, acc + pn, A(0));
         std::fill(best, best + pn, ninf);
         std::fill(arg, arg + pn, A(0));
@@ -506,7 +538,7 @@ void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const T
 // needs is copied once into a zero-padded line, then k shifted multiply-adds over the row.
 template <typename A>
 void spatial_conv_impl(const Tensor& zmax_t, const Tensor& zmean_t, int64_t H, int64_t W, const Tensor& w_t,
-                       Tensor& a_t) {
+                       A scale, A shift, bool sigmoid, Tensor& a_t) {
   using V = at::vec::Vectorized<A>;
   constexpr int K = V::size();
   const int64_t N = zmax_t.size(0), k = w_t.size(-1), r = k / 2;
@@ -532,7 +564,82 @@ void spatial_conv_impl(const Tensor& zmax_t, const Tensor& zmean_t, int64_t H, i
             for (int64_t j = 0; j < W; j += K) (V::loadu(acc.data() + j) + V::loadu(src + j) * wv).store(acc.data() + j);
           }
         }
-      std::copy_n(acc.data(), W, a + t * W);
+      const V vscale(scale), vshift(shift);
+      for (int64_t j = 0; j < W; j += K) {
+        const int cnt = static_cast<int>(std::min<int64_t>(K, W - j));
+        V v = V::loadu(acc.data() + j) * vscale + vshift;
+        if (sigmoid) v = sigmoid_of(v);
+        v.store(a + t * W + j, cnt);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The channel gate's MLP on the [N, C] descriptors. Both descriptors share each weight row's read,
+// and since fc2 is linear, f(avg) + f(max) = w2 (relu(h_avg) + relu(h_max)) + 2 b2: one fc2 product.
+template <typename A>
+void mlp_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w1_t, const Tensor& b1_t,
+                   const Tensor& w2_t, const Tensor& b2_t, Tensor& g_t) {
+  using V = at::vec::Vectorized<A>;
+  const int64_t N = g_t.size(0), C = g_t.size(1), R = w1_t.size(0);
+  const A* d[2] = {avg_t.defined() ? avg_t.data_ptr<A>() : nullptr, max_t.defined() ? max_t.data_ptr<A>() : nullptr};
+  const A* w1 = w1_t.data_ptr<A>();
+  const A* w2 = w2_t.data_ptr<A>();
+  const A* b1 = b1_t.defined() ? b1_t.data_ptr<A>() : nullptr;
+  const A* b2 = b2_t.defined() ? b2_t.data_ptr<A>() : nullptr;
+  const A terms = static_cast<A>((d[0] != nullptr) + (d[1] != nullptr));
+  A* g = g_t.data_ptr<A>();
+  std::vector<A> hidden(N * R);
+  // fc1 + relu, summed over the descriptors: one task per block of weight rows.
+  at::parallel_for(0, N * R, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / R, r = t % R;
+      A h = 0;
+      for (const A* dn : d) {
+        if (!dn) continue;
+        const A v = dot(w1 + r * C, dn + n * C, C) + (b1 ? b1[r] : A(0));
+        h += std::max(v, A(0));
+      }
+      hidden[t] = h;
+    }
+  });
+  // fc2 and the sigmoid: g is [N, C] contiguous, so a task's range of (n, c) is one run of g.
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, R)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / C, c = t % C;
+      g[t] = dot(w2 + c * R, hidden.data() + n * R, R) + (b2 ? terms * b2[c] : A(0));
+    }
+    for (int64_t t = b; t < e; t += V::size()) {
+      const int cnt = static_cast<int>(std::min<int64_t>(V::size(), e - t));
+      sigmoid_of(V::loadu(g + t, cnt)).store(g + t, cnt);
+    }
+  });
+}
+
+// ECA's gate: a k-tap convolution across channels (zero padded) of avg + max (linear, so one pass).
+template <typename A>
+void eca_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w_t, Tensor& g_t) {
+  using V = at::vec::Vectorized<A>;
+  const int64_t N = g_t.size(0), C = g_t.size(1), k = w_t.numel(), r = k / 2;
+  const A* w = w_t.data_ptr<A>();
+  const A* avg = avg_t.defined() ? avg_t.data_ptr<A>() : nullptr;
+  const A* mx = max_t.defined() ? max_t.data_ptr<A>() : nullptr;
+  A* g = g_t.data_ptr<A>();
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    std::vector<A> line(C + 2 * r, A(0));  // [r zeros][avg + max][r zeros]
+    for (int64_t n = b; n < e; ++n) {
+      for (int64_t c = 0; c < C; ++c) line[r + c] = (avg ? avg[n * C + c] : A(0)) + (mx ? mx[n * C + c] : A(0));
+      A* gn = g + n * C;
+      for (int64_t c = 0; c < C; ++c) {
+        A a = 0;
+        for (int64_t j = 0; j < k; ++j) a += w[j] * line[c + j];
+        gn[c] = a;
+      }
+      for (int64_t c = 0; c < C; c += V::size()) {
+        const int cnt = static_cast<int>(std::min<int64_t>(V::size(), C - c));
+        sigmoid_of(V::loadu(gn + c, cnt)).store(gn + c, cnt);
+      }
     }
   });
 }
@@ -547,8 +654,9 @@ void channel_pool(const Tensor& x, bool nhwc, Tensor& avg, Tensor& max) {
 void gated_pool(const Tensor& x, bool nhwc, const Tensor& g, Tensor& zmax, Tensor& zmean) {
   ATTNKIT_DISPATCH(x, "attnkit::gated_pool", [&] { gated_pool_impl<scalar_t>(x, nhwc, g, zmax, zmean); });
 }
-void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, Tensor& out) {
-  ATTNKIT_DISPATCH(x, "attnkit::apply_gates", [&] { apply_gates_impl<scalar_t>(x, nhwc, g, s, out); });
+void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, const Tensor& residual, bool relu,
+                 Tensor& out) {
+  ATTNKIT_DISPATCH(x, "attnkit::apply_gates", [&] { apply_gates_impl<scalar_t>(x, nhwc, g, s, residual, relu, out); });
 }
 void backward_spatial(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& g, Tensor& ds, Tensor& best_c) {
   ATTNKIT_DISPATCH(x, "attnkit::backward_spatial",
@@ -568,9 +676,20 @@ void backward_input(const Tensor& dy, const Tensor& x, bool nhwc, const Tensor& 
   });
 }
 
-void spatial_conv(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const Tensor& weight, Tensor& a) {
-  AT_DISPATCH_FLOATING_TYPES(zmax.scalar_type(), "attnkit::spatial_conv",
-                             [&] { spatial_conv_impl<scalar_t>(zmax, zmean, H, W, weight, a); });
+void spatial_conv(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const Tensor& weight, double scale,
+                  double shift, bool sigmoid, Tensor& a) {
+  AT_DISPATCH_FLOATING_TYPES(zmax.scalar_type(), "attnkit::spatial_conv", [&] {
+    spatial_conv_impl<scalar_t>(zmax, zmean, H, W, weight, static_cast<scalar_t>(scale), static_cast<scalar_t>(shift),
+                                sigmoid, a);
+  });
+}
+void mlp_gate(const Tensor& avg, const Tensor& max, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+              const Tensor& b2, Tensor& g) {
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "attnkit::mlp_gate",
+                             [&] { mlp_gate_impl<scalar_t>(avg, max, w1, b1, w2, b2, g); });
+}
+void eca_gate(const Tensor& avg, const Tensor& max, const Tensor& weight, Tensor& g) {
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "attnkit::eca_gate", [&] { eca_gate_impl<scalar_t>(avg, max, weight, g); });
 }
 
 }  // namespace
@@ -580,6 +699,7 @@ void spatial_conv(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W,
 ATTNKIT_DEFINE_KERNEL_TABLE(CbamKernelTable, cbam_kernel_table, CPU_CAPABILITY::channel_pool,
                             CPU_CAPABILITY::gated_pool, CPU_CAPABILITY::apply_gates,
                             CPU_CAPABILITY::backward_spatial, CPU_CAPABILITY::backward_gate,
-                            CPU_CAPABILITY::backward_input, CPU_CAPABILITY::spatial_conv)
+                            CPU_CAPABILITY::backward_input, CPU_CAPABILITY::spatial_conv,
+                            CPU_CAPABILITY::mlp_gate, CPU_CAPABILITY::eca_gate)
 
 }  // namespace attnkit::ops::cpu

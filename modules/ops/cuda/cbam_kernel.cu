@@ -169,14 +169,16 @@ __device__ __forceinline__ void decompose(int64_t i, int64_t C, int64_t P, bool 
 }
 
 template <typename T, typename A>
-__global__ void apply_gates_kernel(const T* x, const A* g, const A* s, int64_t N, int64_t C, int64_t P, bool nhwc,
-                                   T* out) {
+__global__ void apply_gates_kernel(const T* x, const A* g, const A* s, const T* residual, bool relu, int64_t N,
+                                   int64_t C, int64_t P, bool nhwc, T* out) {
   const int64_t total = N * C * P;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n, c, p;
     decompose(i, C, P, nhwc, n, c, p);
     A v = static_cast<A>(x[i]) * g[n * C + c];
     if (s) v *= s[n * P + p];
+    if (residual) v += static_cast<A>(residual[i]);  // same layout as x: same flat index
+    if (relu && v < A(0)) v = A(0);                   // NaN stays NaN, as torch.relu
     out[i] = static_cast<T>(v);
   }
 }
@@ -389,7 +391,8 @@ void gated_pool(const Tensor& x, bool nhwc, const Tensor& g, Tensor& zmax, Tenso
   });
 }
 
-void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, Tensor& out) {
+void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, const Tensor& residual, bool relu,
+                 Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const Dims d = dims(x, nhwc);
@@ -397,7 +400,8 @@ void apply_gates(const Tensor& x, bool nhwc, const Tensor& g, const Tensor& s, T
   ATTNKIT_CUDA_DISPATCH(x, "attnkit::apply_gates", [&] {
     using A = acc_t<scalar_t>;
     apply_gates_kernel<scalar_t, A><<<blocks_for(N * C * P), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), g.data_ptr<A>(), opt<A>(s), N, C, P, nhwc, out.data_ptr<scalar_t>());
+        x.data_ptr<scalar_t>(), g.data_ptr<A>(), opt<A>(s), residual.defined() ? residual.data_ptr<scalar_t>() : nullptr,
+        relu, N, C, P, nhwc, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
