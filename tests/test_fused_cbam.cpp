@@ -130,6 +130,84 @@ void check_against_reference(const torch::Tensor& x_in, Case c, double atol) {
   }
 }
 
+// relu(cbam(x) + residual), the epilogue that ends a ResNet block inside the op: forward and the
+// gradients of x, the parameters and the residual, for every combination of the two options and
+// for a residual in another layout than x.
+void check_epilogue(const torch::Tensor& x_in, const torch::Tensor& res_in, Case c, bool relu) {
+  SCOPED_TRACE(::testing::Message() << "relu " << relu << ", residual " << res_in.defined());
+  c.cfg.relu = relu;
+  CbamWeights ref_w = c.w;
+  for (auto* p : params(c.w))
+    if (p->defined()) *p = p->detach().clone().requires_grad_(true);
+  for (auto* p : params(ref_w))
+    if (p->defined()) *p = p->detach().clone().requires_grad_(true);
+  auto x = x_in.detach().clone().requires_grad_(true), xr = x_in.detach().clone().requires_grad_(true);
+  torch::Tensor res, resr;
+  if (res_in.defined()) {
+    res = res_in.detach().clone().requires_grad_(true);
+    resr = res_in.detach().clone().requires_grad_(true);
+  }
+  auto y = attnkit::ops::cbam(x, c.w, c.cfg, res);
+  auto yr = reference_cbam(xr, ref_w, c.cfg);
+  if (resr.defined()) yr = yr + resr;
+  if (relu) yr = torch::relu(yr);
+  ASSERT_TRUE(all_close(y, yr, 1e-10)) << "forward";
+  if (relu) EXPECT_GT((y == 0).sum().item<int64_t>(), 0) << "the test should reach the ReLU's zero side";
+  auto dy = torch::randn_like(yr);
+  y.backward(dy);
+  yr.backward(dy);
+  EXPECT_TRUE(all_close(x.grad(), xr.grad(), 1e-10)) << "grad x";
+  if (res.defined()) EXPECT_TRUE(all_close(res.grad(), resr.grad(), 1e-10)) << "grad residual";
+  auto ps = params(c.w), rs = params(ref_w);
+  for (size_t i = 0; i < ps.size(); ++i)
+    if (ps[i]->defined()) EXPECT_TRUE(all_close(ps[i]->grad(), rs[i]->grad(), 1e-9)) << "grad of parameter " << i;
+}
+
+TEST(FusedCbam, ResidualAndReluEpilogue) {
+  torch::manual_seed(31);
+  auto x = torch::randn({2, 37, 9, 11}, torch::kDouble);
+  auto res = torch::randn({2, 37, 9, 11}, torch::kDouble);
+  for (const auto& c : {make_case(37, 8, 7, torch::kDouble), make_case(37, 8, 7, torch::kDouble, /*spatial=*/false),
+                        make_spatial_case(5, torch::kDouble), make_eca_case(3, torch::kDouble)}) {
+    for (bool relu : {true, false}) {
+      check_epilogue(x, res, c, relu);
+      check_epilogue(x.contiguous(torch::MemoryFormat::ChannelsLast), res, c, relu);  // residual in another layout
+      check_epilogue(x, res.contiguous(torch::MemoryFormat::ChannelsLast), c, relu);
+    }
+    check_epilogue(x, torch::Tensor(), c, /*relu=*/true);
+  }
+  // Inference (no autograd) takes the same kernels; float32 and batch 0 too.
+  torch::NoGradGuard no_grad;
+  auto c = make_case(37, 8, 7, torch::kFloat);
+  c.cfg.relu = true;
+  auto xf = x.to(torch::kFloat), rf = res.to(torch::kFloat);
+  EXPECT_TRUE(all_close(attnkit::ops::cbam(xf, c.w, c.cfg, rf), torch::relu(reference_cbam(xf, c.w, c.cfg) + rf), 1e-5));
+  auto empty = torch::randn({0, 37, 9, 11});
+  EXPECT_EQ(attnkit::ops::cbam(empty, c.w, c.cfg, empty).sizes(), empty.sizes());
+}
+
+// The small math on [N, C] (MLP, sigmoid) and on the [N, H·W] map (conv, bias, eval-mode BatchNorm,
+// sigmoid) runs in direct loops in forward: wide layers at batch 1 as in a ResNet-50's last stage,
+// a hidden width that is not a multiple of the vector width, and parameters in another dtype than x.
+TEST(FusedCbam, WideChannelsAtBatchOne) {
+  torch::manual_seed(32);
+  auto c = make_case(520, 24, 7, torch::kFloat);  // R = 21
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    auto x = torch::randn({1, 520, 7, 7}).contiguous(fmt);
+    EXPECT_TRUE(all_close(attnkit::ops::cbam(x, c.w, c.cfg), reference_cbam(x, c.w, c.cfg), 1e-5));
+    CbamWeights w64 = c.w;  // float64 parameters on a float32 map: converted for the kernels
+    for (auto* p : params(w64))
+      if (p->defined()) *p = p->to(torch::kDouble);
+    w64.bn_running_mean = w64.bn_running_mean.to(torch::kDouble);
+    w64.bn_running_var = w64.bn_running_var.to(torch::kDouble);
+    EXPECT_TRUE(all_close(attnkit::ops::cbam(x, w64, c.cfg), reference_cbam(x, c.w, c.cfg), 1e-5));
+  }
+  c.w.bn_weight = c.w.bn_bias = torch::Tensor();  // BatchNorm without affine parameters, a conv bias
+  c.w.spatial_bias = torch::full({1}, 0.3);
+  auto x = torch::randn({1, 520, 14, 14});
+  EXPECT_TRUE(all_close(attnkit::ops::cbam(x, c.w, c.cfg), reference_cbam(x, c.w, c.cfg), 1e-5));
+}
+
 TEST(FusedCbam, MatchesReferenceFloat64) {
   torch::manual_seed(1);
   check_against_reference(torch::randn({2, 37, 9, 11}, torch::kDouble), make_case(37, 16, 7, torch::kDouble), 1e-10);
@@ -371,6 +449,18 @@ TEST(FusedCbam, BadInputNamesTheArgument) {
   expect_error(torch::randn({2, 16, 5, 5}), w, "no gate");
   w.eca_weight = torch::randn({1, 1, 4});
   expect_error(torch::randn({2, 16, 5, 5}), w, "eca_weight must have an odd kernel size, got 4");
+  auto good = make_case(16, 4, 3, torch::kFloat);
+  auto x16 = torch::randn({2, 16, 5, 5});
+  auto expect_residual_error = [&](const torch::Tensor& r, const std::string& what) {
+    try {
+      attnkit::ops::cbam(x16, good.w, good.cfg, r);
+      ADD_FAILURE() << "expected: " << what;
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(what));
+    }
+  };
+  expect_residual_error(torch::randn({2, 16, 5, 4}), "residual must have x's shape [2, 16, 5, 5], got [2, 16, 5, 4]");
+  expect_residual_error(torch::randn({2, 16, 5, 5}, torch::kDouble), "residual must have x's dtype Float, got Double");
 }
 
 TEST(FusedCbam, CallableThroughTheDispatcher) {
@@ -415,6 +505,16 @@ void expect_same_module_results(const Options& opts, bool training) {
       EXPECT_TRUE(all_close(p.value().grad(), pr[p.key()].grad(), 1e-9)) << p.key();
     auto br = composite->named_buffers();
     for (auto& b : fused->named_buffers()) EXPECT_TRUE(all_close(b.value(), br[b.key()], 1e-12)) << b.key();
+
+    // The residual epilogue: relu(block(x) + shortcut) on both paths, gradients included.
+    auto sc = torch::randn_like(x).requires_grad_(true), scr = sc.detach().clone().requires_grad_(true);
+    auto z = fused->forward_add_relu(x, sc), zr = composite->forward_add_relu(xr, scr);
+    ASSERT_TRUE(all_close(z, zr, 1e-10)) << "forward_add_relu";
+    if (!training) EXPECT_TRUE(all_close(z, torch::relu(fused->forward(x) + sc), 1e-12));
+    z.backward(dy);
+    zr.backward(dy);
+    EXPECT_TRUE(all_close(sc.grad(), scr.grad(), 1e-10)) << "grad shortcut";
+    EXPECT_TRUE(all_close(x.grad(), xr.grad(), 1e-10)) << "grad x through forward_add_relu";
   }
 }
 
@@ -437,6 +537,29 @@ TEST(FusedModules, SpatialGateFusedEqualsComposite) {
   expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions(), /*training=*/false);
   expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions(), /*training=*/true);
   expect_same_module_results<attnkit::SpatialAttention>(attnkit::SpatialAttentionOptions::timm_style(), true);
+}
+
+// Blocks without an epilogue (and no block at all) compose relu(block(x) + shortcut); a shortcut of
+// another shape is an error that names both shapes, never a broadcast.
+TEST(ResidualEpilogue, BlocksWithoutOneAndBadShortcuts) {
+  torch::manual_seed(13);
+  auto x = torch::randn({2, 16, 6, 6}), sc = torch::randn({2, 16, 6, 6});
+  torch::nn::AnyModule none;
+  EXPECT_TRUE(torch::equal(attnkit::forward_add_relu(none, x, sc), torch::relu(x + sc)));
+  torch::nn::AnyModule local(attnkit::LocalAttention2d(attnkit::LocalAttention2dOptions(16).heads(2).kernel_size(3)));
+  EXPECT_TRUE(torch::equal(attnkit::forward_add_relu(local, x, sc), torch::relu(local.forward(x) + sc)));
+  torch::nn::AnyModule cbam(attnkit::CBAM(attnkit::CBAMOptions(16).reduction(4)));
+  cbam.ptr()->eval();
+  EXPECT_TRUE(all_close(attnkit::forward_add_relu(cbam, x, sc), torch::relu(cbam.forward(x) + sc), 1e-6));
+  for (auto* block : {&none, &local, &cbam}) {
+    try {
+      attnkit::forward_add_relu(*block, x, torch::randn({2, 16, 1, 1}));
+      ADD_FAILURE() << "expected a shape error";
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), ::testing::AnyOf(HasSubstr("shortcut of shape [2, 16, 1, 1] does not match"),
+                                             HasSubstr("residual must have x's shape [2, 16, 6, 6]")));
+    }
+  }
 }
 
 TEST(FusedModules, RecordingFallsBackToTheCompositePathUnderAuto) {
