@@ -46,6 +46,8 @@ struct Impl {
   std::function<torch::Tensor()> forward;
   bool backward = true;
   std::function<void()> after_backward = [] {};  // e.g. drop gradients that would accumulate
+  // Modules: eval mode for the forward pass (inference), training mode for forward+backward.
+  std::function<void(bool training)> set_training = [](bool) {};
 };
 
 // LibTorch's CPU allocator with a count of live bytes and their peak, installed only while measuring.
@@ -171,8 +173,9 @@ std::vector<Impl> module_pair(Options opts, const torch::Tensor& x) {
     auto src = fused->named_parameters();
     for (auto& p : composite->named_parameters()) p.value().copy_(src[p.key()]);
   }
-  return {{"fused", [fused, x]() mutable { return fused->forward(x); }},
-          {"composite", [composite, x]() mutable { return composite->forward(x); }}};
+  auto mode = [](auto m) { return [m](bool training) mutable { m->train(training); }; };
+  return {{"fused", [fused, x]() mutable { return fused->forward(x); }, true, [] {}, mode(fused)},
+          {"composite", [composite, x]() mutable { return composite->forward(x); }, true, [] {}, mode(composite)}};
 }
 
 std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
@@ -210,7 +213,7 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
     auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
     // The block without a bias: the fused op against SDPA (what Auto runs there).
     for (auto& impl : module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x))
-      impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward});
+      impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward, true, [] {}, impl.set_training});
     // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
     // and ATen's own scaled_dot_product_attention (no bias).
     const bool grad = x.requires_grad();
@@ -273,6 +276,7 @@ int run_bench(const BenchArgs& args) {
     if (args.pass != "backward") passes.push_back("forward");
     if (args.pass != "forward" && !resnet) passes.push_back("backward");
     for (const auto& pass : passes) {
+      for (auto& impl : impls) impl.set_training(pass == "backward");
       std::vector<std::string> names;
       std::vector<std::function<void()>> fns;
       std::map<std::string, int64_t> peak;
@@ -344,7 +348,8 @@ int run_bench(const BenchArgs& args) {
               << r["min_ms"].get<double>() << std::setw(10) << speed.str() << std::setw(10) << copy.str()
               << std::setw(10) << sdpa.str() << std::setw(10) << none.str() << std::setw(12) << mem.str() << "\n";
   }
-  std::cout << "\nspeed-up: composite median / this median (fused and other rows).\n"
+  std::cout << "\nforward: inference (eval mode, no autograd); backward: forward+backward in training mode.\n"
+               "speed-up: composite median / this median (fused and other rows).\n"
                "x copy: this median / the median of copying the input once (read + write).\n"
                "x none (resnets): this median / the median of the same network without attention.\n"
                "x sdpa: this median / the median of ATen's scaled_dot_product_attention (op self).\n"

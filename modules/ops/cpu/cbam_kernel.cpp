@@ -38,6 +38,8 @@ struct Shape {
 Shape shape_of(const Tensor& x, bool nhwc) {
   return nhwc ? Shape{x.size(0), x.size(2), x.size(1)} : Shape{x.size(0), x.size(1), x.size(2)};
 }
+// Units (rows, blocks, samples) per task when each unit touches `row_len` elements: small tensors
+// run inline, without waking the other threads (which costs more than a pass over a few kB).
 int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_len)); }
 
 // Positions per task of a per-position sweep over channels (NCHW): at most kBlock (the stack
@@ -121,7 +123,7 @@ void channel_pool_impl(const Tensor& x, bool nhwc, Tensor& avg_t, Tensor& max_t)
     return;
   }
   const int64_t blocks = (C + kBlock - 1) / kBlock;
-  at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * blocks, grain_for(std::min(kBlock, C) * P), [&](int64_t b, int64_t e) {
     alignas(64) A sum[kBlock];
     alignas(64) A m[kBlock];
     for (int64_t t = b; t < e; ++t) {
@@ -168,7 +170,7 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
   const A inv_c = A(1) / static_cast<A>(C);
   if (!nhwc) {
     const int64_t pb = position_block(N, P, K), blocks = (P + pb - 1) / pb;
-    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N * blocks, grain_for(pb * C), [&](int64_t b, int64_t e) {
       alignas(64) A sum[kBlock];
       alignas(64) A m[kBlock];
       for (int64_t t = b; t < e; ++t) {
@@ -296,7 +298,7 @@ void backward_spatial_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const
   const A ninf = -std::numeric_limits<A>::infinity();
   if (!nhwc) {
     const int64_t pb = position_block(N, P, K), blocks = (P + pb - 1) / pb;
-    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N * blocks, grain_for(pb * C), [&](int64_t b, int64_t e) {
       alignas(64) A acc[kBlock];
       alignas(64) A best[kBlock];
       alignas(64) A arg[kBlock];
@@ -403,7 +405,7 @@ void backward_gate_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Te
     });
   } else {
     const int64_t blocks = (C + kBlock - 1) / kBlock;
-    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N * blocks, grain_for(std::min(kBlock, C) * P), [&](int64_t b, int64_t e) {
       alignas(64) A acc[kBlock];
       alignas(64) A found[kBlock];
       for (int64_t t = b; t < e; ++t) {
@@ -433,7 +435,7 @@ void backward_gate_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const Te
   }
   // The channel-max path of the spatial gate: each position sends dzmax to its arg-max channel.
   if (dzmax) {
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, grain_for(P), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n)
         for (int64_t p = 0; p < P; ++p) {
           const int64_t c = best_c[n * P + p];
@@ -490,7 +492,7 @@ void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const T
       }
     });
     if (dzmax) {
-      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, grain_for(P), [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n)
           for (int64_t p = 0; p < P; ++p) {
             const int64_t c = best_c[n * P + p];
@@ -523,7 +525,7 @@ void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const T
     }
   });
   if (dmax) {
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, grain_for(P), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n)
         for (int64_t c = 0; c < C; ++c) {
           T& ref = dx[(n * P + argmax_p[n * C + c]) * C + c];
@@ -534,43 +536,76 @@ void backward_input_impl(const Tensor& dy_t, const Tensor& x, bool nhwc, const T
 }
 
 // ---------------------------------------------------------------------------------------------
-// The k×k convolution of the spatial gate, one output row per step: each of the 2·k input rows it
-// needs is copied once into a zero-padded line, then k shifted multiply-adds over the row.
+// The k×k convolution of the spatial gate. A task copies the rows its outputs need (of both maps)
+// into a zero-padded window once, so the taps need no bounds checks; each output row is computed in
+// chunks of up to kConvVectors vectors held in registers through all 2·k·k taps (accumulating in
+// memory instead made the conv latency-bound: it cost more than a pass over x at small maps).
+constexpr int kConvVectors = 4;
+
+// One chunk of NV vectors of an output row: the accumulators' count is a compile-time constant so
+// that they stay in registers. src: the chunk's first input (map 0, top tap row) in the padded
+// window; the second map is `map_stride` further, each tap row `row_stride`.
+template <typename A, int NV>
+void conv_chunk(const A* src, int64_t map_stride, int64_t row_stride, const A* w, int64_t k,
+                const at::vec::Vectorized<A>& scale, const at::vec::Vectorized<A>& shift, bool sigmoid, A* out,
+                int64_t len) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = V(0);
+  for (int i = 0; i < 2; ++i)
+    for (int64_t dy = 0; dy < k; ++dy) {
+      const A* row = src + i * map_stride + dy * row_stride;
+      const A* wr = w + (i * k + dy) * k;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        const V wv(wr[dx]);
+        for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(V::loadu(row + dx + v * K), wv, acc[v]);
+      }
+    }
+  for (int v = 0; v < NV; ++v) {
+    V o = acc[v] * scale + shift;
+    if (sigmoid) o = sigmoid_of(o);
+    o.store(out + v * K, static_cast<int>(std::min<int64_t>(K, len - v * K)));
+  }
+}
+
 template <typename A>
 void spatial_conv_impl(const Tensor& zmax_t, const Tensor& zmean_t, int64_t H, int64_t W, const Tensor& w_t,
                        A scale, A shift, bool sigmoid, Tensor& a_t) {
   using V = at::vec::Vectorized<A>;
   constexpr int K = V::size();
   const int64_t N = zmax_t.size(0), k = w_t.size(-1), r = k / 2;
+  const int64_t Wp = W + 2 * r + kConvVectors * K;  // [r zeros][W values][zeros]: chunks may overrun W
   const A* z[2] = {zmax_t.data_ptr<A>(), zmean_t.data_ptr<A>()};
   const A* w = w_t.data_ptr<A>();
   A* a = a_t.data_ptr<A>();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, W * k * k));
-  at::parallel_for(0, N * H, grain, [&](int64_t b, int64_t e) {
-    std::vector<A> line(W + 2 * r + K, A(0));  // [r zeros][W values][r + K zeros]
-    std::vector<A> acc(W + K);
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t n = t / H, h = t % H;
-      std::fill(acc.begin(), acc.end(), A(0));
+  const V vscale(scale), vshift(shift);
+  at::parallel_for(0, N * H, grain_for(W * k * k), [&](int64_t b, int64_t e) {
+    std::vector<A> window;
+    for (int64_t t = b; t < e;) {
+      // The rows [h0, h1) of sample n in this task, and their padded inputs: rows h0 - r .. h1 + r.
+      const int64_t n = t / H, h0 = t % H, h1 = std::min(H, h0 + (e - t));
+      const int64_t rows = h1 - h0 + 2 * r;
+      window.assign(2 * rows * Wp, A(0));
       for (int i = 0; i < 2; ++i)
-        for (int64_t dy = 0; dy < k; ++dy) {
-          const int64_t ih = h + dy - r;
-          if (ih < 0 || ih >= H) continue;
-          std::copy_n(z[i] + (n * H + ih) * W, W, line.data() + r);
-          const A* wr = w + (i * k + dy) * k;
-          for (int64_t dx = 0; dx < k; ++dx) {
-            const V wv(wr[dx]);
-            const A* src = line.data() + dx;
-            for (int64_t j = 0; j < W; j += K) (V::loadu(acc.data() + j) + V::loadu(src + j) * wv).store(acc.data() + j);
+        for (int64_t y = 0; y < rows; ++y) {
+          const int64_t ih = h0 - r + y;
+          if (ih >= 0 && ih < H) std::copy_n(z[i] + (n * H + ih) * W, W, window.data() + (i * rows + y) * Wp + r);
+        }
+      for (int64_t h = h0; h < h1; ++h) {
+        A* out = a + (n * H + h) * W;
+        for (int64_t j0 = 0; j0 < W; j0 += kConvVectors * K) {
+          const A* src = window.data() + (h - h0) * Wp + j0;
+          const int64_t len = std::min<int64_t>(kConvVectors * K, W - j0);
+          switch ((len + K - 1) / K) {
+            case 1: conv_chunk<A, 1>(src, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, out + j0, len); break;
+            case 2: conv_chunk<A, 2>(src, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, out + j0, len); break;
+            case 3: conv_chunk<A, 3>(src, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, out + j0, len); break;
+            default: conv_chunk<A, 4>(src, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, out + j0, len); break;
           }
         }
-      const V vscale(scale), vshift(shift);
-      for (int64_t j = 0; j < W; j += K) {
-        const int cnt = static_cast<int>(std::min<int64_t>(K, W - j));
-        V v = V::loadu(acc.data() + j) * vscale + vshift;
-        if (sigmoid) v = sigmoid_of(v);
-        v.store(a + t * W + j, cnt);
       }
+      t += h1 - h0;
     }
   });
 }
@@ -626,7 +661,7 @@ void eca_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w_t, 
   const A* avg = avg_t.defined() ? avg_t.data_ptr<A>() : nullptr;
   const A* mx = max_t.defined() ? max_t.data_ptr<A>() : nullptr;
   A* g = g_t.data_ptr<A>();
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, grain_for(C * k), [&](int64_t b, int64_t e) {
     std::vector<A> line(C + 2 * r, A(0));  // [r zeros][avg + max][r zeros]
     for (int64_t n = b; n < e; ++n) {
       for (int64_t c = 0; c < C; ++c) line[r + c] = (avg ? avg[n * C + c] : A(0)) + (mx ? mx[n * C + c] : A(0));
