@@ -202,6 +202,114 @@ Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t 
   return at::sigmoid(a).view({N, H * W});
 }
 
+// ---- the small math's backward in direct loops (tables that have them: CPU) ------------------------
+// Differentiating the ATen composition instead costs an autograd graph and ATen's convolution
+// backward per call: at CIFAR-sized maps that made CBAM's backward slower than the composite's.
+
+bool has_direct_backward(const CbamKernelTable& k) {
+  return k.spatial_conv && k.spatial_conv_backward && k.mlp_gate_backward && k.eca_gate_backward;
+}
+
+/// `grad` (accumulation dtype) as the gradient of parameter `p`: p's shape and dtype.
+Tensor as_grad_of(const Tensor& grad, const Tensor& p) { return grad.view(p.sizes()).to(p.scalar_type()); }
+
+struct SpatialGrads {
+  Tensor dzmax, dzmean;
+  Tensor dweight, dbias, dbn_weight, dbn_bias;  // undefined where the parameter is absent
+};
+
+/// s = sigmoid(bn(conv(z) + bias)) backward from ds. BatchNorm as in forward: running statistics in
+/// eval mode, batch statistics (biased variance) in training mode.
+SpatialGrads spatial_gate_backward(const Tensor& zmax, const Tensor& zmean, const Tensor& s, const Tensor& ds, int64_t H,
+                                   int64_t W, const CbamWeights& w, const CbamConfig& cfg, const CbamKernelTable& k) {
+  const auto t = zmax.scalar_type();
+  const int64_t N = zmax.size(0), P = H * W, M = N * P, ks = w.spatial_weight.size(-1);
+  Tensor wk = dense(w.spatial_weight, t).view({2, ks, ks});
+  if (!cfg.spatial_max_first) wk = wk.flip(0);
+  const double bias = scalar_of(w.spatial_bias, 0.0);
+  Tensor a1 = at::empty({N, P}, zmax.options()), da = at::empty({N, P}, zmax.options());
+  k.spatial_conv(zmax, zmean, H, W, wk, 1.0, bias, /*sigmoid=*/false, a1);  // the pre-BatchNorm map
+  const double gamma = scalar_of(w.bn_weight, 1.0);
+  double dgamma = 0, dbeta = 0, dbias = 0;
+  AT_DISPATCH_FLOATING_TYPES(t, "attnkit::cbam_backward", [&] {
+    const scalar_t* a = a1.const_data_ptr<scalar_t>();
+    const scalar_t* sv = s.const_data_ptr<scalar_t>();
+    const scalar_t* dsv = ds.const_data_ptr<scalar_t>();
+    scalar_t* dav = da.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < M; ++i) dav[i] = dsv[i] * sv[i] * (scalar_t(1) - sv[i]);  // through the sigmoid
+    if (cfg.use_bn) {
+      double mean, invstd;
+      if (cfg.bn_training) {
+        double sum = 0, sq = 0;
+        for (int64_t i = 0; i < M; ++i) sum += a[i];
+        mean = sum / M;
+        for (int64_t i = 0; i < M; ++i) sq += (a[i] - mean) * (a[i] - mean);
+        invstd = 1.0 / std::sqrt(sq / M + cfg.bn_eps);
+      } else {
+        mean = scalar_of(w.bn_running_mean, 0.0);
+        invstd = 1.0 / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps);
+      }
+      for (int64_t i = 0; i < M; ++i) {
+        dbeta += dav[i];
+        dgamma += dav[i] * (a[i] - mean) * invstd;
+      }
+      const double scale = gamma * invstd;
+      for (int64_t i = 0; i < M; ++i) {
+        double g = dav[i];
+        // Batch statistics depend on every element: their gradient terms (mean of dy, of dy * x_hat).
+        if (cfg.bn_training) g -= (dbeta + (a[i] - mean) * invstd * dgamma) / M;
+        dav[i] = static_cast<scalar_t>(g * scale);
+      }
+    }
+    for (int64_t i = 0; i < M; ++i) dbias += dav[i];
+  });
+  SpatialGrads out;
+  Tensor dwk = at::empty({2, ks, ks}, zmax.options());
+  out.dzmax = at::empty({N, P}, zmax.options());
+  out.dzmean = at::empty({N, P}, zmax.options());
+  k.spatial_conv_backward(zmax, zmean, H, W, wk, da, dwk, out.dzmax, out.dzmean);
+  if (!cfg.spatial_max_first) dwk = dwk.flip(0);
+  auto scalar_grad = [&](double v, const Tensor& p) { return at::full(p.sizes(), v, p.options()); };
+  out.dweight = as_grad_of(dwk, w.spatial_weight);
+  if (w.spatial_bias.defined()) out.dbias = scalar_grad(dbias, w.spatial_bias);
+  if (cfg.use_bn && w.bn_weight.defined()) out.dbn_weight = scalar_grad(dgamma, w.bn_weight);
+  if (cfg.use_bn && w.bn_bias.defined()) out.dbn_bias = scalar_grad(dbeta, w.bn_bias);
+  return out;
+}
+
+struct ChannelGrads {
+  Tensor davg, dmax;  // undefined for a descriptor the gate does not pool
+  Tensor dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias, deca_weight;
+};
+
+/// g = sigmoid(f(avg) + f(max)) backward from dg (the MLP or ECA's convolution).
+ChannelGrads channel_gate_backward(const Tensor& avg, const Tensor& max, const Tensor& g, const Tensor& dg,
+                                   const CbamWeights& w, const CbamConfig& cfg, const CbamKernelTable& k) {
+  const auto t = avg.scalar_type();
+  const int64_t N = avg.size(0), C = avg.size(1);
+  const Tensor a = cfg.pool_avg ? avg : Tensor(), m = cfg.pool_max ? max : Tensor();
+  ChannelGrads out;
+  if (cfg.pool_avg) out.davg = at::empty({N, C}, avg.options());
+  if (cfg.pool_max) out.dmax = at::empty({N, C}, avg.options());
+  if (w.eca_weight.defined()) {
+    Tensor dwe = at::empty({w.eca_weight.numel()}, avg.options());
+    k.eca_gate_backward(a, m, dense(w.eca_weight, t), g, dg, out.davg, out.dmax, dwe);
+    out.deca_weight = as_grad_of(dwe, w.eca_weight);
+    return out;
+  }
+  const Tensor w1 = dense(w.fc1_weight, t), w2 = dense(w.fc2_weight, t);
+  const int64_t R = w.fc1_weight.size(0);
+  Tensor dw1 = at::empty({R, C}, avg.options()), dw2 = at::empty({C, R}, avg.options());
+  Tensor db1 = w.fc1_bias.defined() ? at::empty({R}, avg.options()) : Tensor();
+  Tensor db2 = w.fc2_bias.defined() ? at::empty({C}, avg.options()) : Tensor();
+  k.mlp_gate_backward(a, m, w1, dense(w.fc1_bias, t), w2, g, dg, out.davg, out.dmax, dw1, db1, dw2, db2);
+  out.dfc1_weight = as_grad_of(dw1, w.fc1_weight);
+  out.dfc2_weight = as_grad_of(dw2, w.fc2_weight);
+  if (db1.defined()) out.dfc1_bias = as_grad_of(db1, w.fc1_bias);
+  if (db2.defined()) out.dfc2_bias = as_grad_of(db2, w.fc2_bias);
+  return out;
+}
+
 // ---- layout ------------------------------------------------------------------------------------------
 struct Layout {
   bool nhwc;
@@ -352,17 +460,33 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
         return gs;
       };
 
+      // The small math's gradients in direct loops where the table has them, else by autograd.
+      const bool direct = has_direct_backward(k);
+      auto keep_grad = [&](size_t i, const Tensor& grad) {
+        if (p[i].defined() && p[i].requires_grad()) param_grads[i] = grad;
+      };
+
       // Spatial gate: ds from the big tensor, then back through conv/BN on the small map.
       Tensor dzmax, dzmean, best_c;
       if (w.spatial_weight.defined()) {
         Tensor ds = at::empty({N, H * W}, acc);
         best_c = at::empty({N, H * W}, acc.dtype(at::kInt));
         k.backward_spatial(dy, xf, nhwc, g, ds, best_c);
-        Tensor zmax_l = zmax.detach().requires_grad_(true), zmean_l = zmean.detach().requires_grad_(true);
-        Tensor s_re = spatial_gate(zmax_l, zmean_l, H, W, w, cfg, /*update_stats=*/false);
-        auto dz = small_backward(s_re, {zmax_l, zmean_l}, ds, kSpatialParams);
-        dzmax = dz[0].defined() ? dz[0].contiguous() : at::zeros_like(zmax);
-        dzmean = dz[1].defined() ? dz[1].contiguous() : at::zeros_like(zmean);
+        if (direct) {
+          SpatialGrads sg = spatial_gate_backward(zmax, zmean, s, ds, H, W, w, cfg, k);
+          dzmax = sg.dzmax;
+          dzmean = sg.dzmean;
+          keep_grad(4, sg.dweight);
+          keep_grad(5, sg.dbias);
+          keep_grad(6, sg.dbn_weight);
+          keep_grad(7, sg.dbn_bias);
+        } else {
+          Tensor zmax_l = zmax.detach().requires_grad_(true), zmean_l = zmean.detach().requires_grad_(true);
+          Tensor s_re = spatial_gate(zmax_l, zmean_l, H, W, w, cfg, /*update_stats=*/false);
+          auto dz = small_backward(s_re, {zmax_l, zmean_l}, ds, kSpatialParams);
+          dzmax = dz[0].defined() ? dz[0].contiguous() : at::zeros_like(zmax);
+          dzmean = dz[1].defined() ? dz[1].contiguous() : at::zeros_like(zmean);
+        }
       }
       // Channel gate: dg from the big tensor, then back through the MLP (or ECA's conv) on the
       // descriptors. Without one, g = 1 and nothing flows that way.
@@ -371,10 +495,21 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
         Tensor dg = at::empty({N, C}, acc);
         argmax_p = at::empty({N, C}, acc.dtype(at::kInt));
         k.backward_gate(dy, xf, nhwc, s, dzmax, dzmean, best_c, max, dg, argmax_p);
-        Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
-        auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, kChannelParams);
-        if (dd[0].defined()) davg = dd[0].contiguous();
-        if (dd[1].defined()) dmax = dd[1].contiguous();
+        if (direct) {
+          ChannelGrads cg = channel_gate_backward(avg, max, g, dg, w, cfg, k);
+          davg = cg.davg;
+          dmax = cg.dmax;
+          keep_grad(0, cg.dfc1_weight);
+          keep_grad(1, cg.dfc1_bias);
+          keep_grad(2, cg.dfc2_weight);
+          keep_grad(3, cg.dfc2_bias);
+          keep_grad(8, cg.deca_weight);
+        } else {
+          Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
+          auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, kChannelParams);
+          if (dd[0].defined()) davg = dd[0].contiguous();
+          if (dd[1].defined()) dmax = dd[1].contiguous();
+        }
       }
       if (x.requires_grad()) {
         Tensor dx_flat;

@@ -63,6 +63,23 @@ struct CbamKernelTable {
   /// conv(max[n, :])), conv the zero-padded 1-D convolution across channels with weight [k] (k odd);
   /// an undefined avg or max drops its term. Contiguous, accumulation dtype.
   void (*eca_gate)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& weight, at::Tensor& g);
+
+  // Backward of the small math (optional: nullptr, or any of them missing, and the op differentiates
+  // the ATen composition instead). Tensors as in the forward entries; outputs are written whole.
+  /// spatial_conv without its epilogue: from da [N, H*W], dweight [2, k, k], dzmax and dzmean [N, H*W].
+  void (*spatial_conv_backward)(const at::Tensor& zmax, const at::Tensor& zmean, int64_t H, int64_t W,
+                                const at::Tensor& weight, const at::Tensor& da, at::Tensor& dweight,
+                                at::Tensor& dzmax, at::Tensor& dzmean);
+  /// mlp_gate: from the gate g and dg, the gradients of avg and max (each written where both it and
+  /// its gradient are defined), w1, w2 and the biases (db1, db2 undefined: not wanted).
+  void (*mlp_gate_backward)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& w1,
+                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& g, const at::Tensor& dg,
+                            at::Tensor& davg, at::Tensor& dmax, at::Tensor& dw1, at::Tensor& db1, at::Tensor& dw2,
+                            at::Tensor& db2);
+  /// eca_gate: from g and dg, the gradients of avg, max (as above) and the weight [k].
+  void (*eca_gate_backward)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& weight,
+                            const at::Tensor& g, const at::Tensor& dg, at::Tensor& davg, at::Tensor& dmax,
+                            at::Tensor& dweight);
 };
 
 namespace cpu {
