@@ -10,6 +10,7 @@
 // vector code, so the copies never clash.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <type_traits>
@@ -32,6 +33,11 @@ struct Lanes {
       if (count == kSize) return V::loadu(p);
       return V::set(V(pad), V::loadu(p, count), count);
     } else {
+      if (count == kSize) {  // ATen's vector conversion (one instruction on AVX-512)
+        V out;
+        at::vec::load_to_float<T>(p, out);
+        return out;
+      }
       alignas(64) A buf[kSize];
       for (int i = 0; i < kSize; ++i) buf[i] = i < count ? static_cast<A>(p[i]) : pad;
       return V::loadu(buf);
@@ -43,7 +49,7 @@ struct Lanes {
     } else {
       alignas(64) A buf[kSize];
       v.store(buf);
-      for (int i = 0; i < count; ++i) p[i] = static_cast<T>(buf[i]);
+      at::vec::convert(buf, p, count);  // vectorised, rounding to nearest even like static_cast
     }
   }
 };
