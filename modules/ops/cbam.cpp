@@ -151,8 +151,8 @@ Tensor channel_gate_forward(const Tensor& avg, const Tensor& max, const CbamWeig
 /// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
 /// running statistics (the forward pass) or not (backward's recomputation). `conv`: the table's
 /// direct convolution when it has one and no gradient is wanted (forward), else ATen's conv2d.
-/// Forward in eval mode on the CPU is thus one kernel call; the ATen path stays the reference
-/// (backward recomputes with it).
+/// Forward in eval mode on the CPU is thus one kernel call; the ATen path serves CUDA (whose
+/// backward differentiates it) and training-mode BatchNorm.
 Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t W, const CbamWeights& w,
                     const CbamConfig& cfg, bool update_stats, const CbamKernelTable* conv = nullptr) {
   const auto t = zmax.scalar_type();
@@ -378,7 +378,8 @@ Forward forward_impl(const Tensor& x, const CbamWeights& w, const CbamConfig& cf
 }
 
 // ---- autograd --------------------------------------------------------------------------------------------
-// Leaves standing in for the op's inputs while backward recomputes the small math.
+// Leaves standing in for the op's inputs while backward recomputes the small math with autograd
+// (tables without direct backward loops: CUDA).
 Tensor leaf(const Tensor& t) { return t.defined() ? t.detach().requires_grad_(t.requires_grad()) : t; }
 
 // The differentiable parameters in a fixed order. Only the defined ones become autograd inputs

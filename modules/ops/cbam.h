@@ -13,10 +13,11 @@
 // read three times and written once forward (channel pooling; gated channel max/mean without
 // writing x*g; the final scaling), and read three times and written once backward; without a
 // channel gate the pooling pass is skipped, without a spatial gate the gated pass. The work on the
-// small tensors (the MLP or 1-D conv on [N, C], BatchNorm on [N, 1, H, W]) runs as ATen ops, except
-// the k×k convolution, which on CPU is a direct loop (ATen's costs more than a pass over x at
-// 8×256×56×56); backward recomputes them with ATen, which costs next to nothing and keeps the op
-// free of saved graphs.
+// small tensors (the MLP or 1-D conv on [N, C]; the k×k conv, BatchNorm and sigmoid on [N, H·W])
+// runs in direct loops on the CPU, forward and backward (backward recomputes the conv from the
+// pooled maps): as ATen ops it cost a dozen calls forward and an autograd graph with ATen's
+// convolution backward, more than the passes over x at batch 1 and at CIFAR-sized maps. On CUDA
+// those pieces are ATen ops, and backward differentiates them with autograd.
 //
 // Gradients flow to x and every parameter. BatchNorm follows at::batch_norm: in training mode it
 // normalises with batch statistics and updates the running ones in place, once per forward.

@@ -639,32 +639,43 @@ void spatial_conv_backward_impl(const Tensor& zmax_t, const Tensor& zmean_t, int
     for (int64_t t = 0; t < taps; ++t) flipped[t] = w[i * taps + taps - 1 - t];
     conv_maps<A>(&da, 1, N, H, W, flipped.data(), k, A(1), A(0), false, dz[i]);
   }
-  // Weight gradient: partial sums over fixed blocks of rows, then added in block order.
+  // Weight gradient: partial sums over fixed blocks of rows, then added in block order. Within a
+  // block each tap accumulates whole vectors across the row (lanes summed once per block, not once
+  // per row); da's row is zero-padded to whole vectors, so the padding adds nothing.
   const int64_t row_blocks = (H + kWeightGradRows - 1) / kWeightGradRows, blocks = N * row_blocks;
+  const int64_t Wv = (W + K - 1) / K * K;
   std::vector<A> partial(blocks * 2 * taps, A(0));
-  const int64_t Wp = W + 2 * r + K;
   at::parallel_for(0, blocks, grain_for(kWeightGradRows * W * 2 * taps), [&](int64_t b, int64_t e) {
-    std::vector<A> line(Wp);
+    const int64_t Wp = Wv + 2 * r + K;  // a padded input row: [r zeros][W values][zeros]
+    std::vector<A> window, darow(Wv), acc(2 * taps * Wv);
     for (int64_t blk = b; blk < e; ++blk) {
       const int64_t n = blk / row_blocks, h0 = (blk % row_blocks) * kWeightGradRows;
-      const int64_t h1 = std::min(H, h0 + kWeightGradRows);
-      A* part = partial.data() + blk * 2 * taps;
+      const int64_t h1 = std::min(H, h0 + kWeightGradRows), rows = h1 - h0 + 2 * r;
+      // The block's input rows h0 - r .. h1 + r of both maps, zero-padded, copied once.
+      window.assign(2 * rows * Wp, A(0));
+      for (int i = 0; i < 2; ++i)
+        for (int64_t y = 0; y < rows; ++y) {
+          const int64_t ih = h0 - r + y;
+          if (ih >= 0 && ih < H) std::copy_n(z[i] + (n * H + ih) * W, W, window.data() + (i * rows + y) * Wp + r);
+        }
+      std::fill(acc.begin(), acc.end(), A(0));
       for (int64_t h = h0; h < h1; ++h) {
-        const A* darow = da + (n * H + h) * W;
+        std::copy_n(da + (n * H + h) * W, W, darow.data());  // lanes W.. stay zero
         for (int i = 0; i < 2; ++i)
           for (int64_t dy = 0; dy < k; ++dy) {
-            const int64_t ih = h + dy - r;
-            if (ih < 0 || ih >= H) continue;
-            std::fill(line.begin(), line.end(), A(0));
-            std::copy_n(z[i] + (n * H + ih) * W, W, line.data() + r);
+            const A* line = window.data() + (i * rows + (h - h0) + dy) * Wp;
             for (int64_t dx = 0; dx < k; ++dx) {
-              V acc(0);
-              int64_t j = 0;
-              for (; j + K <= W; j += K) acc = at::vec::fmadd(V::loadu(darow + j), V::loadu(line.data() + dx + j), acc);
-              if (j < W) acc = at::vec::fmadd(V::loadu(darow + j, W - j), V::loadu(line.data() + dx + j, W - j), acc);
-              part[(i * k + dy) * k + dx] += lane_sum(acc);
+              A* tap = acc.data() + ((i * k + dy) * k + dx) * Wv;
+              for (int64_t j = 0; j < Wv; j += K)
+                at::vec::fmadd(V::loadu(darow.data() + j), V::loadu(line + dx + j), V::loadu(tap + j)).store(tap + j);
             }
           }
+      }
+      A* part = partial.data() + blk * 2 * taps;
+      for (int64_t t = 0; t < 2 * taps; ++t) {
+        V sum(0);
+        for (int64_t j = 0; j < Wv; j += K) sum += V::loadu(acc.data() + t * Wv + j);
+        part[t] = lane_sum(sum);
       }
     }
   });
