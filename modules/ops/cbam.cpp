@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <functional>
+#include <utility>
+#include <vector>
 
 namespace attnkit::ops {
 namespace {
@@ -213,9 +215,13 @@ bool has_direct_backward(const CbamKernelTable& k) {
 /// `grad` (accumulation dtype) as the gradient of parameter `p`: p's shape and dtype.
 Tensor as_grad_of(const Tensor& grad, const Tensor& p) { return grad.view(p.sizes()).to(p.scalar_type()); }
 
+// Gradients of the parameters, each with its index in differentiable()'s order; undefined where the
+// parameter is absent.
+using ParamGrads = std::vector<std::pair<size_t, Tensor>>;
+
 struct SpatialGrads {
   Tensor dzmax, dzmean;
-  Tensor dweight, dbias, dbn_weight, dbn_bias;  // undefined where the parameter is absent
+  ParamGrads params;
 };
 
 /// s = sigmoid(bn(conv(z) + bias)) backward from ds. BatchNorm as in forward: running statistics in
@@ -270,16 +276,16 @@ SpatialGrads spatial_gate_backward(const Tensor& zmax, const Tensor& zmean, cons
   k.spatial_conv_backward(zmax, zmean, H, W, wk, da, dwk, out.dzmax, out.dzmean);
   if (!cfg.spatial_max_first) dwk = dwk.flip(0);
   auto scalar_grad = [&](double v, const Tensor& p) { return at::full(p.sizes(), v, p.options()); };
-  out.dweight = as_grad_of(dwk, w.spatial_weight);
-  if (w.spatial_bias.defined()) out.dbias = scalar_grad(dbias, w.spatial_bias);
-  if (cfg.use_bn && w.bn_weight.defined()) out.dbn_weight = scalar_grad(dgamma, w.bn_weight);
-  if (cfg.use_bn && w.bn_bias.defined()) out.dbn_bias = scalar_grad(dbeta, w.bn_bias);
+  out.params.emplace_back(4, as_grad_of(dwk, w.spatial_weight));
+  if (w.spatial_bias.defined()) out.params.emplace_back(5, scalar_grad(dbias, w.spatial_bias));
+  if (cfg.use_bn && w.bn_weight.defined()) out.params.emplace_back(6, scalar_grad(dgamma, w.bn_weight));
+  if (cfg.use_bn && w.bn_bias.defined()) out.params.emplace_back(7, scalar_grad(dbeta, w.bn_bias));
   return out;
 }
 
 struct ChannelGrads {
   Tensor davg, dmax;  // undefined for a descriptor the gate does not pool
-  Tensor dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias, deca_weight;
+  ParamGrads params;
 };
 
 /// g = sigmoid(f(avg) + f(max)) backward from dg (the MLP or ECA's convolution).
@@ -294,7 +300,7 @@ ChannelGrads channel_gate_backward(const Tensor& avg, const Tensor& max, const T
   if (w.eca_weight.defined()) {
     Tensor dwe = at::empty({w.eca_weight.numel()}, avg.options());
     k.eca_gate_backward(a, m, dense(w.eca_weight, t), g, dg, out.davg, out.dmax, dwe);
-    out.deca_weight = as_grad_of(dwe, w.eca_weight);
+    out.params.emplace_back(8, as_grad_of(dwe, w.eca_weight));
     return out;
   }
   const Tensor w1 = dense(w.fc1_weight, t), w2 = dense(w.fc2_weight, t);
@@ -303,10 +309,10 @@ ChannelGrads channel_gate_backward(const Tensor& avg, const Tensor& max, const T
   Tensor db1 = w.fc1_bias.defined() ? at::empty({R}, avg.options()) : Tensor();
   Tensor db2 = w.fc2_bias.defined() ? at::empty({C}, avg.options()) : Tensor();
   k.mlp_gate_backward(a, m, w1, dense(w.fc1_bias, t), w2, g, dg, out.davg, out.dmax, dw1, db1, dw2, db2);
-  out.dfc1_weight = as_grad_of(dw1, w.fc1_weight);
-  out.dfc2_weight = as_grad_of(dw2, w.fc2_weight);
-  if (db1.defined()) out.dfc1_bias = as_grad_of(db1, w.fc1_bias);
-  if (db2.defined()) out.dfc2_bias = as_grad_of(db2, w.fc2_bias);
+  out.params.emplace_back(0, as_grad_of(dw1, w.fc1_weight));
+  out.params.emplace_back(2, as_grad_of(dw2, w.fc2_weight));
+  if (db1.defined()) out.params.emplace_back(1, as_grad_of(db1, w.fc1_bias));
+  if (db2.defined()) out.params.emplace_back(3, as_grad_of(db2, w.fc2_bias));
   return out;
 }
 
@@ -463,8 +469,9 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
 
       // The small math's gradients in direct loops where the table has them, else by autograd.
       const bool direct = has_direct_backward(k);
-      auto keep_grad = [&](size_t i, const Tensor& grad) {
-        if (p[i].defined() && p[i].requires_grad()) param_grads[i] = grad;
+      auto keep_grads = [&](const ParamGrads& grads) {
+        for (const auto& [i, grad] : grads)
+          if (p[i].defined() && p[i].requires_grad()) param_grads[i] = grad;
       };
 
       // Spatial gate: ds from the big tensor, then back through conv/BN on the small map.
@@ -477,10 +484,7 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
           SpatialGrads sg = spatial_gate_backward(zmax, zmean, s, ds, H, W, w, cfg, k);
           dzmax = sg.dzmax;
           dzmean = sg.dzmean;
-          keep_grad(4, sg.dweight);
-          keep_grad(5, sg.dbias);
-          keep_grad(6, sg.dbn_weight);
-          keep_grad(7, sg.dbn_bias);
+          keep_grads(sg.params);
         } else {
           Tensor zmax_l = zmax.detach().requires_grad_(true), zmean_l = zmean.detach().requires_grad_(true);
           Tensor s_re = spatial_gate(zmax_l, zmean_l, H, W, w, cfg, /*update_stats=*/false);
@@ -500,11 +504,7 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
           ChannelGrads cg = channel_gate_backward(avg, max, g, dg, w, cfg, k);
           davg = cg.davg;
           dmax = cg.dmax;
-          keep_grad(0, cg.dfc1_weight);
-          keep_grad(1, cg.dfc1_bias);
-          keep_grad(2, cg.dfc2_weight);
-          keep_grad(3, cg.dfc2_bias);
-          keep_grad(8, cg.deca_weight);
+          keep_grads(cg.params);
         } else {
           Tensor avg_l = avg.detach().requires_grad_(true), max_l = max.detach().requires_grad_(true);
           auto dd = small_backward(channel_gate(avg_l, max_l, w, cfg), {avg_l, max_l}, dg, kChannelParams);
