@@ -383,7 +383,7 @@ Runner add_bench_command(CLI::App& cli) {
   cmd->add_option("--device", args->device, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--attention", args->attention, "Attention block inside the resnets")->capture_default_str();
-  cmd->add_option("--pass", args->pass, "forward, backward (forward+backward) or both")
+  cmd->add_option("--pass", args->pass, "forward (inference: modules in eval mode, no autograd), backward (forward+backward in training mode) or both")
       ->check(CLI::IsMember({"forward", "backward", "both"}))->capture_default_str();
   cmd->add_option("--iters", args->iters, "Timed runs per case (default: about one second's worth, 5 to 200)")
       ->check(CLI::PositiveNumber);
