@@ -557,6 +557,13 @@ TEST(ResidualEpilogue, BlocksWithoutOneAndBadShortcuts) {
       EXPECT_THAT(e.what(), ::testing::AnyOf(HasSubstr("shortcut of shape [2, 16, 1, 1] does not match"),
                                              HasSubstr("residual must have x's shape [2, 16, 6, 6]")));
     }
+    try {
+      attnkit::forward_add_relu(*block, x, sc.to(torch::kDouble));
+      ADD_FAILURE() << "expected a dtype error";
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), ::testing::AnyOf(HasSubstr("shortcut of dtype Double does not match"),
+                                             HasSubstr("residual must have x's dtype Float, got Double")));
+    }
   }
 }
 
