@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <functional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,11 @@ const CbamKernelTable& kernels_for(const at::Device& device) {
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The differentiable parameters' fixed order (differentiable() below): the index of each one's
+// gradient in backward.
+enum Param : size_t { kFc1Weight, kFc1Bias, kFc2Weight, kFc2Bias, kSpatialWeight, kSpatialBias, kBnWeight, kBnBias,
+                      kEcaWeight, kParams };
 
 void check_param(const Tensor& t, const char* name, const Tensor& x, std::initializer_list<int64_t> shape) {
   if (!t.defined()) return;
@@ -150,6 +156,19 @@ Tensor channel_gate_forward(const Tensor& avg, const Tensor& max, const CbamWeig
   return channel_gate(avg, max, w, cfg).contiguous();
 }
 
+/// The spatial conv's weight as the kernels take it: [2, k, k] in the accumulation dtype, zmax's
+/// weights first whatever the module's stacking order.
+Tensor spatial_kernel(const CbamWeights& w, const CbamConfig& cfg, at::ScalarType t) {
+  const int64_t k = w.spatial_weight.size(-1);
+  Tensor wk = dense(w.spatial_weight, t).view({2, k, k});
+  return cfg.spatial_max_first ? wk : wk.flip(0);  // flip copies: contiguous
+}
+
+/// Eval-mode BatchNorm's running mean and 1 / sqrt(running var + eps), read on the CPU.
+std::pair<double, double> running_stats(const CbamWeights& w, const CbamConfig& cfg) {
+  return {scalar_of(w.bn_running_mean, 0.0), 1.0 / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps)};
+}
+
 /// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
 /// running statistics (the forward pass) or not (backward's recomputation). `conv`: the table's
 /// direct convolution when it has one and no gradient is wanted (forward), else ATen's conv2d.
@@ -162,17 +181,16 @@ Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t 
   const int64_t k = w.spatial_weight.size(-1);
   Tensor a;
   if (conv && conv->spatial_conv) {
-    // The kernel takes the zmax weights first.
-    Tensor wk = dense(w.spatial_weight, t).view({2, k, k});
-    if (!cfg.spatial_max_first) wk = wk.flip(0);  // flip copies: contiguous
+    const Tensor wk = spatial_kernel(w, cfg, t);
     // Its epilogue applies the conv bias and, in eval mode, BatchNorm: both are one affine map of the
     // conv's output, so the whole gate is one pass over the small map.
     const double bias = scalar_of(w.spatial_bias, 0.0);
     if (!cfg.use_bn || !cfg.bn_training) {
       double scale = 1.0, shift = bias;
       if (cfg.use_bn) {
-        scale = scalar_of(w.bn_weight, 1.0) / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps);
-        shift = (bias - scalar_of(w.bn_running_mean, 0.0)) * scale + scalar_of(w.bn_bias, 0.0);
+        const auto [mean, invstd] = running_stats(w, cfg);
+        scale = scalar_of(w.bn_weight, 1.0) * invstd;
+        shift = (bias - mean) * scale + scalar_of(w.bn_bias, 0.0);
       }
       Tensor s = at::empty({N, H * W}, zmax.options());
       conv->spatial_conv(zmax, zmean, H, W, wk, scale, shift, /*sigmoid=*/true, s);
@@ -215,8 +233,7 @@ bool has_direct_backward(const CbamKernelTable& k) {
 /// `grad` (accumulation dtype) as the gradient of parameter `p`: p's shape and dtype.
 Tensor as_grad_of(const Tensor& grad, const Tensor& p) { return grad.view(p.sizes()).to(p.scalar_type()); }
 
-// Gradients of the parameters, each with its index in differentiable()'s order; undefined where the
-// parameter is absent.
+// Gradients of the parameters present, each with its Param index.
 using ParamGrads = std::vector<std::pair<size_t, Tensor>>;
 
 struct SpatialGrads {
@@ -230,8 +247,7 @@ SpatialGrads spatial_gate_backward(const Tensor& zmax, const Tensor& zmean, cons
                                    int64_t W, const CbamWeights& w, const CbamConfig& cfg, const CbamKernelTable& k) {
   const auto t = zmax.scalar_type();
   const int64_t N = zmax.size(0), P = H * W, M = N * P, ks = w.spatial_weight.size(-1);
-  Tensor wk = dense(w.spatial_weight, t).view({2, ks, ks});
-  if (!cfg.spatial_max_first) wk = wk.flip(0);
+  const Tensor wk = spatial_kernel(w, cfg, t);
   const double bias = scalar_of(w.spatial_bias, 0.0);
   Tensor a1 = at::empty({N, P}, zmax.options()), da = at::empty({N, P}, zmax.options());
   k.spatial_conv(zmax, zmean, H, W, wk, 1.0, bias, /*sigmoid=*/false, a1);  // the pre-BatchNorm map
@@ -252,8 +268,7 @@ SpatialGrads spatial_gate_backward(const Tensor& zmax, const Tensor& zmean, cons
         for (int64_t i = 0; i < M; ++i) sq += (a[i] - mean) * (a[i] - mean);
         invstd = 1.0 / std::sqrt(sq / M + cfg.bn_eps);
       } else {
-        mean = scalar_of(w.bn_running_mean, 0.0);
-        invstd = 1.0 / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps);
+        std::tie(mean, invstd) = running_stats(w, cfg);
       }
       for (int64_t i = 0; i < M; ++i) {
         dbeta += dav[i];
@@ -276,10 +291,10 @@ SpatialGrads spatial_gate_backward(const Tensor& zmax, const Tensor& zmean, cons
   k.spatial_conv_backward(zmax, zmean, H, W, wk, da, dwk, out.dzmax, out.dzmean);
   if (!cfg.spatial_max_first) dwk = dwk.flip(0);
   auto scalar_grad = [&](double v, const Tensor& p) { return at::full(p.sizes(), v, p.options()); };
-  out.params.emplace_back(4, as_grad_of(dwk, w.spatial_weight));
-  if (w.spatial_bias.defined()) out.params.emplace_back(5, scalar_grad(dbias, w.spatial_bias));
-  if (cfg.use_bn && w.bn_weight.defined()) out.params.emplace_back(6, scalar_grad(dgamma, w.bn_weight));
-  if (cfg.use_bn && w.bn_bias.defined()) out.params.emplace_back(7, scalar_grad(dbeta, w.bn_bias));
+  out.params.emplace_back(kSpatialWeight, as_grad_of(dwk, w.spatial_weight));
+  if (w.spatial_bias.defined()) out.params.emplace_back(kSpatialBias, scalar_grad(dbias, w.spatial_bias));
+  if (cfg.use_bn && w.bn_weight.defined()) out.params.emplace_back(kBnWeight, scalar_grad(dgamma, w.bn_weight));
+  if (cfg.use_bn && w.bn_bias.defined()) out.params.emplace_back(kBnBias, scalar_grad(dbeta, w.bn_bias));
   return out;
 }
 
@@ -300,7 +315,7 @@ ChannelGrads channel_gate_backward(const Tensor& avg, const Tensor& max, const T
   if (w.eca_weight.defined()) {
     Tensor dwe = at::empty({w.eca_weight.numel()}, avg.options());
     k.eca_gate_backward(a, m, dense(w.eca_weight, t), g, dg, out.davg, out.dmax, dwe);
-    out.params.emplace_back(8, as_grad_of(dwe, w.eca_weight));
+    out.params.emplace_back(kEcaWeight, as_grad_of(dwe, w.eca_weight));
     return out;
   }
   const Tensor w1 = dense(w.fc1_weight, t), w2 = dense(w.fc2_weight, t);
@@ -309,10 +324,10 @@ ChannelGrads channel_gate_backward(const Tensor& avg, const Tensor& max, const T
   Tensor db1 = w.fc1_bias.defined() ? at::empty({R}, avg.options()) : Tensor();
   Tensor db2 = w.fc2_bias.defined() ? at::empty({C}, avg.options()) : Tensor();
   k.mlp_gate_backward(a, m, w1, dense(w.fc1_bias, t), w2, g, dg, out.davg, out.dmax, dw1, db1, dw2, db2);
-  out.params.emplace_back(0, as_grad_of(dw1, w.fc1_weight));
-  out.params.emplace_back(2, as_grad_of(dw2, w.fc2_weight));
-  if (db1.defined()) out.params.emplace_back(1, as_grad_of(db1, w.fc1_bias));
-  if (db2.defined()) out.params.emplace_back(3, as_grad_of(db2, w.fc2_bias));
+  out.params.emplace_back(kFc1Weight, as_grad_of(dw1, w.fc1_weight));
+  out.params.emplace_back(kFc2Weight, as_grad_of(dw2, w.fc2_weight));
+  if (db1.defined()) out.params.emplace_back(kFc1Bias, as_grad_of(db1, w.fc1_bias));
+  if (db2.defined()) out.params.emplace_back(kFc2Bias, as_grad_of(db2, w.fc2_bias));
   return out;
 }
 
@@ -394,10 +409,9 @@ std::vector<Tensor> differentiable(const CbamWeights& w) {
   return {w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, w.spatial_weight, w.spatial_bias, w.bn_weight, w.bn_bias,
           w.eca_weight};
 }
-constexpr size_t kParams = 9;
 // Which of them belong to the channel gate and which to the spatial gate.
-const std::vector<size_t> kChannelParams = {0, 1, 2, 3, 8};
-const std::vector<size_t> kSpatialParams = {4, 5, 6, 7};
+const std::vector<size_t> kChannelParams = {kFc1Weight, kFc1Bias, kFc2Weight, kFc2Bias, kEcaWeight};
+const std::vector<size_t> kSpatialParams = {kSpatialWeight, kSpatialBias, kBnWeight, kBnBias};
 
 struct CbamFunction : public torch::autograd::Function<CbamFunction> {
   // inputs: the defined parameters, then the residual if there is one (autograd tracks them there).

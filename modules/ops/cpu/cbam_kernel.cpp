@@ -57,6 +57,16 @@ at::vec::Vectorized<A> sigmoid_of(const at::vec::Vectorized<A>& v) {
   return V(1) / (V(1) + v.neg().exp());
 }
 
+// p[i] = sigmoid(p[i]) for i < n.
+template <typename A>
+void sigmoid_in_place(A* p, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  for (int64_t i = 0; i < n; i += V::size()) {
+    const int cnt = static_cast<int>(std::min<int64_t>(V::size(), n - i));
+    sigmoid_of(V::loadu(p + i, cnt)).store(p + i, cnt);
+  }
+}
+
 // Dot product of two contiguous rows of length n.
 template <typename A>
 A dot(const A* a, const A* b, int64_t n) {
@@ -569,6 +579,19 @@ void conv_chunk(const A* src, int maps, int64_t map_stride, int64_t row_stride, 
   }
 }
 
+// Rows h0 - r .. h0 - r + rows - 1 of sample n of each of the `maps` inputs in[i] [N, H*W], into
+// `window` ([maps, rows, Wp], row y at offset r): zeros outside the map and around it.
+template <typename A>
+void pad_rows(std::vector<A>& window, const A* const* in, int maps, int64_t n, int64_t H, int64_t W, int64_t h0,
+              int64_t rows, int64_t r, int64_t Wp) {
+  window.assign(maps * rows * Wp, A(0));
+  for (int i = 0; i < maps; ++i)
+    for (int64_t y = 0; y < rows; ++y) {
+      const int64_t ih = h0 - r + y;
+      if (ih >= 0 && ih < H) std::copy_n(in[i] + (n * H + ih) * W, W, window.data() + (i * rows + y) * Wp + r);
+    }
+}
+
 // out_m[n, p] = scale * sum over (i, dy, dx) of w[i, dy, dx] * in_i[n, p shifted by (dy, dx)] + shift
 // (then sigmoid), for `maps` inputs in[i] [N, H*W] and one output [N, H*W]: the forward conv (two
 // maps) and, with the kernel flipped, the backward conv to the inputs (one map).
@@ -586,12 +609,7 @@ void conv_maps(const A* const* in, int maps, int64_t N, int64_t H, int64_t W, co
       // The rows [h0, h1) of sample n in this task, and their padded inputs: rows h0 - r .. h1 + r.
       const int64_t n = t / H, h0 = t % H, h1 = std::min(H, h0 + (e - t));
       const int64_t rows = h1 - h0 + 2 * r;
-      window.assign(maps * rows * Wp, A(0));
-      for (int i = 0; i < maps; ++i)
-        for (int64_t y = 0; y < rows; ++y) {
-          const int64_t ih = h0 - r + y;
-          if (ih >= 0 && ih < H) std::copy_n(in[i] + (n * H + ih) * W, W, window.data() + (i * rows + y) * Wp + r);
-        }
+      pad_rows(window, in, maps, n, H, W, h0, rows, r, Wp);
       for (int64_t h = h0; h < h1; ++h) {
         A* o = out + (n * H + h) * W;
         for (int64_t j0 = 0; j0 < W; j0 += kConvVectors * K) {
@@ -651,13 +669,7 @@ void spatial_conv_backward_impl(const Tensor& zmax_t, const Tensor& zmean_t, int
     for (int64_t blk = b; blk < e; ++blk) {
       const int64_t n = blk / row_blocks, h0 = (blk % row_blocks) * kWeightGradRows;
       const int64_t h1 = std::min(H, h0 + kWeightGradRows), rows = h1 - h0 + 2 * r;
-      // The block's input rows h0 - r .. h1 + r of both maps, zero-padded, copied once.
-      window.assign(2 * rows * Wp, A(0));
-      for (int i = 0; i < 2; ++i)
-        for (int64_t y = 0; y < rows; ++y) {
-          const int64_t ih = h0 - r + y;
-          if (ih >= 0 && ih < H) std::copy_n(z[i] + (n * H + ih) * W, W, window.data() + (i * rows + y) * Wp + r);
-        }
+      pad_rows(window, z, 2, n, H, W, h0, rows, r, Wp);  // the block's input rows, copied once
       std::fill(acc.begin(), acc.end(), A(0));
       for (int64_t h = h0; h < h1; ++h) {
         std::copy_n(da + (n * H + h) * W, W, darow.data());  // lanes W.. stay zero
@@ -691,7 +703,6 @@ void spatial_conv_backward_impl(const Tensor& zmax_t, const Tensor& zmean_t, int
 template <typename A>
 void mlp_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w1_t, const Tensor& b1_t,
                    const Tensor& w2_t, const Tensor& b2_t, Tensor& g_t) {
-  using V = at::vec::Vectorized<A>;
   const int64_t N = g_t.size(0), C = g_t.size(1), R = w1_t.size(0);
   const A* d[2] = {avg_t.defined() ? avg_t.data_ptr<A>() : nullptr, max_t.defined() ? max_t.data_ptr<A>() : nullptr};
   const A* w1 = w1_t.data_ptr<A>();
@@ -702,7 +713,7 @@ void mlp_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w1_t,
   A* g = g_t.data_ptr<A>();
   std::vector<A> hidden(N * R);
   // fc1 + relu, summed over the descriptors: one task per block of weight rows.
-  at::parallel_for(0, N * R, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * R, grain_for(C), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / R, r = t % R;
       A h = 0;
@@ -715,15 +726,12 @@ void mlp_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w1_t,
     }
   });
   // fc2 and the sigmoid: g is [N, C] contiguous, so a task's range of (n, c) is one run of g.
-  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, R)), [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, grain_for(R), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / C, c = t % C;
       g[t] = dot(w2 + c * R, hidden.data() + n * R, R) + (b2 ? terms * b2[c] : A(0));
     }
-    for (int64_t t = b; t < e; t += V::size()) {
-      const int cnt = static_cast<int>(std::min<int64_t>(V::size(), e - t));
-      sigmoid_of(V::loadu(g + t, cnt)).store(g + t, cnt);
-    }
+    sigmoid_in_place(g + b, e - b);
   });
 }
 
@@ -845,7 +853,6 @@ void eca_gate_backward_impl(const Tensor& avg_t, const Tensor& max_t, const Tens
 // ECA's gate: a k-tap convolution across channels (zero padded) of avg + max (linear, so one pass).
 template <typename A>
 void eca_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w_t, Tensor& g_t) {
-  using V = at::vec::Vectorized<A>;
   const int64_t N = g_t.size(0), C = g_t.size(1), k = w_t.numel(), r = k / 2;
   const A* w = w_t.data_ptr<A>();
   const A* avg = avg_t.defined() ? avg_t.data_ptr<A>() : nullptr;
@@ -861,10 +868,7 @@ void eca_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w_t, 
         for (int64_t j = 0; j < k; ++j) a += w[j] * line[c + j];
         gn[c] = a;
       }
-      for (int64_t c = 0; c < C; c += V::size()) {
-        const int cnt = static_cast<int>(std::min<int64_t>(V::size(), C - c));
-        sigmoid_of(V::loadu(gn + c, cnt)).store(gn + c, cnt);
-      }
+      sigmoid_in_place(gn, C);
     }
   });
 }
