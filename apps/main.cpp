@@ -20,6 +20,7 @@ std::string version_line() {
   const std::string opencv = "absent (no classify/visualize/stream)";
 #endif
   std::string line = "attnkit " + info.version + " (LibTorch " + info.torch_version + ", OpenCV " + opencv +
+                     ", CPU kernels: " + info.cpu_capability +
                      ", CUDA kernels: " + (info.cuda_kernels ? "compiled in" : "not compiled");
   if (info.cuda_kernels) line += std::string(", CUDA device: ") + (info.cuda_available ? "available" : "none");
   return line + ")";

@@ -4,6 +4,8 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include "ops/cpu/cpu_capability.h"
+
 namespace attnkit {
 
 BuildInfo build_info() {
@@ -17,6 +19,8 @@ BuildInfo build_info() {
 #ifdef INTRA_OP_PARALLEL
   info.parallel_kernels = true;
 #endif
+  info.cpu_capability = ops::cpu::cpu_capability_name();
+  info.cpu_kernel_copies = ops::cpu::kernel_copies();
   return info;
 }
 

@@ -12,14 +12,15 @@ add_test(NAME cli.data_fixture COMMAND sh -c "rm -rf '${_data}' && mkdir -p '${_
 set_tests_properties(cli.data_fixture PROPERTIES FIXTURES_SETUP cli_data)
 
 # Labels by class index; the bundled model classifies all ten samples correctly.
-add_test(NAME cli.eval_image_csv_skips_corrupt COMMAND attnkit_cli eval --data ${_data}/csv/list.csv --threads 2)
-set_tests_properties(cli.eval_image_csv_skips_corrupt PROPERTIES FIXTURES_REQUIRED cli_data
-  PASS_REGULAR_EXPRESSION "skipped 1 unreadable image\\(s\\) of 11 in [^\n]*list.csv: [^\n]*broken.png.*accuracy: 100.00% \\(10/10\\)")
-add_test(NAME cli.eval_image_folder_skips_corrupt COMMAND attnkit_cli eval --data ${_data}/folder --threads 2)
-set_tests_properties(cli.eval_image_folder_skips_corrupt PROPERTIES FIXTURES_REQUIRED cli_data
-  PASS_REGULAR_EXPRESSION "skipped 1 unreadable image\\(s\\) of 4 [^\n]*broken.png.*data: [^\n]* \\(3 images\\).*accuracy: 100.00% \\(3/3\\)")
+attnkit_cli_test(NAME cli.eval_image_csv_skips_corrupt COMMAND attnkit_cli eval --data ${_data}/csv/list.csv --threads 2
+  MATCH "skipped 1 unreadable image\\(s\\) of 11 in [^\n]*list.csv: [^\n]*broken.png.*accuracy: 100.00% \\(10/10\\)")
+set_tests_properties(cli.eval_image_csv_skips_corrupt PROPERTIES FIXTURES_REQUIRED cli_data)
+attnkit_cli_test(NAME cli.eval_image_folder_skips_corrupt COMMAND attnkit_cli eval --data ${_data}/folder --threads 2
+  MATCH "skipped 1 unreadable image\\(s\\) of 4 [^\n]*broken.png.*data: [^\n]* \\(3 images\\).*accuracy: 100.00% \\(3/3\\)")
+set_tests_properties(cli.eval_image_folder_skips_corrupt PROPERTIES FIXTURES_REQUIRED cli_data)
 # A folder whose name is not one of the checkpoint's classes is a clear error, exit 1.
-add_test(NAME cli.eval_image_folder_unknown_class COMMAND sh -c "mkdir -p '${_data}/unknown/Spaceship' \
-  && cp '${_samples}/0018-bag.png' '${_data}/unknown/Spaceship/' && $<TARGET_FILE:attnkit_cli> eval --data '${_data}/unknown' 2>&1; test $? -eq 1")
-set_tests_properties(cli.eval_image_folder_unknown_class PROPERTIES FIXTURES_REQUIRED cli_data
-  PASS_REGULAR_EXPRESSION "^attnkit: [^\n]*class folder 'Spaceship' is not one of the model's classes\n?$")
+attnkit_cli_test(NAME cli.eval_image_folder_unknown_class
+  SETUP "mkdir -p '${_data}/unknown/Spaceship' && cp '${_samples}/0018-bag.png' '${_data}/unknown/Spaceship/'"
+  COMMAND attnkit_cli eval --data ${_data}/unknown EXIT 1
+  MATCH "^attnkit: [^\n]*class folder 'Spaceship' is not one of the model's classes\n?$")
+set_tests_properties(cli.eval_image_folder_unknown_class PROPERTIES FIXTURES_REQUIRED cli_data)

@@ -7,21 +7,6 @@
 # tests skip cleanly when their tool is missing.
 
 if(NOT CMAKE_SCRIPT_MODE_FILE)
-  if(NOT TARGET test_stream)
-    return()
-  endif()
-  # test_stream compiles apps/vision (OpenCV) in, as test_data does with apps/train.
-  find_package(OpenCV QUIET COMPONENTS core imgproc imgcodecs videoio)
-  if(OpenCV_FOUND)
-    target_link_libraries(test_stream PRIVATE ${OpenCV_LIBS})
-    target_include_directories(test_stream SYSTEM PRIVATE ${OpenCV_INCLUDE_DIRS})
-    target_include_directories(test_stream PRIVATE ${PROJECT_SOURCE_DIR}/apps)
-    target_compile_definitions(test_stream PRIVATE ATTNKIT_HAVE_OPENCV=1)
-  endif()
-  get_target_property(_stream_defs attnkit_cli COMPILE_DEFINITIONS)
-  if(NOT "ATTNKIT_HAVE_OPENCV=1" IN_LIST _stream_defs)
-    return()  # the program has no stream command
-  endif()
 
   set(_work ${CMAKE_CURRENT_BINARY_DIR}/stream)
   function(attnkit_stream_test name step)

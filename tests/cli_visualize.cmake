@@ -2,10 +2,6 @@
 # only). Runs the program on a bundled Fashion-MNIST sample with the bundled model (no attention:
 # the CAM family) and with a resnet20-cbam trained for one tiny epoch (native maps), then checks the
 # files with tests/python/check_outputs.py where the set-up script's Python exists.
-get_target_property(_vis_defs attnkit_cli COMPILE_DEFINITIONS)
-if(NOT "${_vis_defs}" MATCHES "ATTNKIT_HAVE_OPENCV")
-  return()
-endif()
 
 set(_vis ${CMAKE_CURRENT_BINARY_DIR}/visualize)
 set(_exe $<TARGET_FILE:attnkit_cli>)
@@ -17,14 +13,13 @@ set(_side 280)
 # check(NAME FIXTURE KIND FILE ARGS...): a Python check of a written file, after the test FIXTURE.
 function(_vis_check name fixture)
   if(ATTNKIT_PYTHON)
-    add_test(NAME cli.visualize.check_${name}
+    attnkit_cli_test(NAME cli.visualize.check_${name} MATCH "^ok: "
       COMMAND "${ATTNKIT_PYTHON}" ${CMAKE_CURRENT_SOURCE_DIR}/python/check_outputs.py ${ARGN})
-    set_tests_properties(cli.visualize.check_${name} PROPERTIES FIXTURES_REQUIRED ${fixture} PASS_REGULAR_EXPRESSION "^ok: ")
+    set_tests_properties(cli.visualize.check_${name} PROPERTIES FIXTURES_REQUIRED ${fixture})
   endif()
 endfunction()
 
-add_test(NAME cli.visualize.help COMMAND attnkit_cli visualize --help)
-set_tests_properties(cli.visualize.help PROPERTIES PASS_REGULAR_EXPRESSION
+attnkit_cli_test(NAME cli.visualize.help COMMAND attnkit_cli visualize --help MATCH
   "--method.*gradcam\\+\\+.*--layer.*--target.*--query.*--alpha.*--colormap.*--raw.*png16.*--out.*--overwrite.*--device")
 
 # Every method on the bundled model: one overlay per map and a grid, at the sample's display size.
@@ -35,54 +30,53 @@ foreach(method gradcam gradcam++ layercam eigencam auto)
     set(_file gradcam)  # the bundled model has no attention blocks: auto → gradcam
   endif()
   string(REPLACE "+" "\\+" _re ${_file})
-  add_test(NAME cli.visualize.method_${_id}
-    COMMAND attnkit_cli visualize ${_sample} --method ${method} --out ${_vis}/${_id} --overwrite)
-  set_tests_properties(cli.visualize.method_${_id} PROPERTIES FIXTURES_SETUP vis_${_id}
-    PASS_REGULAR_EXPRESSION "0000-ankle-boot.png: Ankle boot [0-9.]+% \\(class 9\\).*wrote [^\n]*/${_stem}\\.${_re}\\.layer3\\.png\n  wrote [^\n]*/${_stem}\\.${_re}\\.grid\\.png")
+  attnkit_cli_test(NAME cli.visualize.method_${_id}
+    COMMAND attnkit_cli visualize ${_sample} --method ${method} --out ${_vis}/${_id} --overwrite
+    MATCH "0000-ankle-boot.png: Ankle boot [0-9.]+% \\(class 9\\).*wrote [^\n]*/${_stem}\\.${_re}\\.layer3\\.png\n  wrote [^\n]*/${_stem}\\.${_re}\\.grid\\.png"
+    EXISTS ${_vis}/${_id}/${_stem}.${_file}.layer3.png ${_vis}/${_id}/${_stem}.${_file}.grid.png)
+  set_tests_properties(cli.visualize.method_${_id} PROPERTIES FIXTURES_SETUP vis_${_id})
   _vis_check(method_${_id} vis_${_id} png ${_vis}/${_id}/${_stem}.${_file}.layer3.png ${_side} ${_side})
   _vis_check(grid_${_id} vis_${_id} png ${_vis}/${_id}/${_stem}.${_file}.grid.png 572 288)
 endforeach()
 
 # Every method × every stage in one grid (13 tiles → 4×4 of 280 px with 4 px borders), raw 16-bit maps.
-add_test(NAME cli.visualize.all_methods_all_layers
-  COMMAND attnkit_cli visualize ${_sample} --method all --layer all --raw png16 --colormap turbo --out ${_vis}/all --overwrite)
-set_tests_properties(cli.visualize.all_methods_all_layers PROPERTIES FIXTURES_SETUP vis_all
-  PASS_REGULAR_EXPRESSION "wrote [^\n]*eigencam\\.layer3\\.raw\\.png\n  wrote [^\n]*${_stem}\\.all\\.grid\\.png")
+attnkit_cli_test(NAME cli.visualize.all_methods_all_layers
+  COMMAND attnkit_cli visualize ${_sample} --method all --layer all --raw png16 --colormap turbo --out ${_vis}/all --overwrite
+  MATCH "wrote [^\n]*eigencam\\.layer3\\.raw\\.png\n  wrote [^\n]*${_stem}\\.all\\.grid\\.png")
+set_tests_properties(cli.visualize.all_methods_all_layers PROPERTIES FIXTURES_SETUP vis_all)
 _vis_check(all_grid vis_all png ${_vis}/all/${_stem}.all.grid.png 1140 1140)
 _vis_check(all_png16_layer1 vis_all png ${_vis}/all/${_stem}.gradcam++.layer1.raw.png 28 28 16)
 _vis_check(all_png16_layer3 vis_all png ${_vis}/all/${_stem}.layercam.layer3.raw.png 7 7 16)
 
 # --raw npy: float32 [14, 14] for layer2 of a 28×28 input.
-add_test(NAME cli.visualize.raw_npy
-  COMMAND attnkit_cli visualize ${_sample} --method layercam --layer layer2 --raw npy --no-grid --out ${_vis}/npy --overwrite)
-set_tests_properties(cli.visualize.raw_npy PROPERTIES FIXTURES_SETUP vis_npy
-  PASS_REGULAR_EXPRESSION "wrote [^\n]*${_stem}\\.layercam\\.layer2\\.npy")
+attnkit_cli_test(NAME cli.visualize.raw_npy
+  COMMAND attnkit_cli visualize ${_sample} --method layercam --layer layer2 --raw npy --no-grid --out ${_vis}/npy --overwrite
+  MATCH "wrote [^\n]*${_stem}\\.layercam\\.layer2\\.npy" ABSENT ${_vis}/npy/${_stem}.layercam.grid.png)
+set_tests_properties(cli.visualize.raw_npy PROPERTIES FIXTURES_SETUP vis_npy)
 _vis_check(raw_npy vis_npy npy ${_vis}/npy/${_stem}.layercam.layer2.npy 14 14)
 
 # An existing file is an error naming it; nothing of that image is written (not even new files).
-add_test(NAME cli.visualize.refuses_to_clobber
-  COMMAND sh -c "rm -rf ${_vis}/clobber && ${_exe} visualize ${_sample} --out ${_vis}/clobber >/dev/null && \
-    ${_exe} visualize ${_sample} --out ${_vis}/clobber --raw npy 2>&1; rc=$?; \
-    test $rc -eq 1 && test ! -e ${_vis}/clobber/${_stem}.gradcam.layer3.npy")
-set_tests_properties(cli.visualize.refuses_to_clobber PROPERTIES
-  PASS_REGULAR_EXPRESSION "attnkit: visualize: [^\n]*${_stem}\\.gradcam\\.layer3\\.png exists; pass --overwrite")
+attnkit_cli_test(NAME cli.visualize.refuses_to_clobber
+  SETUP "rm -rf ${_vis}/clobber && ${_exe} visualize ${_sample} --out ${_vis}/clobber >/dev/null"
+  COMMAND attnkit_cli visualize ${_sample} --out ${_vis}/clobber --raw npy EXIT 1
+  MATCH "attnkit: visualize: [^\n]*${_stem}\\.gradcam\\.layer3\\.png exists; pass --overwrite"
+  ABSENT ${_vis}/clobber/${_stem}.gradcam.layer3.npy)
 
 # A missing and a corrupt image: one line each, exit 1, the good image in between still processed.
-add_test(NAME cli.visualize.missing_and_corrupt_inputs
-  COMMAND sh -c "out=$(${_exe} visualize /nonexistent/a.png ${PROJECT_SOURCE_DIR}/README.md \
-    ${PROJECT_SOURCE_DIR}/weights/samples/0001-pullover.png --out ${_vis}/bad --overwrite 2>&1); rc=$?; echo \"$out\"; \
-    test $rc -eq 1 && echo \"$out\" | grep -q '^attnkit: visualize: /nonexistent/a.png: no such file$' && \
-    echo \"$out\" | grep -q '^attnkit: visualize: .*README.md: cannot decode the image' && \
-    echo \"$out\" | grep -q 'wrote .*0001-pullover.gradcam.layer3.png' && \
-    echo \"$out\" | grep -q '2 of 3 images failed' && echo all-good")
-set_tests_properties(cli.visualize.missing_and_corrupt_inputs PROPERTIES PASS_REGULAR_EXPRESSION "all-good")
+attnkit_cli_test(NAME cli.visualize.missing_and_corrupt_inputs
+  COMMAND attnkit_cli visualize /nonexistent/a.png ${PROJECT_SOURCE_DIR}/README.md
+          ${PROJECT_SOURCE_DIR}/weights/samples/0001-pullover.png --out ${_vis}/bad --overwrite
+  EXIT 1 MATCH "(^|\n)attnkit: visualize: /nonexistent/a.png: no such file\n"
+               "(^|\n)attnkit: visualize: [^\n]*README.md: cannot decode the image"
+               "wrote [^\n]*0001-pullover.gradcam.layer3.png"
+               "2 of 3 images failed"
+  EXISTS ${_vis}/bad/0001-pullover.gradcam.layer3.png)
 
 # _vis_error(NAME REGEX ARGS...): visualize the sample with ARGS fails with exit 1, says REGEX, writes nothing.
 function(_vis_error name regex)
-  string(REPLACE ";" " " _args "${ARGN}")
-  add_test(NAME cli.visualize.${name}
-    COMMAND sh -c "${_exe} visualize ${_sample} ${_args} --out ${_vis}/never 2>&1; test $? -eq 1 && test ! -e ${_vis}/never/${_stem}.gradcam.grid.png")
-  set_tests_properties(cli.visualize.${name} PROPERTIES PASS_REGULAR_EXPRESSION "${regex}")
+  attnkit_cli_test(NAME cli.visualize.${name} SETUP "rm -rf ${_vis}/never"
+    COMMAND attnkit_cli visualize ${_sample} ${ARGN} --out ${_vis}/never
+    EXIT 1 MATCH "${regex}" ABSENT ${_vis}/never/${_stem}.gradcam.grid.png)
 endfunction()
 _vis_error(unknown_layer
   "^attnkit: --layer \"layer9\": not a layer gradcam can use on resnet20; valid layers: layer1, layer2, layer3, layer1.0, [^\n]*, all\n$"
@@ -91,20 +85,21 @@ _vis_error(bad_target "--target \"Hat\": not a class index in \\[0, 10\\) nor a 
 _vis_error(native_without_attention "--method native: model resnet20 has no spatial attention" --method native)
 _vis_error(bad_query "--query \"0.5\": expected X,Y with both in \\[0, 1\\]" --query 0.5)
 
-add_test(NAME cli.visualize.target_by_name
-  COMMAND attnkit_cli visualize ${_sample} --target Sandal --out ${_vis}/target --overwrite)
-set_tests_properties(cli.visualize.target_by_name PROPERTIES PASS_REGULAR_EXPRESSION "; maps for Sandal \\(class 5\\)")
+attnkit_cli_test(NAME cli.visualize.target_by_name
+  COMMAND attnkit_cli visualize ${_sample} --target Sandal --out ${_vis}/target --overwrite
+  MATCH "; maps for Sandal \\(class 5\\)")
 
 # Native maps: a resnet20-cbam checkpoint from one epoch on 64 Fashion-MNIST images (the honest way
 # to get a checkpoint: the program's own training), then auto → native, one map per CBAM block.
-add_test(NAME cli.visualize.train_cbam
-  COMMAND sh -c "rm -rf ${_vis}/cbam-run && ${_exe} train --model resnet20-cbam --max-images 64 --val-size 0 --epochs 1 \
-    --batch-size 32 --threads 2 --quiet --out ${_vis}/cbam-run && test -f ${_vis}/cbam-run/last.pt")
+attnkit_cli_test(NAME cli.visualize.train_cbam SETUP "rm -rf ${_vis}/cbam-run"
+  COMMAND attnkit_cli train --model resnet20-cbam --max-images 64 --val-size 0 --epochs 1
+          --batch-size 32 --threads 2 --quiet --out ${_vis}/cbam-run
+  EXISTS ${_vis}/cbam-run/last.pt)
 set_tests_properties(cli.visualize.train_cbam PROPERTIES FIXTURES_SETUP vis_cbam_model TIMEOUT 600)
-add_test(NAME cli.visualize.native_cbam
+attnkit_cli_test(NAME cli.visualize.native_cbam
   COMMAND attnkit_cli visualize ${_sample} --weights ${_vis}/cbam-run/last.pt --raw npy --query 0.5,0.5
-          --out ${_vis}/native --overwrite)
-set_tests_properties(cli.visualize.native_cbam PROPERTIES FIXTURES_REQUIRED vis_cbam_model FIXTURES_SETUP vis_native
-  PASS_REGULAR_EXPRESSION "methods: native\n.*wrote [^\n]*${_stem}\\.native\\.layer1\\.0\\.png.*wrote [^\n]*${_stem}\\.native\\.layer3\\.2\\.npy.*wrote [^\n]*${_stem}\\.native\\.grid\\.png")
+          --out ${_vis}/native --overwrite
+  MATCH "methods: native\n.*wrote [^\n]*${_stem}\\.native\\.layer1\\.0\\.png.*wrote [^\n]*${_stem}\\.native\\.layer3\\.2\\.npy.*wrote [^\n]*${_stem}\\.native\\.grid\\.png")
+set_tests_properties(cli.visualize.native_cbam PROPERTIES FIXTURES_REQUIRED vis_cbam_model FIXTURES_SETUP vis_native)
 _vis_check(native_npy vis_native npy ${_vis}/native/${_stem}.native.layer2.1.npy 14 14)
 _vis_check(native_grid vis_native png ${_vis}/native/${_stem}.native.grid.png 1140 856)

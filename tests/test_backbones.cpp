@@ -35,14 +35,7 @@ int64_t count_params(torch::nn::Module& m) {
   return n;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using attnkit::testing::error_of;
 
 /// Imports `state_file` (layout auto, strict) into `model` and compares logits with the reference,
 /// in fp32 (atol) and in double (1e-9).

@@ -18,14 +18,7 @@ using ::testing::HasSubstr;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using attnkit::testing::error_of;
 
 /// A fresh folder under the build tree's temp area, removed at the end of the test.
 class TempDir {

@@ -4,7 +4,7 @@
 //
 // The helper belongs to the program, not to the library: the test compiles it in. The suite name is
 // lower case so that `ctest -R classify` selects it with the CLI tests.
-#include "../apps/vision/image_list.cpp"
+#include "vision/image_list.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -3,14 +3,14 @@
 // and image CSVs are read by the program with OpenCV, so they are tested through the attnkit binary
 // (next to this test in build/bin), on PGM files written here by hand.
 //
-// The training code belongs to the program, not to the library: the test compiles it in.
-#include "../apps/train/augment.cpp"
-#include "../apps/train/csv.cpp"
-#include "../apps/train/data_source.cpp"
-#include "../apps/train/dataset.cpp"
-#include "../apps/train/idx.cpp"
-#include "../apps/train/io.cpp"
-#include "../apps/train/loader.cpp"
+// The training code belongs to the program, not to the library: the test links the apps library.
+#include "train/augment.h"
+#include "train/csv.h"
+#include "train/data_source.h"
+#include "train/dataset.h"
+#include "train/idx.h"
+#include "train/io.h"
+#include "train/loader.h"
 
 #include "testing.h"
 

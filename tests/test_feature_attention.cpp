@@ -208,18 +208,7 @@ TEST(SelfAttention2d, GradientMatchesFiniteDifferences) {
   loss().backward();
   for (torch::Tensor* t : {&x, &m->relative_position_bias_table}) {
     auto analytic = t->grad().clone();
-    auto numeric = torch::zeros_like(*t);
-    torch::NoGradGuard g;
-    auto flat = t->view(-1);
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double v = flat[i].item<double>(), eps = 1e-6;
-      flat[i] = v + eps;
-      const double up = loss().item<double>();
-      flat[i] = v - eps;
-      const double down = loss().item<double>();
-      flat[i] = v;
-      numeric.view(-1)[i] = (up - down) / (2 * eps);
-    }
+    auto numeric = attnkit::testing::numeric_gradient([&] { return loss().item<double>(); }, *t);
     EXPECT_TRUE(all_close(analytic, numeric, 1e-7));
   }
 }
@@ -356,18 +345,7 @@ TEST(LocalAttention2d, GradientMatchesFiniteDifferences) {
   loss().backward();
   for (torch::Tensor* t : {&x, &m->rpb}) {
     auto analytic = t->grad().clone();
-    auto numeric = torch::zeros_like(*t);
-    torch::NoGradGuard g;
-    auto flat = t->view(-1);
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double v = flat[i].item<double>(), eps = 1e-6;
-      flat[i] = v + eps;
-      const double up = loss().item<double>();
-      flat[i] = v - eps;
-      const double down = loss().item<double>();
-      flat[i] = v;
-      numeric.view(-1)[i] = (up - down) / (2 * eps);
-    }
+    auto numeric = attnkit::testing::numeric_gradient([&] { return loss().item<double>(); }, *t);
     EXPECT_TRUE(all_close(analytic, numeric, 1e-7));
   }
 }

@@ -71,18 +71,16 @@ void load_case_state(torch::nn::Module& m, const Refs& refs, const std::string& 
   EXPECT_EQ(loaded, m.named_parameters(true).size() + m.named_buffers(true).size()) << "every tensor loaded";
 }
 
-/// A gate's forward as a function of x, recording on, so one checker serves every block.
 template <typename Holder>
-void check_against_reference(Holder& m, const Refs& refs, const std::string& c, const Rename& rename,
-                             double tol = 1e-10) {
-  SCOPED_TRACE("case " + c);
+void check_one_path(Holder& m, const Refs& refs, const std::string& c, const Rename& rename, double tol, bool record) {
+  SCOPED_TRACE("case " + c + (record ? ", recording (composite)" : ", fused"));
   load_case_state(*m, refs, c, rename);
   m->eval();
-  m->record_attention(true);
+  m->record_attention(record);
   auto x = refs.at(c + ".x").clone().requires_grad_(true);
   auto y = m->forward(x);
   EXPECT_TRUE(all_close(y, refs.at(c + ".y"), tol)) << "output";
-  EXPECT_TRUE(all_close(m->last_attention(), refs.at(c + ".map"), tol)) << "attention map";
+  if (record) EXPECT_TRUE(all_close(m->last_attention(), refs.at(c + ".map"), tol)) << "attention map";
 
   // Gradients of L = sum(y * g) with respect to the input and every parameter.
   std::vector<torch::Tensor> inputs{x};
@@ -104,6 +102,20 @@ void check_against_reference(Holder& m, const Refs& refs, const std::string& c, 
   }
   EXPECT_EQ(compared, names.size() - 1) << "every parameter's gradient compared";
 }
+
+/// A gate's forward as a function of x, on both paths, so one checker serves every block: recording
+/// its attention map (which runs the composite math: the fused op never builds the map) and on the
+/// fused op (Implementation::Fused, recording off).
+template <typename Holder>
+void check_against_reference(Holder& m, const Refs& refs, const std::string& c, const Rename& rename,
+                             double tol = 1e-10) {
+  for (bool fused : {false, true}) {
+    m->options.impl(fused ? attnkit::Implementation::Fused : attnkit::Implementation::Auto);
+    check_one_path(m, refs, c, rename, tol, /*record=*/!fused);
+  }
+  m->options.impl(attnkit::Implementation::Auto);
+}
+
 
 /// Output of `m` in `dtype` against the double reference of case `c`.
 template <typename Holder>

@@ -155,20 +155,8 @@ TEST(Sdpa, GradientsMatchFiniteDifferences) {
   };
   for (auto& x : xs) x.requires_grad_();
   auto analytic = torch::autograd::grad({f(xs)}, xs);
-  torch::NoGradGuard no_grad;
-  const double eps = 1e-6;
   for (size_t i = 0; i < xs.size(); ++i) {
-    auto numeric = torch::zeros_like(xs[i]);
-    auto flat = xs[i].view({-1});
-    for (int64_t j = 0; j < flat.numel(); ++j) {
-      const double x0 = flat[j].item<double>();
-      flat[j] = x0 + eps;
-      const double up = f(xs).item<double>();
-      flat[j] = x0 - eps;
-      const double down = f(xs).item<double>();
-      flat[j] = x0;
-      numeric.view({-1})[j] = (up - down) / (2 * eps);
-    }
+    auto numeric = attnkit::testing::numeric_gradient([&] { return f(xs).item<double>(); }, xs[i]);
     EXPECT_TRUE(all_close(analytic[i], numeric, 1e-7)) << "input " << i;
   }
 }

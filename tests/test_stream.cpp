@@ -1,20 +1,21 @@
 // The pieces of `attnkit stream` (apps/vision): the bounded queue's drop and no-drop policies and its
 // batches, --source parsing, image-folder and video-file sources, the capture thread, the video
 // writer's codecs and temporary-then-rename file, and the frame analyser's batches and precision. The whole program is tested by
-// tests/cli_stream.cmake. Like test_data, this compiles the program's sources in.
+// tests/cli_stream.cmake. Like test_data, this links the apps library.
 #include <gtest/gtest.h>
 
 #ifndef ATTNKIT_HAVE_OPENCV
 TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without OpenCV: no stream command"; }
 #else
-#include "../apps/vision/frame_pipeline.cpp"
-#include "../apps/vision/heatmap.cpp"
-#include "../apps/vision/image_list.cpp"
-#include "../apps/vision/preprocess.cpp"
-#include "../apps/vision/video_source.cpp"
-#include "../apps/vision/video_writer.cpp"
+#include "vision/frame_pipeline.h"
+#include "vision/heatmap.h"
+#include "vision/image_list.h"
+#include "vision/preprocess.h"
+#include "vision/video_source.h"
+#include "vision/video_writer.h"
 
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <atomic>
 #include <chrono>

@@ -2,19 +2,19 @@
 // learns, bit-exact resume, atomic files, evaluation numbers on a hand-made case, and the CLI's error
 // behaviour (one readable line, non-zero exit) through the attnkit binary next to this test.
 //
-// The training code belongs to the program, not to the library: the test compiles it in.
-#include "../apps/train/augment.cpp"
-#include "../apps/train/csv.cpp"
-#include "../apps/train/data_source.cpp"
-#include "../apps/train/dataset.cpp"
-#include "../apps/train/device.cpp"
-#include "../apps/train/idx.cpp"
-#include "../apps/train/io.cpp"
-#include "../apps/train/loader.cpp"
-#include "../apps/train/metrics.cpp"
-#include "../apps/train/optim.cpp"
-#include "../apps/train/progress.cpp"
-#include "../apps/train/trainer.cpp"
+// The training code belongs to the program, not to the library: the test links the apps library.
+#include "train/augment.h"
+#include "train/csv.h"
+#include "train/data_source.h"
+#include "train/dataset.h"
+#include "train/device.h"
+#include "train/idx.h"
+#include "train/io.h"
+#include "train/loader.h"
+#include "train/metrics.h"
+#include "train/optim.h"
+#include "train/progress.h"
+#include "train/trainer.h"
 
 #include "testing.h"
 

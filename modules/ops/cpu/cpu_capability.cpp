@@ -4,6 +4,17 @@
 
 namespace attnkit::ops::cpu {
 
+// Defined by ATTNKIT_DEFINE_CPU_DISPATCH in each op's <op>_dispatch.cpp.
+const char* cbam_kernels_copy();
+const char* neighborhood_attention_kernels_copy();
+const char* relpos_attention_kernels_copy();
+
+std::vector<std::pair<std::string, std::string>> kernel_copies() {
+  return {{"cbam", cbam_kernels_copy()},
+          {"neighborhood_attention", neighborhood_attention_kernels_copy()},
+          {"relpos_attention", relpos_attention_kernels_copy()}};
+}
+
 Capability cpu_capability() {
   static const Capability cap = [] {
     const std::string aten = at::get_cpu_capability();

@@ -34,6 +34,15 @@
 
 namespace attnkit::ops::cpu {
 
+/// The name of the copy `picked` is ("DEFAULT", "AVX2", "AVX512"): which one actually runs.
+template <typename Table>
+const char* copy_name(const Table* picked, const Table& (*default_copy)(), const Table& (*avx2)(),
+                      const Table& (*avx512)()) {
+  if (avx512 && picked == &avx512()) return "AVX512";
+  if (avx2 && picked == &avx2()) return "AVX2";
+  return picked == &default_copy() ? "DEFAULT" : "unknown";
+}
+
 /// The best of the compiled copies (nullptr: not compiled) for the running CPU.
 template <typename Table>
 const Table& best_for_cpu(const Table& (*default_copy)(), const Table& (*avx2)(), const Table& (*avx512)()) {
@@ -45,7 +54,9 @@ const Table& best_for_cpu(const Table& (*default_copy)(), const Table& (*avx2)()
 
 }  // namespace attnkit::ops::cpu
 
-/// In a *_dispatch.cpp (inside namespace attnkit::ops::cpu): defines `const ops::Table& accessor()`.
+/// In a *_dispatch.cpp (inside namespace attnkit::ops::cpu): defines `const ops::Table& accessor()`
+/// and `const char* accessor_copy()`, the name of the copy accessor() returns (what BuildInfo and the
+/// tests of the ATEN_CPU_CAPABILITY override report).
 #define ATTNKIT_DEFINE_CPU_DISPATCH(Table, name, accessor)                                                   \
   const ops::Table& name##_DEFAULT();                                                                        \
   const ops::Table& name##_AVX2();                                                                           \
@@ -53,4 +64,8 @@ const Table& best_for_cpu(const Table& (*default_copy)(), const Table& (*avx2)()
   const ops::Table& accessor() {                                                                             \
     return best_for_cpu<ops::Table>(name##_DEFAULT, ATTNKIT_IF_AVX2_KERNELS(name##_AVX2),                    \
                                     ATTNKIT_IF_AVX512_KERNELS(name##_AVX512));                               \
+  }                                                                                                          \
+  const char* accessor##_copy() {                                                                            \
+    return copy_name<ops::Table>(&accessor(), name##_DEFAULT, ATTNKIT_IF_AVX2_KERNELS(name##_AVX2),          \
+                                 ATTNKIT_IF_AVX512_KERNELS(name##_AVX512));                                  \
   }
