@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -78,6 +80,15 @@ inline double unit_roundoff(torch::ScalarType dtype) {
   }
 }
 
+/// The absolute error a value can carry near zero whatever its relative precision: one subnormal step
+/// of half (2^-24), or 4 × float32's (and bfloat16's) smallest normal number, since a CPU may flush
+/// subnormals to zero. Every bound made by an error model adds it.
+inline double underflow_floor(torch::ScalarType dtype) {
+  if (dtype == torch::kDouble) return std::ldexp(1.0, -1022);
+  if (dtype == torch::kHalf) return std::ldexp(1.0, -24);
+  return std::ldexp(1.0, -124);  // 4 × FLT_MIN
+}
+
 /// |actual - expected| <= atol + rtol·|expected|, element by element.
 struct Tolerance {
   double atol = 0;
@@ -86,71 +97,54 @@ struct Tolerance {
   Tolerance operator*(double k) const { return {atol * k, rtol * k}; }
 };
 
-/// Safety factor λ of the probabilistic bounds below: each holds per element with probability at
-/// least 1 − 2·exp(−λ²/2) ≈ 2.5e-14, so a suite with millions of compared elements still fails by
-/// chance less than once in a million runs.
-constexpr double kLambda = 8.0;
-
-/// A sum or dot product of `n` terms computed in `dtype`, the terms adding up in absolute value to at
-/// most `sum_abs` (e.g. n·max|a|·max|b| for a dot product, max|x| for a mean): its error is at most
-/// λ·√n·u·sum_abs for any summation order, blocking, vector width or FMA use (Higham & Mary, "A New
-/// Approach to Probabilistic Rounding Error Analysis", SIAM J. Sci. Comput. 41(5), 2019, Thm 3.1).
-/// The deterministic worst case (n·u·sum_abs) is √n times looser and never reached by real data.
-inline Tolerance reduction_tolerance(torch::ScalarType dtype, int64_t n, double sum_abs) {
-  return {kLambda * std::sqrt(static_cast<double>(std::max<int64_t>(n, 1))) * unit_roundoff(dtype) * sum_abs, 0.0};
+/// How far a result may lie from the exact value: c·u·√K·scale, plus the storage dtype's own rounding.
+///   K      the terms accumulated along the result's path, all reductions added (e.g. H·W + C + 2·R + …).
+///   scale  the magnitude of the quantities on that path, as seen at the result: max|result| times
+///          the largest gain on the way (e.g. max(1, max|logit|) where logits feed a sigmoid or softmax).
+/// Why: each rounding errs by at most u relatively; the errors of a length-K accumulation add like a
+/// random walk (Higham & Mary, SIAM J. Sci. Comput. 41(5), 2019: error ≤ λ·√K·u·Σ|terms| with
+/// probability 1 − 2·exp(−λ²/2), for any summation order, blocking, vector width or FMA use — so on
+/// every CPU and kernel copy). c = 16 = λ·λ' with λ = 4 for that walk (and for the largest of the
+/// many elements a test compares) and λ' = 4 for how far the partial sums of random-signed test data
+/// stray from the result's scale. Accumulation is in float32
+/// for float32, bfloat16 and half (what ATen and attnkit's kernels do), in float64 for float64;
+/// `io` below float32 adds its rounding of the output and, with `rounded_inputs` (a reference on the
+/// unrounded values), of the inputs: 2·u_io·scale each.
+constexpr double kRoundingSafety = 16.0;
+inline Tolerance rounding_tolerance(torch::ScalarType io, int64_t K, double scale, bool rounded_inputs = false) {
+  const double u_acc = unit_roundoff(io == torch::kDouble ? torch::kDouble : torch::kFloat);
+  const double u_io = unit_roundoff(io);
+  double atol = kRoundingSafety * u_acc * std::sqrt(static_cast<double>(std::max<int64_t>(K, 1))) * scale;
+  if (io != torch::kDouble && io != torch::kFloat) atol += 2 * u_io * scale * (rounded_inputs ? 2 : 1);
+  return {atol, 0.0};
 }
 
-/// `ops` elementwise operations in sequence (a product, exp, sigmoid, division, the output's rounding):
-/// each correctly rounded one errs by u relative to its result; ATen's and attnkit's vectorised exp,
-/// log and tanh (Sleef's 1-ulp functions) by up to 2u. Charged as 2u each, relative to the result.
-inline Tolerance pointwise_tolerance(torch::ScalarType dtype, int ops) { return {0.0, 2.0 * ops * unit_roundoff(dtype)}; }
-
-/// Inputs rounded to `dtype` (the reference keeps them exact): a result made of products of up to
-/// `factors` rounded inputs per term, whose terms add up in absolute value to `sum_abs`, moves by at
-/// most factors·u·sum_abs (deterministic: each rounded factor is within u of its value).
-inline Tolerance input_rounding_tolerance(torch::ScalarType dtype, int factors, double sum_abs) {
-  return {factors * unit_roundoff(dtype) * sum_abs, 0.0};
+/// Per-element bound on softmax(l)·V against a float64 reference, from the same first-order model
+/// as the CBAM tests' (a length-n sum with result S and terms of 2-norm T errs by about
+/// u·√n·(|S| + 4·T); independent errors add in quadrature; the bound is kRoundingSafety times the
+/// estimate, plus the output's rounding to `io` and underflow_floor):
+///   logits   l [..., Lq, keys] in float64, bias included
+///   terms    √Σ_d (scale·q_d·k_d)² for every logit [..., Lq, keys]: the dot products' term norms
+///   weighted(w, squared) = Σ_keys w·V (or w·V² with squared) → [..., Lq, D]
+///   head_dim D of the dot products. Accumulation in float32, values stored in `io`.
+inline torch::Tensor attention_forward_error(const torch::Tensor& logits, const torch::Tensor& terms, int64_t head_dim,
+                                             const std::function<torch::Tensor(const torch::Tensor&, bool)>& weighted,
+                                             torch::ScalarType io) {
+  const double u = unit_roundoff(torch::kFloat), uo = io == torch::kFloat ? 0.0 : unit_roundoff(io);
+  const int64_t keys = logits.size(-1);
+  auto e_l = u * std::sqrt(double(head_dim)) * (logits.abs() + 4 * terms) + u * logits.abs();
+  auto p = torch::softmax(logits, -1);
+  auto e_p = p * (e_l + (p * e_l).sum(-1, true)) + u * std::sqrt(double(keys)) * p + 2 * u * p;
+  auto y = weighted(p, false);
+  auto own = u * std::sqrt(double(keys)) * (y.abs() + 4 * torch::sqrt(weighted(p * p, true)));
+  auto carried = torch::sqrt(weighted(e_p * e_p, true));
+  // The output's rounding to io (≤ u_io·|y|) on top of the computation's own error: 2·u_io·|y|.
+  return kRoundingSafety * torch::sqrt(own * own + carried * carried) + 2 * uo * y.abs() + underflow_floor(io);
 }
 
 /// Max |t| as a double (0 for an empty tensor): the magnitudes the bounds above are made of.
 inline double max_abs(const torch::Tensor& t) {
   return t.numel() ? t.detach().abs().max().to(torch::kDouble).item<double>() : 0.0;
-}
-
-/// Bounds for softmax(scale·q·kᵀ + bias)·v against a float64 reference: `keys` keys per query, head
-/// dimension `head_dim`, |q|, |k|, |v| at most mq, mk, mv; `queries_per_key` queries see each key,
-/// and the bias gradient sums over `bias_sum` queries. Accumulation in float32, inputs and outputs
-/// stored in `io` (their rounding counts when the reference had the unrounded inputs: rounded_inputs).
-/// Forward: the logits' dot products (head_dim terms) err by dl; each weight p moves by at most
-/// p·(2·dl + 4u) plus the normaliser's sum, so y = Σ p·v moves by mv·Σ|δp| plus its own k-term sum.
-/// Backward: the gradients are sums of the same terms times |dy| (at most max_dy); their magnitudes
-/// G are bounded from the inputs' (|dp| ≤ head_dim·|dy|·mv, Σ|dS| ≤ 2·max|dp|), and each is charged
-/// the sum of its path's reductions (λ·u·√K·stages·G) plus the forward's relative error times G.
-struct AttentionErrorBounds {
-  double y = 0, grad_qkv = 0, grad_bias = 0;
-};
-inline AttentionErrorBounds attention_error_bounds(double mq, double mk, double mv, int64_t head_dim, int64_t keys,
-                                                   int64_t queries_per_key, int64_t bias_sum, double scale,
-                                                   torch::ScalarType io, bool rounded_inputs = false, double max_dy = 0) {
-  const double u = unit_roundoff(torch::kFloat);
-  const double ui = rounded_inputs ? unit_roundoff(io) : 0.0;
-  const double uo = io == torch::kFloat || io == torch::kDouble ? 0.0 : unit_roundoff(io);
-  auto red = [&](int64_t n, double sum_abs) { return reduction_tolerance(torch::kFloat, n, sum_abs).atol; };
-  const double logit_sum = scale * head_dim * mq * mk;
-  const double dl = red(head_dim, logit_sum) + 2 * ui * logit_sum;
-  const double dp = 2 * dl + 4 * u + red(keys, 1.0);  // Σ_i |δp_i| (Σ p = 1)
-  AttentionErrorBounds b;
-  b.y = red(keys, mv) + mv * dp + ui * mv + uo * mv;
-  if (max_dy > 0) {
-    const double D = max_dy, dS = 2 * head_dim * D * mv;  // Σ over keys of |dS|
-    const double G = std::max({D, queries_per_key * D, scale * mk * dS, queries_per_key * scale * mq * dS});
-    const int64_t K = 2 * head_dim + 2 * keys + queries_per_key;
-    const double rel = dp + 2 * dl + ui + uo;
-    b.grad_qkv = kLambda * u * std::sqrt(double(K)) * 5 * G + rel * G;
-    const double Gb = bias_sum * dS;
-    b.grad_bias = kLambda * u * std::sqrt(double(K + bias_sum)) * 5 * Gb + rel * Gb;
-  }
-  return b;
 }
 
 /// Max-abs-difference check with a message that says where and by how much.
@@ -163,9 +157,37 @@ inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const t
   auto e = expected.detach().to(torch::kCPU, torch::kDouble);
   auto err = (a - e).abs() - rtol * e.abs();
   const double worst = err.max().item<double>();
+  if (std::getenv("ATTNKIT_TEST_MARGINS") && atol > 0)
+    std::printf("margin: largest error/bound %.3g (max error %.3g)\n", worst / atol, (a - e).abs().max().item<double>());
   if (worst <= atol) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "max |actual - expected| - rtol*|expected| = " << worst
                                        << " > atol " << atol << " (at flat index " << err.argmax().item<int64_t>() << ")";
+}
+
+/// The same with a bound per element (`atol` broadcasts against the result): for error models that
+/// follow each element's own computation.
+inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                            const torch::Tensor& atol) {
+  if (actual.sizes() != expected.sizes())
+    return ::testing::AssertionFailure() << "shape " << actual.sizes() << " != expected " << expected.sizes();
+  if (actual.numel() == 0) return ::testing::AssertionSuccess();
+  auto err = (actual.detach().to(torch::kCPU, torch::kDouble) - expected.detach().to(torch::kCPU, torch::kDouble)).abs();
+  auto excess = err - atol.detach().to(torch::kCPU, torch::kDouble);
+  const int64_t at = excess.argmax().item<int64_t>();
+  const double worst = excess.flatten()[at].item<double>();
+  // ATTNKIT_TEST_MARGINS=1: how close each comparison came to its bound (1 = at the bound).
+  if (std::getenv("ATTNKIT_TEST_MARGINS")) {
+    auto ratio = (err / atol.to(torch::kDouble).expand_as(err).clamp_min(1e-300)).flatten();
+    const int64_t r = ratio.argmax().item<int64_t>();
+    std::printf("margin: largest error/bound %.3g (there: error %.3g, bound %.3g, expected %.3g; max error %.3g)\n",
+                ratio[r].item<double>(), err.flatten()[r].item<double>(), atol.to(torch::kDouble).expand_as(err).flatten()[r].item<double>(),
+                expected.detach().to(torch::kDouble).flatten()[r].item<double>(), err.max().item<double>());
+  }
+  if (worst <= 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "|actual - expected| = " << err.flatten()[at].item<double>() << " > its bound "
+                                       << atol.expand_as(err).flatten()[at].item<double>() << " at flat index " << at
+                                       << " (largest error/bound ratio "
+                                       << (err / atol.to(torch::kDouble).clamp_min(1e-300)).max().item<double>() << ")";
 }
 
 inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
