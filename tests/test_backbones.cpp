@@ -37,9 +37,15 @@ int64_t count_params(torch::nn::Module& m) {
 
 using attnkit::testing::error_of;
 
+/// Float32 logits against the float64 reference on the same weights and input: rounding_tolerance
+/// over the network's path, at the scale of the logits.
+attnkit::testing::Tolerance logits_tolerance(torch::nn::Module& m, const torch::Tensor& ref_logits) {
+  return attnkit::testing::rounding_tolerance(torch::kFloat, attnkit::testing::path_length(m), attnkit::testing::max_abs(ref_logits));
+}
+
 /// Imports `state_file` (layout auto, strict) into `model` and compares logits with the reference,
-/// in fp32 (atol) and in double (1e-9).
-void check_parity(Backbone& model, const std::string& refs_name, const std::string& state_file, double atol) {
+/// in fp32 (logits_tolerance) and in double (1e-9).
+void check_parity(Backbone& model, const std::string& refs_name, const std::string& state_file) {
   auto refs = attnkit::testing::load_refs(refs_name);
   if (refs.empty() || !exists(ref_file(state_file))) GTEST_SKIP() << "no Python references on this machine";
   const auto report = import_state_dict(model.module(), ref_file(state_file), "auto", /*strict=*/true);
@@ -48,7 +54,7 @@ void check_parity(Backbone& model, const std::string& refs_name, const std::stri
   model.module().eval();
   torch::NoGradGuard no_grad;
   const auto x = refs.at("x");
-  EXPECT_TRUE(all_close(model.forward(x.to(torch::kFloat)), refs.at("logits"), atol, 1e-5));
+  EXPECT_TRUE(all_close(model.forward(x.to(torch::kFloat)), refs.at("logits"), logits_tolerance(model.module(), refs.at("logits"))));
   model.module().to(torch::kDouble);
   EXPECT_TRUE(all_close(model.forward(x.to(torch::kDouble)), refs.at("logits"), 1e-9, 1e-10));
 }
@@ -59,25 +65,25 @@ void check_parity(Backbone& model, const std::string& refs_name, const std::stri
 
 TEST(ResNetParity, TorchvisionResNet18) {
   auto model = resnet18();
-  check_parity(*model, "backbones_tv_resnet18", "backbones_tv_resnet18_state.pt", 1e-4);
+  check_parity(*model, "backbones_tv_resnet18", "backbones_tv_resnet18_state.pt");
 }
 
 TEST(ResNetParity, TorchvisionResNet50) {
   auto model = resnet50();
-  check_parity(*model, "backbones_tv_resnet50", "backbones_tv_resnet50_state.pt", 1e-4);
+  check_parity(*model, "backbones_tv_resnet50", "backbones_tv_resnet50_state.pt");
 }
 
 TEST(ResNetParity, TimmSeResNet50) {
   SKIP_UNLESS_ATTENTION("se");
   auto model = resnet50("se");
-  check_parity(*model, "backbones_timm_seresnet50", "backbones_timm_seresnet50_state.pt", 1e-4);
+  check_parity(*model, "backbones_timm_seresnet50", "backbones_timm_seresnet50_state.pt");
 }
 
 TEST(ResNetParity, OfficialCbamResNet50Checkpoint) {
   SKIP_UNLESS_ATTENTION("cbam");
   auto model = resnet50("cbam");
   // A training checkpoint: {"epoch", "arch", "best_prec1", "optimizer", "state_dict": {"module.…"}}.
-  check_parity(*model, "backbones_cbam_official", "backbones_cbam_official_checkpoint.pth.tar", 1e-4);
+  check_parity(*model, "backbones_cbam_official", "backbones_cbam_official_checkpoint.pth.tar");
 }
 
 TEST(ResNetParity, CifarResNet20OptionsAandB) {
@@ -93,7 +99,7 @@ TEST(ResNetParity, CifarResNet20OptionsAandB) {
     EXPECT_EQ(count_params(*model), option == "A" ? 269722 : 272474);  // He et al.: 0.27M
     model->eval();
     torch::NoGradGuard no_grad;
-    EXPECT_TRUE(all_close(model->forward(refs.at("x")), refs.at("logits"), 1e-5, 1e-5));
+    EXPECT_TRUE(all_close(model->forward(refs.at("x")), refs.at("logits"), logits_tolerance(*model, refs.at("logits"))));
   }
 }
 
@@ -184,8 +190,9 @@ TEST(ResNet, FeaturesShapesAndSeparableHead) {
   EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 7}));
   EXPECT_TRUE(logits.equal(model->forward_head(f)));
   // The head is global average pooling and fc, nothing else.
+  // Both in float32 (twice the rounding): the pooling over H·W and the fc's 2048 terms.
   EXPECT_TRUE(all_close(logits, torch::nn::functional::linear(f[3].mean({2, 3}), model->fc->weight, model->fc->bias),
-                        1e-5));
+                        attnkit::testing::float32_pair_tolerance(4 + 2048, attnkit::testing::max_abs(logits))));
 }
 
 TEST(ResNet, SmallStemWidthAndInputChannels) {

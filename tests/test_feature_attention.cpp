@@ -60,19 +60,17 @@ SelfAttention2d mhsa_from(const Refs& refs, SelfAttention2dOptions o) {
   return m;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using attnkit::testing::error_of;
 
-/// bf16 keeps 8 significant bits: each of the ~6 roundings on the way (qkv, logits, softmax, AV,
-/// proj) costs up to 2^-8 relative, so allow 2% of the output's scale.
-::testing::AssertionResult bf16_close(const torch::Tensor& y, const torch::Tensor& ref) {
-  return all_close(y, ref, 0.02 * ref.abs().max().item<double>(), 0.02);
+/// A block's float32 or bfloat16 output against the float64 reference: testing.h's rounding_tolerance
+/// over the block's path (every weight's fan-in, plus the attention's logits, normaliser and weighted
+/// sum over at most H·W keys) at the scale of max(|x|, |y|); in bfloat16 the input and weights, the
+/// projections, the logits, the softmax and y are rounded once each (6 roundings, 2·2^-8 each).
+::testing::AssertionResult close_in(torch::ScalarType dtype, torch::nn::Module& m, const torch::Tensor& y,
+                                    const torch::Tensor& x, const torch::Tensor& ref) {
+  const int64_t K = attnkit::testing::path_length(m) + 3 * x.size(2) * x.size(3);
+  const double scale = std::max(attnkit::testing::max_abs(x), attnkit::testing::max_abs(ref));
+  return all_close(y, ref, attnkit::testing::rounding_tolerance(dtype, K, scale, 6));
 }
 
 /// Channels-last and a non-contiguous view holding the same values as x.
@@ -98,11 +96,11 @@ TEST(SelfAttention2d, Fp32AndBf16) {
   LOAD_OR_SKIP(refs, "feature_attention_mhsa");
   auto m = mhsa_from(refs, SelfAttention2dOptions(8).heads(2));
   m->to(torch::kFloat);
-  EXPECT_TRUE(all_close(m(refs.at("x").to(torch::kFloat)), refs.at("y"), 1e-5, 1e-5));
+  EXPECT_TRUE(close_in(torch::kFloat, *m, m(refs.at("x").to(torch::kFloat)), refs.at("x"), refs.at("y")));
   m->to(torch::kBFloat16);
   auto y = m(refs.at("x").to(torch::kBFloat16));
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
-  EXPECT_TRUE(bf16_close(y, refs.at("y")));
+  EXPECT_TRUE(close_in(torch::kBFloat16, *m, y, refs.at("x"), refs.at("y")));
 }
 
 TEST(SelfAttention2d, ExplicitHeadDimWithChannelsNotAMultipleOfHeads) {
@@ -258,7 +256,7 @@ TEST(SelfAttention2d, NonLocalLoadsTimmStateAndMatchesItFp64) {
   load_into(*m, state);  // the train-mode call moved the running statistics
   m->eval();
   m->to(torch::kFloat);
-  EXPECT_TRUE(all_close(m(refs.at("x").to(torch::kFloat)), refs.at("y"), 1e-5, 1e-5));
+  EXPECT_TRUE(close_in(torch::kFloat, *m, m(refs.at("x").to(torch::kFloat)), refs.at("x"), refs.at("y")));
 }
 
 TEST(SelfAttention2d, NonLocalStartsAsIdentity) {
@@ -324,11 +322,11 @@ TEST(LocalAttention2d, Fp32AndBf16) {
   LOAD_OR_SKIP(refs, c.ref);
   auto m = local_from(refs, c);
   m->to(torch::kFloat);
-  EXPECT_TRUE(all_close(m(refs.at("x").to(torch::kFloat)), refs.at("y"), 1e-5, 1e-5));
+  EXPECT_TRUE(close_in(torch::kFloat, *m, m(refs.at("x").to(torch::kFloat)), refs.at("x"), refs.at("y")));
   m->to(torch::kBFloat16);
   auto y = m(refs.at("x").to(torch::kBFloat16));
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
-  EXPECT_TRUE(bf16_close(y, refs.at("y")));
+  EXPECT_TRUE(close_in(torch::kBFloat16, *m, y, refs.at("x"), refs.at("y")));
 }
 
 TEST(LocalAttention2d, GradientMatchesFiniteDifferences) {
@@ -415,7 +413,7 @@ TEST(FeatureAttentionCuda, MatchesReferencesOnGpu) {
     EXPECT_TRUE(m->last_attention().is_cuda());
     EXPECT_TRUE(all_close(m->last_attention(), refs.at("attn_centre"), 1e-12));
     m->to(torch::kFloat);
-    EXPECT_TRUE(all_close(m(refs.at("x").cuda().to(torch::kFloat)), refs.at("y"), 1e-5, 1e-5));
+    EXPECT_TRUE(close_in(torch::kFloat, *m, m(refs.at("x").cuda().to(torch::kFloat)), refs.at("x"), refs.at("y")));
   }
   {
     LOAD_OR_SKIP(refs, "feature_attention_non_local");
@@ -440,6 +438,6 @@ TEST(FeatureAttentionCuda, MatchesReferencesOnGpu) {
     m(refs.at("x").cuda().contiguous(torch::MemoryFormat::ChannelsLast));
     EXPECT_TRUE(all_close(m->last_attention(), refs.at("attn"), 1e-12));
     m->to(torch::kBFloat16);
-    EXPECT_TRUE(bf16_close(m(refs.at("x").cuda().to(torch::kBFloat16)), refs.at("y")));
+    EXPECT_TRUE(close_in(torch::kBFloat16, *m, m(refs.at("x").cuda().to(torch::kBFloat16)), refs.at("x"), refs.at("y")));
   }
 }

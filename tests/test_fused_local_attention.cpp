@@ -96,7 +96,7 @@ Tensor local_forward_error(const Inputs& in, int64_t ks, int64_t dil) {
 attnkit::testing::Tolerance local_grad_tolerance(const Inputs& in, int64_t ks, const Tensor& ref_grad, bool bias) {
   const int64_t D = in.q.size(4), queries = in.q.size(0) * in.q.size(2) * in.q.size(3);
   return attnkit::testing::rounding_tolerance(in.q.scalar_type(), 2 * D + 3 * ks * ks + (bias ? queries : 0),
-                                              attnkit::testing::max_abs(ref_grad), /*rounded_inputs=*/true);  // dy rounded to io
+                                              attnkit::testing::max_abs(ref_grad), /*io_roundings=*/2);  // dy and the result
 }
 
 // Fused vs reference, forward and all gradients, in the inputs' dtype (reference in double):
@@ -406,7 +406,7 @@ TEST(FusedLocalAttention2d, FusedEqualsCompositeFloat32AndBf16) {
   composite->to(torch::kFloat);
   auto want = composite->forward(x.to(torch::kBFloat16).to(torch::kFloat));
   EXPECT_TRUE(all_close(y, want, attnkit::testing::rounding_tolerance(torch::kBFloat16, 2 * 32 + 2 * 8 + 3 * 49,
-                                                                     attnkit::testing::max_abs(want), /*rounded_inputs=*/true)));
+                                                                     attnkit::testing::max_abs(want), /*io_roundings: qkv, attention, y=*/3)));
 }
 
 TEST(FusedLocalAttention2d, AutoIsFusedOnCpuAndCompositeWhileRecording) {

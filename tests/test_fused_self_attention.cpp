@@ -167,7 +167,7 @@ void check_low_precision(torch::Dtype dtype, const std::vector<Shape>& shapes) {
     const char* names[] = {"out", "dq", "dk", "dv", "dtable"};
     for (size_t i = 1; i < got.size(); ++i) {
       const int64_t K = 2 * s.d + 3 * L + (i == 4 ? s.n * L : 0);
-      EXPECT_TRUE(all_close(got[i], want[i], attnkit::testing::rounding_tolerance(dtype, K, max_abs(want[i]), true)))
+      EXPECT_TRUE(all_close(got[i], want[i], attnkit::testing::rounding_tolerance(dtype, K, max_abs(want[i]), /*io_roundings: gout, result=*/2)))
           << what.str() << ": " << names[i];
     }
   }
@@ -393,7 +393,7 @@ TEST(SelfAttention2dFused, ChannelsLastNonContiguousFp32AndBf16) {
   auto tol = [&](torch::ScalarType dtype, const std::string& key, const Tensor& v) {
     const bool parameter = key != "y" && key != "grad.x";
     return attnkit::testing::rounding_tolerance(dtype, K + (parameter ? positions : 0), attnkit::testing::max_abs(v),
-                                                /*rounded_inputs=*/dtype != torch::kFloat);
+                                                /*io_roundings: x, gout and weights, qkv, attention, result=*/5);
   };
   for (const auto& [name, xi] : layouts) {
     auto got = module_run(m, Implementation::Fused, xi, gout);

@@ -54,6 +54,15 @@ struct Variant {
   double atol, rtol;
 };
 
+// The variant's tolerance: float64 its own atol/rtol; float32 and bfloat16 against the float64
+// reference from testing.h's rounding_tolerance over the K terms on the result's path, at `scale`
+// (the values' magnitude times the softmax's gain 1 + max|logit|); in bfloat16 the inputs, the
+// weights, the scores, the softmax and the output are each rounded once (5 roundings).
+attnkit::testing::Tolerance tolerance(const Variant& v, int64_t K, double scale) {
+  if (v.dtype == torch::kDouble) return {v.atol, v.rtol};
+  return attnkit::testing::rounding_tolerance(v.dtype, K, scale, 5);
+}
+
 // Converts a reference input: floating tensors to the variant's dtype, everything to its device.
 torch::Tensor in(const torch::Tensor& t, const Variant& v) {
   auto out = t.is_floating_point() ? t.to(v.device, v.dtype) : t.to(v.device);
@@ -84,10 +93,14 @@ void check_sdpa(const Refs& refs, const Variant& v, bool grads) {
     auto res = run_sdpa(c, name, v, q, k, val);
     EXPECT_EQ(res.output.scalar_type(), v.dtype);
     EXPECT_EQ(res.output.device().type(), v.device.type());
-    EXPECT_TRUE(all_close(res.output, c.at("out"), v.atol, v.rtol));
-    EXPECT_TRUE(all_close(res.weights, c.at("weights"), v.atol, v.rtol));
+    const double s = c.count("scale") ? c.at("scale").item<double>() : name == "dot" ? 1.0 : 1.0 / std::sqrt(double(q.size(-1)));
+    const double gain = 1 + s * attnkit::testing::max_abs(torch::matmul(c.at("q"), c.at("k").transpose(-1, -2)));
+    const int64_t K = q.size(-1) + 2 * k.size(-2);
+    EXPECT_TRUE(all_close(res.output, c.at("out"), tolerance(v, K, attnkit::testing::max_abs(c.at("v")) * gain)));
+    EXPECT_TRUE(all_close(res.weights, c.at("weights"), tolerance(v, K, gain)));
     if (grads) {
       auto g = torch::autograd::grad({res.output}, {q, k, val}, {in(c.at("grad_out"), v)});
+      // Gradients are checked in float64 only (grads is false for the other variants).
       EXPECT_TRUE(all_close(g[0], c.at("dq"), v.atol, v.rtol)) << "dq";
       EXPECT_TRUE(all_close(g[1], c.at("dk"), v.atol, v.rtol)) << "dk";
       EXPECT_TRUE(all_close(g[2], c.at("dv"), v.atol, v.rtol)) << "dv";
@@ -251,8 +264,10 @@ void check_additive(const Refs& refs, const Variant& v, bool grads) {
          val = in(c.at("value"), v).requires_grad_(grads);
     auto res = attn(q, k, val, c.count("mask") ? in(c.at("mask"), v) : torch::Tensor());
     EXPECT_EQ(res.output.scalar_type(), v.dtype);
-    EXPECT_TRUE(all_close(res.output, c.at("out"), v.atol, v.rtol));
-    EXPECT_TRUE(all_close(res.weights, c.at("weights"), v.atol, v.rtol));
+    // The path: both projections (dq, dk terms), the score (hidden terms), the sums over the keys.
+    const int64_t K = ac.dq + ac.dk + ac.hidden + 2 * k.size(-2);
+    EXPECT_TRUE(all_close(res.output, c.at("out"), tolerance(v, K, attnkit::testing::max_abs(c.at("value")))));
+    EXPECT_TRUE(all_close(res.weights, c.at("weights"), tolerance(v, K, 1.0)));
     if (grads) {
       std::vector<torch::Tensor> wrt = {q, k, val, attn->query_proj->weight, attn->key_proj->weight,
                                         attn->score_proj->weight};
@@ -315,7 +330,7 @@ TEST(AdditiveAttention, OddShapes) {
   auto v = torch::randn({2, 1, 3});
   res = attn(torch::randn({2, 4, 4}), torch::randn({2, 1, 3}), v);
   EXPECT_TRUE(res.weights.eq(1).all().item<bool>());
-  EXPECT_TRUE(all_close(res.output, v.expand({2, 4, 3}), 1e-7));
+  EXPECT_TRUE(torch::equal(res.output, v.expand({2, 4, 3})));  // 1·v, one term: exact
 }
 
 TEST(AdditiveAttention, DropoutOnlyInTraining) {
@@ -328,7 +343,9 @@ TEST(AdditiveAttention, DropoutOnlyInTraining) {
   auto tr = attn(q, k, v);
   auto kept = tr.weights.ne(0);
   EXPECT_GT(kept.logical_not().sum().item<int64_t>(), 0);
-  EXPECT_TRUE(all_close(tr.weights.masked_select(kept), ref.weights.masked_select(kept) * 2.0, 1e-6));
+  // The same softmax in both modes, then ×1/(1-p) = ×2 (exact): weights ≤ 1 differ by their rounding.
+  EXPECT_TRUE(all_close(tr.weights.masked_select(kept), ref.weights.masked_select(kept) * 2.0,
+                        attnkit::testing::float32_pair_tolerance(1, 2.0)));
 }
 
 TEST(AdditiveAttention, BadInputsNameTheArgument) {
@@ -402,11 +419,15 @@ void check_mha(const Refs& refs, const Variant& v, bool grads) {
     auto am = c.count("attn_mask") ? in(c.at("attn_mask"), v) : torch::Tensor();
     auto res = mha(q, k, val, kpm, true, am, mc.average);
     EXPECT_EQ(res.output.scalar_type(), v.dtype);
-    EXPECT_TRUE(all_close(res.output, c.at("out"), v.atol, v.rtol));
-    EXPECT_TRUE(all_close(res.weights, c.at("weights"), v.atol, v.rtol));
+    // The path: the input projections (E terms), the logits (head_dim), the sums over the keys, the
+    // output projection (E), at the scale of the projected values' inputs.
+    const int64_t E = q.size(-1), K = 2 * E + E / mha->options.num_heads() + 2 * k.size(-2);
+    const double scale = std::max(attnkit::testing::max_abs(c.at("out")), attnkit::testing::max_abs(val));
+    EXPECT_TRUE(all_close(res.output, c.at("out"), tolerance(v, K, scale)));
+    EXPECT_TRUE(all_close(res.weights, c.at("weights"), tolerance(v, K, 1.0)));
     auto no_weights = mha(q, k, val, kpm, false, am);
     EXPECT_FALSE(no_weights.weights.defined());
-    EXPECT_TRUE(all_close(no_weights.output, c.at("out"), v.atol, v.rtol));
+    EXPECT_TRUE(all_close(no_weights.output, c.at("out"), tolerance(v, K, scale)));
     if (grads) {
       const bool packed = mha->packed_in_proj();
       std::vector<torch::Tensor> wrt = {q};
@@ -497,12 +518,14 @@ TEST(MultiheadAttention, EmptyBatchAndDropout) {
   auto q = torch::randn({2, 3, 8}), kv = torch::randn({2, 6, 8});
   mha->eval();
   auto ref = mha(q, kv, kv, torch::Tensor(), true, torch::Tensor(), false);
-  EXPECT_TRUE(all_close(ref.weights.sum(-1), torch::ones({2, 2, 3}), 1e-6));
+  EXPECT_TRUE(all_close(ref.weights.sum(-1), torch::ones({2, 2, 3}), attnkit::testing::rounding_tolerance(torch::kFloat, 2 * 6, 1.0)));
   mha->train();
   auto tr = mha(q, kv, kv, torch::Tensor(), true, torch::Tensor(), false);
   auto kept = tr.weights.ne(0);
   EXPECT_GT(kept.logical_not().sum().item<int64_t>(), 0);
-  EXPECT_TRUE(all_close(tr.weights.masked_select(kept), ref.weights.masked_select(kept) * 2.0, 1e-6));
+  // The same softmax in both modes, then ×1/(1-p) = ×2 (exact): weights ≤ 1 differ by their rounding.
+  EXPECT_TRUE(all_close(tr.weights.masked_select(kept), ref.weights.masked_select(kept) * 2.0,
+                        attnkit::testing::float32_pair_tolerance(1, 2.0)));
 }
 
 TEST(MultiheadAttention, BadInputsNameTheArgument) {

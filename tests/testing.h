@@ -106,16 +106,16 @@ struct Tolerance {
 /// probability 1 − 2·exp(−λ²/2), for any summation order, blocking, vector width or FMA use — so on
 /// every CPU and kernel copy). c = 16 = λ·λ' with λ = 4 for that walk (and for the largest of the
 /// many elements a test compares) and λ' = 4 for how far the partial sums of random-signed test data
-/// stray from the result's scale. Accumulation is in float32
-/// for float32, bfloat16 and half (what ATen and attnkit's kernels do), in float64 for float64;
-/// `io` below float32 adds its rounding of the output and, with `rounded_inputs` (a reference on the
-/// unrounded values), of the inputs: 2·u_io·scale each.
+/// stray from the result's scale. Accumulation is in float32 for float32, bfloat16 and half (what ATen and attnkit's kernels do), in float64 for float64.
+/// Below float32, every rounding to `io` on the path costs up to 2·u_io·scale more: `io_roundings`
+/// counts them — the output's (1), the inputs' and weights' where the reference had them exact, and
+/// each intermediate a block stores in io (a conv's output that the next layer reads, say).
 constexpr double kRoundingSafety = 16.0;
-inline Tolerance rounding_tolerance(torch::ScalarType io, int64_t K, double scale, bool rounded_inputs = false) {
+inline Tolerance rounding_tolerance(torch::ScalarType io, int64_t K, double scale, int io_roundings = 1) {
   const double u_acc = unit_roundoff(io == torch::kDouble ? torch::kDouble : torch::kFloat);
   const double u_io = unit_roundoff(io);
   double atol = kRoundingSafety * u_acc * std::sqrt(static_cast<double>(std::max<int64_t>(K, 1))) * scale;
-  if (io != torch::kDouble && io != torch::kFloat) atol += 2 * u_io * scale * (rounded_inputs ? 2 : 1);
+  if (io != torch::kDouble && io != torch::kFloat) atol += 2 * u_io * scale * io_roundings;
   return {atol, 0.0};
 }
 
@@ -141,6 +141,19 @@ inline torch::Tensor attention_forward_error(const torch::Tensor& logits, const 
   // The output's rounding to io (≤ u_io·|y|) on top of the computation's own error: 2·u_io·|y|.
   return kRoundingSafety * torch::sqrt(own * own + carried * carried) + 2 * uo * y.abs() + underflow_floor(io);
 }
+
+/// The terms a network's output accumulates along its path: every conv's and linear layer's
+/// reduction length (in_channels·kh·kw, in_features) added — the K of rounding_tolerance for a model.
+inline int64_t path_length(torch::nn::Module& m) {
+  int64_t K = 0;
+  for (const auto& p : m.parameters())
+    if (p.dim() >= 2) K += p.numel() / p.size(0);
+  return K;
+}
+
+/// Two float32 computations of the same math by different paths (no exact reference on either side):
+/// twice rounding_tolerance, since both round.
+inline Tolerance float32_pair_tolerance(int64_t K, double scale) { return rounding_tolerance(torch::kFloat, K, scale) * 2; }
 
 /// Max |t| as a double (0 for an empty tensor): the magnitudes the bounds above are made of.
 inline double max_abs(const torch::Tensor& t) {
