@@ -23,7 +23,14 @@ std::string version_line() {
                      ", CPU kernels: " + info.cpu_capability +
                      ", CUDA kernels: " + (info.cuda_kernels ? "compiled in" : "not compiled");
   if (info.cuda_kernels) line += std::string(", CUDA device: ") + (info.cuda_available ? "available" : "none");
-  return line + ")";
+  line += ")\nImplementation::Auto runs attnkit's fused kernels (verified on that device, else the composite path):";
+  for (auto device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+    std::string ops;
+    for (const auto& e : kernel_verification())
+      if (e.device == device && e.verified) ops += (ops.empty() ? "" : ", ") + std::string(to_string(e.op));
+    line += std::string(device == c10::DeviceType::CPU ? " cpu: " : "; cuda: ") + (ops.empty() ? "none" : ops);
+  }
+  return line;
 }
 
 }  // namespace attnkit::app

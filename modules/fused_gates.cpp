@@ -3,7 +3,7 @@
 namespace attnkit::detail {
 
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused) {
-  return use_fused_kernel(impl, x.device(), ops::has_fused_kernels(x.device()), recording, who, auto_fused);
+  return use_fused_kernel(impl, FusedOp::Cbam, x.device(), ops::has_fused_kernels(x.device()), recording, who, auto_fused);
 }
 
 ops::CbamConfig channel_gate_config(ChannelPool pool, const torch::Tensor& shortcut) {

@@ -50,7 +50,8 @@ torch::Tensor LocalAttention2dImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(h >= span && w >= span, "LocalAttention2d: input x of size ", h, "x", w,
               " is smaller than the window: H and W must be >= kernel_size*dilation = ", span);
   const bool kernel = ops::has_neighborhood_attention_kernel(x.device());
-  if (detail::use_fused_kernel(o.impl(), x.device(), kernel, recording(), "LocalAttention2d")) return forward_fused(x);
+  if (detail::use_fused_kernel(o.impl(), FusedOp::NeighborhoodAttention, x.device(), kernel, recording(), "LocalAttention2d"))
+    return forward_fused(x);
   return forward_composite(x);
 }
 

@@ -114,6 +114,7 @@ bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
       // kernels should beat ours (chosen by reasoning, to be confirmed with
       // `attnkit bench --op self --device cuda`). Non-local: SDPA (not measured yet).
       if (!possible || options.variant() != SelfAttention2dVariant::MultiHead) return false;
+      if (!auto_runs_fused(FusedOp::RelposAttention, x.device().type())) return false;  // not verified there
       return relative_position_bias_table.defined() || !x.is_cuda();
   }
 }

@@ -67,3 +67,35 @@ TEST(Factory, NamesAreThoseOfTheIssue) {
   const std::vector<std::string> expected = {"", "se", "eca", "cbam", "channel", "spatial", "self", "nonlocal", "local"};
   EXPECT_EQ(attnkit::attention_names(), expected);
 }
+
+// ---- where Implementation::Auto runs attnkit's own kernels (kernel_verification) -------------------
+// Checked without a GPU: the decision every block goes through, for every entry of the table.
+TEST(KernelVerification, AutoNeverRunsAnUnverifiedKernel) {
+  using attnkit::FusedOp;
+  using attnkit::Implementation;
+  const auto& table = attnkit::kernel_verification();
+  for (auto op : {FusedOp::Cbam, FusedOp::NeighborhoodAttention, FusedOp::RelposAttention})
+    for (auto device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+      SCOPED_TRACE(std::string(attnkit::to_string(op)) + " on " + c10::DeviceTypeName(device));
+      const auto n = std::count_if(table.begin(), table.end(), [&](const auto& e) { return e.op == op && e.device == device; });
+      ASSERT_EQ(n, 1) << "one entry per op and device";
+      const auto& e = *std::find_if(table.begin(), table.end(), [&](const auto& e) { return e.op == op && e.device == device; });
+      EXPECT_GT(std::string(e.evidence).size(), 10u) << "every entry says which run showed it, or why not";
+      const c10::Device dev(device, device == c10::DeviceType::CUDA ? 0 : -1);
+      // Auto, with a kernel that exists: fused exactly where verified.
+      EXPECT_EQ(attnkit::detail::use_fused_kernel(Implementation::Auto, op, dev, true, false, "test"), e.verified);
+      EXPECT_EQ(attnkit::auto_runs_fused(op, device), e.verified);
+      // Fused opts in whether verified or not; Composite never runs the kernel.
+      EXPECT_TRUE(attnkit::detail::use_fused_kernel(Implementation::Fused, op, dev, true, false, "test"));
+      EXPECT_FALSE(attnkit::detail::use_fused_kernel(Implementation::Composite, op, dev, true, false, "test"));
+    }
+  // A device type without an entry is never fused under Auto.
+  EXPECT_FALSE(attnkit::auto_runs_fused(FusedOp::Cbam, c10::DeviceType::Meta));
+}
+
+// No CUDA kernel has passed its tests on a GPU yet (issue 16): Auto keeps every op composite there.
+// Flip this together with the table, after a GPU run.
+TEST(KernelVerification, NoCudaKernelIsVerifiedYet) {
+  for (const auto& e : attnkit::kernel_verification())
+    if (e.device == c10::DeviceType::CUDA) EXPECT_FALSE(e.verified) << attnkit::to_string(e.op);
+}

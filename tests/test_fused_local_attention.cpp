@@ -652,7 +652,8 @@ TEST(FusedLocalAttentionCuda, InferenceModeAndDeviceErrors) {
               HasSubstr("k is on cpu but q is on cuda:0"));
 }
 
-// LocalAttention2d on the GPU (Auto: the fused op) equals the same block on the CPU.
+// LocalAttention2d on the GPU (Implementation::Fused: the CUDA kernel, which Auto does not run on CUDA
+// until kernel_verification() says so) equals the same block on the CPU.
 TEST(FusedLocalAttentionCuda, BlockOnCudaEqualsBlockOnCpu) {
   ATTNKIT_SKIP_WITHOUT_CUDA_KERNELS();
   torch::manual_seed(28);
@@ -667,7 +668,7 @@ TEST(FusedLocalAttentionCuda, BlockOnCudaEqualsBlockOnCpu) {
   for (const Tol& t : {kTols[0], kTols[1]})
     for (const auto& c : cases)
       for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
-        LocalAttention2d cpu_block(c.o), gpu_block(c.o);
+        LocalAttention2d cpu_block(c.o), gpu_block(LocalAttention2dOptions(c.o).impl(Implementation::Fused));
         cpu_block->to(t.dtype);
         gpu_block->to(kCuda, t.dtype);
         {
@@ -680,7 +681,7 @@ TEST(FusedLocalAttentionCuda, BlockOnCudaEqualsBlockOnCpu) {
         auto x_gpu = x_cpu.detach().to(kCuda).contiguous(fmt).requires_grad_(true);
         auto y_cpu = cpu_block->forward(x_cpu), y_gpu = gpu_block->forward(x_gpu);
         if (fmt == torch::MemoryFormat::ChannelsLast)
-          EXPECT_TRUE(y_gpu.is_contiguous(torch::MemoryFormat::ChannelsLast)) << "Auto ran the composite path on CUDA";
+          EXPECT_TRUE(y_gpu.is_contiguous(torch::MemoryFormat::ChannelsLast)) << "the fused path keeps channels-last";
         const double tol = t.dtype == torch::kDouble ? 1e-10 : 1e-4;
         ASSERT_TRUE(all_close(y_gpu, y_cpu, tol, tol)) << t.dtype << " forward";
         auto dy = torch::randn_like(y_cpu);

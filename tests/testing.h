@@ -19,7 +19,10 @@ namespace attnkit::testing {
 /// Loads build/tests/refs/<name>.pt (a dict of tensors written by tests/python). Where the setup
 /// script's Python exists the file must be there; elsewhere the calling test is skipped.
 inline std::map<std::string, torch::Tensor> load_refs(const std::string& name) {
-  const std::string path = std::string(ATTNKIT_REFS_DIR) + "/" + name + ".pt";
+  // ATTNKIT_REFS_DIR in the environment overrides the build tree's folder (scripts/gpu_check.sh
+  // carries the references the CUDA cases need to another machine).
+  const char* dir = std::getenv("ATTNKIT_REFS_DIR");
+  const std::string path = std::string(dir ? dir : ATTNKIT_REFS_DIR) + "/" + name + ".pt";
   std::ifstream in(path, std::ios::binary);
   std::map<std::string, torch::Tensor> out;
   if (!in) {
