@@ -7,7 +7,8 @@
 #   scripts/gpu_check.sh run [DIR]       # on the GPU machine (PyTorch in its python3, nothing else):
 #                                        # every CUDA test case, compute-sanitizer memcheck and
 #                                        # racecheck on them, the CUDA bench rows; within 8 minutes;
-#                                        # writes $OUT/gpu-summary.json and $OUT/gpu-summary.txt
+#                                        # writes $OUT/gpu-summary.json, $OUT/gpu-summary.txt and
+#                                        # $OUT/gpu-logs.tar.gz (three files: the device tool returns 8)
 #
 # `run` also works where there is no GPU (the CUDA cases skip): that is how it is dry-run here
 # before a GPU session, so the first real run does not die on a typo.
@@ -32,11 +33,20 @@ prepare() {
   fi
   rm -rf "$DIR"
   mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/refs"
-  cp -L "$build"/lib/libattnkit.so* "$DIR/lib/"
+  cp -L "$build/lib/libattnkit.so.0" "$DIR/lib/"  # the SONAME the binaries load
   cp "$build/bin/attnkit" "$DIR/bin/"
   for s in "${SUITES[@]}"; do cp "$build/bin/$s" "$DIR/bin/"; done
   cp "$build"/tests/refs/{gates,feature,sequence}_*.pt "$DIR/refs/" 2>/dev/null || true
   strip --strip-unneeded "$DIR"/bin/* "$DIR"/lib/*
+  # compute-sanitizer, which the GPU machine lacks: NVIDIA's PyPI wheel (binaries only, compressed).
+  local wheel_dir
+  wheel_dir=$(mktemp -d)
+  "${ATTNKIT_VENV:-$HOME/.cache/attnkit/venv}/bin/python" -m pip download --quiet --no-deps -d "$wheel_dir" \
+      "nvidia-cuda-sanitizer-api==13.*"
+  (cd "$wheel_dir" && python3 -m zipfile -e ./*.whl unpacked >/dev/null)  # zipfile drops the exec bits:
+  chmod +x "$wheel_dir"/unpacked/nvidia/cu13/compute-sanitizer/{compute-sanitizer,TreeLauncherSubreaper}
+  tar -cJf "$DIR/compute-sanitizer.tar.xz" -C "$wheel_dir/unpacked/nvidia/cu13" --exclude=docs compute-sanitizer
+  rm -rf "$wheel_dir"
   cp scripts/gpu_check.sh "$DIR/"
   local mib
   mib=$(du -sm "$DIR" | cut -f1)
@@ -51,14 +61,22 @@ prepare() {
 limited() { local limit=$1; shift; timeout --kill-after=10 "$limit" "$@"; }
 
 run() {
-  local out="${OUT:-$PWD/gpu-out}" start=$SECONDS
-  mkdir -p "$out"
+  local dest="${OUT:-$PWD/gpu-out}" start=$SECONDS
+  local out
+  out=$(mktemp -d)  # every log here; only the summaries and one archive of the logs go to $dest
+  mkdir -p "$dest"
   local torch_lib
   torch_lib=$(python3 -c "import torch, os; print(os.path.join(torch.__path__[0], 'lib'))")
   export LD_LIBRARY_PATH="$DIR/lib:$torch_lib:${LD_LIBRARY_PATH:-}"
   export ATTNKIT_REFS_DIR="$DIR/refs"
   local sanitizer
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)
+  if [[ -z "$sanitizer" && -f "$DIR/compute-sanitizer.tar.xz" ]]; then
+    local tools
+    tools=$(mktemp -d)
+    tar -xJf "$DIR/compute-sanitizer.tar.xz" -C "$tools"
+    sanitizer="$tools/compute-sanitizer/compute-sanitizer"
+  fi
   local gpu
   gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')")
   {
@@ -113,9 +131,11 @@ run() {
     echo " \"bench\": ["
     paste -sd, "$bench"
     echo "]}"
-  } > "$out/gpu-summary.json"
-  echo "gpu_check: $((SECONDS - start)) s; summary in $out/gpu-summary.json"
-  cat "$out/gpu-summary.txt"
+  } > "$dest/gpu-summary.json"
+  cp "$out/gpu-summary.txt" "$dest/"
+  tar -czf "$dest/gpu-logs.tar.gz" -C "$out" .
+  echo "gpu_check: $((SECONDS - start)) s; summary in $dest/gpu-summary.json"
+  cat "$dest/gpu-summary.txt"
 }
 
 case "$verb" in
