@@ -154,6 +154,9 @@ TEST(FusedLocalAttentionOp, Float32) {
   torch::manual_seed(3);
   check(make_inputs({2, 4, 14, 11, 32}, 7, torch::kFloat), 7, 1);
   check(make_inputs({1, 2, 12, 13, 5}, 3, torch::kFloat), 3, 2);
+  // A head dim wider than a vector but not a multiple of one (16 float lanes with AVX512, 8 with
+  // AVX2): the vector loop and its tail both run (narrower heads take the plain loop).
+  check(make_inputs({1, 2, 9, 10, 21}, 3, torch::kFloat), 3, 1);
 }
 
 TEST(FusedLocalAttentionOp, ReducedPrecision) {
