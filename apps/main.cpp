@@ -59,11 +59,15 @@ int main(int argc, char** argv) {
     return cli.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return cli.exit(e);
-  } catch (const CLI::ExtrasError& e) {
-    std::cerr << cli.help() << "\nattnkit: " << e.what() << "\n";
-    return kUsage;
   } catch (const CLI::ParseError& e) {
-    std::cerr << "attnkit: " << e.what() << "\nRun with --help for usage.\n";
+    // A usage error is one line and a hint, never the whole help text.
+    std::string message = e.what();
+    const auto extras = cli.remaining();
+    if (dynamic_cast<const CLI::ExtrasError*>(&e) && cli.get_subcommands().empty() && !extras.empty()) {
+      message = "unknown command \"" + extras.front() + "\"; commands:";
+      for (const auto* sub : cli.get_subcommands({})) message += std::string(message.back() == ':' ? " " : ", ") + sub->get_name();
+    }
+    std::cerr << "attnkit: " << message << "\nRun 'attnkit --help' (or 'attnkit COMMAND --help') for the options.\n";
     return kUsage;
   }
   if (argc == 1 || cli.get_subcommands().empty()) {
