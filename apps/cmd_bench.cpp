@@ -6,6 +6,7 @@
 // gives the peak bytes of tensor storage allocated during the run beyond what was live before it
 // (outputs, saved activations, gradients and oneDNN's buffers included).
 #include "commands.h"
+#include "validators.h"
 
 #include "train/device.h"
 
@@ -375,7 +376,7 @@ Runner add_bench_command(CLI::App& cli) {
   cmd->add_option("--shape", args->shape, "Input shape N,C,H,W (default per op: cbam-family 8,256,56,56; local "
                                          "2,128,56,56; self 1,256,56,56; resnets 1,3,224,224)")
       ->delimiter(',')->expected(4);
-  cmd->add_option("--batch", args->batch, "Batch size N, overriding --shape's")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", args->batch, "Batch size N, overriding --shape's")->check(positive_number());
   cmd->add_option("--threads", args->threads, "CPU threads (default: LibTorch's, usually the core count)")
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--dtype", args->dtype, "Element type")
@@ -386,8 +387,8 @@ Runner add_bench_command(CLI::App& cli) {
   cmd->add_option("--pass", args->pass, "forward (inference: modules in eval mode, no autograd), backward (forward+backward in training mode) or both")
       ->check(CLI::IsMember({"forward", "backward", "both"}))->capture_default_str();
   cmd->add_option("--iters", args->iters, "Timed runs per case (default: about one second's worth, 5 to 200)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", args->warmup, "Untimed runs before timing")->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(positive_number());
+  cmd->add_option("--warmup", args->warmup, "Untimed runs before timing")->check(non_negative_number())->capture_default_str();
   cmd->add_flag("--json", args->json, "One JSON object per line: op, pass, shape, dtype, threads, impl, median_ms, min_ms, ...");
   return [cmd, args]() -> int { return cmd->parsed() ? run_bench(*args) : -1; };
 }

@@ -2,6 +2,7 @@
 // IDX files, a CSV of pixels, or, with OpenCV, an ImageFolder tree or a CSV of image paths.
 // The loop itself lives in train/trainer.h; this file turns the command line into its options.
 #include "commands.h"
+#include "validators.h"
 
 #include "train/data_source.h"
 #include "train/device.h"
@@ -129,7 +130,7 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--val-size", a->val_size,
                   "Training images held out for validation (stratified, chosen by --seed); default 5000, or 1/12 of "
                   "smaller sets; 0 = no validation (the last model is the best)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--classes", a->data.class_names,
                   "Class names of IDX/pixel-CSV data: fashion-mnist, mnist or a,b,c (default: fashion-mnist when the "
                   "path mentions fashion, else the digits)");
@@ -138,7 +139,7 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--channels", a->data.channels, "Image folder/CSV: 1 (gray) or 3 (color); 0 = from the first image")
       ->check(CLI::IsMember({0, 1, 3}))->capture_default_str();
   cmd->add_option("--max-images", a->max_images, "Use only the first N training images (0 = all; for quick runs)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(non_negative_number())->capture_default_str();
 
   cmd->add_option("--model", o.model, "Model name: resnet20, resnet20-cbam, resnet18-se, resnet56-eca, ...")->capture_default_str();
   cmd->add_option("--width", o.width, "Width multiplier of every stage (e.g. 4 for a WRN-like ResNet-20)")
@@ -149,28 +150,29 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--eval-batch-size", o.eval_batch_size, "Images per validation batch")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}))->capture_default_str();
   cmd->add_option("--optimizer", o.optimizer.kind, "sgd or adamw")->check(CLI::IsMember({"sgd", "adamw"}))->capture_default_str();
-  cmd->add_option("--lr", o.optimizer.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--momentum", o.optimizer.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999))->capture_default_str();
+  cmd->add_option("--lr", o.optimizer.lr, "Peak learning rate")->check(positive_number())->capture_default_str();
+  cmd->add_option("--momentum", o.optimizer.momentum, "SGD momentum")->check(finite_number())->check(CLI::Range(0.0, 0.999))->capture_default_str();
   cmd->add_flag("--no-nesterov", a->no_nesterov, "Plain momentum instead of Nesterov's");
   cmd->add_option("--weight-decay", o.optimizer.weight_decay,
                   "Weight decay of conv/linear weights (BatchNorm and biases are not decayed); decoupled for adamw")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--schedule", o.schedule, "Learning-rate schedule after warm-up: cosine (to --min-lr) or step")
       ->check(CLI::IsMember({"cosine", "step"}))->capture_default_str();
   cmd->add_option("--warmup-epochs", o.warmup_epochs, "Linear warm-up from 0, in epochs (fractions allowed)")
-      ->check(CLI::Range(0.0, 1000.0))->capture_default_str();
-  cmd->add_option("--min-lr", o.min_lr, "Final learning rate of the cosine schedule")->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 1000.0))->capture_default_str();
+  cmd->add_option("--min-lr", o.min_lr, "Final learning rate of the cosine schedule")->check(non_negative_number())->capture_default_str();
   cmd->add_option("--milestones", o.milestones, "Step schedule: epochs at which the rate is multiplied by --lr-gamma")
-      ->delimiter(',');
-  cmd->add_option("--lr-gamma", o.lr_gamma, "Step schedule factor")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->delimiter(',')
+      ->check(positive_number());
+  cmd->add_option("--lr-gamma", o.lr_gamma, "Step schedule factor")->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--label-smoothing", o.label_smoothing, "Label smoothing of the cross-entropy")
-      ->check(CLI::Range(0.0, 0.99))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 0.99))->capture_default_str();
   o.augment.crop_padding = 2;
   cmd->add_option("--crop-padding", o.augment.crop_padding, "Random crop after zero padding by this many pixels (0 = off)")
       ->check(CLI::Range(int64_t{0}, int64_t{64}))->capture_default_str();
   cmd->add_flag("--no-hflip", a->no_hflip, "No random horizontal flip");
   cmd->add_option("--erasing", o.augment.erasing, "Probability of random erasing per image (0 = off)")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_flag("--tta", o.hflip_tta, "Validate on each image and its mirror (averaged logits)");
 
   cmd->add_option("--seed", o.seed, "Seed of initialisation, data order, augmentation and the validation split")->capture_default_str();
@@ -193,8 +195,13 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--out", o.out_dir, "Output folder (checkpoints, metrics.jsonl, curves.png); default runs/MODEL");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its last completed epoch");
   cmd->add_option("--stop-after", o.stop_after, "Stop after this many epochs of this invocation (0 = run all; --resume continues)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_flag("--quiet", a->quiet, "No progress or per-epoch lines on stderr");
+  // Contradictory combinations are usage errors too (checked while parsing, so exit code 2).
+  cmd->callback([a] {
+    if (!a->options.milestones.empty() && a->options.schedule != "step")
+      throw CLI::ValidationError("--milestones", "only the step schedule has milestones; add --schedule step");
+  });
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
     return run_train(*a);

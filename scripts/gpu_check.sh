@@ -10,6 +10,9 @@
 #                                        # writes $OUT/gpu-summary.json, $OUT/gpu-summary.txt and
 #                                        # $OUT/gpu-logs.tar.gz (three files: the device tool returns 8)
 #
+# With the device tool: prepare here, then run `scripts/gpu_check.sh run gpu-check` there with
+# carry ["gpu-check"] (the folder is git-ignored, so it travels only when carried); $OUT gets the
+# three result files.
 # `run` also works where there is no GPU (the CUDA cases skip): that is how it is dry-run here
 # before a GPU session, so the first real run does not die on a typo.
 # After a real run: flip modules/implementation.cpp's kernel_verification() entries only for the
