@@ -5,6 +5,7 @@
 //   main thread      results → HeatmapRenderer → window (keys), --output video, snapshots
 // One summary line at the end (frames, dropped, end-to-end FPS, average inference ms; --json: JSON).
 #include "commands.h"
+#include "validators.h"
 
 #ifdef ATTNKIT_HAVE_OPENCV  // the whole command needs OpenCV (video, windows)
 #include "bundled.h"
@@ -345,18 +346,18 @@ Runner add_stream_command(CLI::App& cli) {
   cmd->add_option("--height", a->height, "Camera mode: requested frame height in pixels (0 = default)")
       ->check(CLI::Range(0, 16384))->capture_default_str();
   cmd->add_option("--fps", a->fps, "Camera mode: requested frames per second (0 = default); also the frame rate of an image folder's --output")
-      ->check(CLI::Range(0.0, 1000.0))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 1000.0))->capture_default_str();
   cmd->add_flag("--no-display", a->no_display, "Open no window (headless; use with --output or --json)");
   cmd->add_option("--output", a->output, "Write the overlaid video here: .mp4/.mov (mp4v) or .avi/.mkv (MJPG)");
   cmd->add_option("--out", a->out_dir, "Folder for snapshots taken with the s key (default: the current folder)");
   cmd->add_option("--max-frames", a->max_frames, "Stop after this many frames (0 = until the source ends)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
   cmd->add_option("--smooth", a->smooth, "Temporal smoothing of the heatmaps: weight of the previous map in [0, 1) (0 = off)")
-      ->check(CLI::Range(0.0, 0.99))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.0, 0.99))->capture_default_str();
   cmd->add_option("--method", a->method, "Heatmap method (auto = native attention maps when the model has them, else gradcam)")
       ->check(CLI::IsMember(explain_method_names()))->capture_default_str();
   cmd->add_option("--layer", a->layer, "Layer of the maps, e.g. layer4 or layer3.1 (default: the method's default layers)");
-  cmd->add_option("--alpha", a->alpha, "Heatmap opacity in [0, 1]")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--alpha", a->alpha, "Heatmap opacity in [0, 1]")->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--colormap", a->colormap, "Colour map of the heatmap")
       ->check(CLI::IsMember(vision::colormap_names()))->capture_default_str();
   cmd->add_option("--weights", a->weights, "attnkit checkpoint; default: the bundled Fashion-MNIST model")->check(CLI::ExistingFile);

@@ -143,7 +143,7 @@ Runner add_train_command(CLI::App& cli) {
 
   cmd->add_option("--model", o.model, "Model name: resnet20, resnet20-cbam, resnet18-se, resnet56-eca, ...")->capture_default_str();
   cmd->add_option("--width", o.width, "Width multiplier of every stage (e.g. 4 for a WRN-like ResNet-20)")
-      ->check(CLI::Range(0.125, 16.0))->capture_default_str();
+      ->check(finite_number())->check(CLI::Range(0.125, 16.0))->capture_default_str();
   cmd->add_option("--epochs", o.epochs, "Training epochs")->check(CLI::Range(int64_t{1}, int64_t{100000}))->capture_default_str();
   cmd->add_option("--batch-size", o.batch_size, "Images per training step")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}))->capture_default_str();

@@ -5,6 +5,7 @@
 // without --overwrite. Needs OpenCV (images in, pictures out).
 #ifdef ATTNKIT_HAVE_OPENCV
 #include "commands.h"
+#include "validators.h"
 
 #include "bundled.h"
 
@@ -319,7 +320,7 @@ Runner add_visualize_command(CLI::App& cli) {
   cmd->add_option("--query", a->query,
                   "X,Y in [0, 1]: for native self/local attention, show where this point of the input looks (fractions of the "
                   "input's width and height, 0,0 = top-left) instead of the attention each position receives on average");
-  cmd->add_option("--alpha", a->alpha, "Opacity of the heatmap over the image, 0..1")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--alpha", a->alpha, "Opacity of the heatmap over the image, 0..1")->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--colormap", a->colormap, "Colour map of the heatmaps")->check(CLI::IsMember(vision::colormap_names()))->capture_default_str();
   cmd->add_option("--raw", a->raw,
                   "Also write each map at the layer's resolution: png16 (16-bit gray PNG, 0..65535 for 0..1) or npy (float32 "
