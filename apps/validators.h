@@ -22,38 +22,32 @@ inline bool parse_number(const std::string& text, double& value) {
 }
 }  // namespace detail
 
-/// A finite number (no NaN, no infinity).
-inline CLI::Validator finite_number() {
+/// A validator named `name` that accepts finite numbers for which `ok` holds and otherwise says
+/// "<what>, got <text>".
+template <typename Predicate>
+CLI::Validator number_validator(const char* name, const char* what, Predicate ok) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
+      [what, ok](std::string& text) -> std::string {
         double v = 0;
-        if (!detail::parse_number(text, v) || !std::isfinite(v)) return "must be a finite number, got " + text;
+        if (!detail::parse_number(text, v) || !std::isfinite(v) || !ok(v)) return std::string(what) + ", got " + text;
         return "";
       },
-      "FINITE");
+      name);
+}
+
+/// A finite number (no NaN, no infinity).
+inline CLI::Validator finite_number() {
+  return number_validator("FINITE", "must be a finite number", [](double) { return true; });
 }
 
 /// A finite number > 0.
 inline CLI::Validator positive_number() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        double v = 0;
-        if (!detail::parse_number(text, v) || !std::isfinite(v) || !(v > 0)) return "must be a positive number, got " + text;
-        return "";
-      },
-      "POSITIVE");
+  return number_validator("POSITIVE", "must be a positive number", [](double v) { return v > 0; });
 }
 
 /// A finite number >= 0.
 inline CLI::Validator non_negative_number() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        double v = 0;
-        if (!detail::parse_number(text, v) || !std::isfinite(v) || !(v >= 0))
-          return "must be a number >= 0, got " + text;
-        return "";
-      },
-      "NONNEGATIVE");
+  return number_validator("NONNEGATIVE", "must be a number >= 0", [](double v) { return v >= 0; });
 }
 
 }  // namespace attnkit::app
