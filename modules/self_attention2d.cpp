@@ -99,24 +99,17 @@ torch::Tensor SelfAttention2dImpl::table_for(int64_t h, int64_t w) const {
 bool SelfAttention2dImpl::runs_fused(const torch::Tensor& x) const {
   const bool possible = ops::has_relpos_attention_kernel(x.device()) &&
                         (!x.is_cuda() || inner_dim_ <= ops::kRelposAttentionMaxCudaHeadDim);
-  switch (options.impl()) {
-    case Implementation::Composite:
-      return false;
-    case Implementation::Fused:
-      TORCH_CHECK(possible, "SelfAttention2d: impl=fused but attnkit has no fused self-attention kernel for device ",
-                  x.device(), " in this build; use Implementation::Auto or Composite");
-      return true;
-    default:
-      // Multi-head with a bias: the fused op, the only O(H·W)-memory path. Without one: on the CPU
-      // the fused op too (ATen's SDPA is as fast on contiguous q, k, v, but this block's q, k, v,
-      // views of the NCHW qkv output, send it to its O((H·W)²) math fallback: 4x slower at 56×56,
-      // README); on CUDA SDPA, fed q, k, v with a contiguous head dim, whose flash / memory-efficient
-      // kernels should beat ours (chosen by reasoning, to be confirmed with
-      // `attnkit bench --op self --device cuda`). Non-local: SDPA (not measured yet).
-      if (!possible || options.variant() != SelfAttention2dVariant::MultiHead) return false;
-      if (!auto_runs_fused(FusedOp::RelposAttention, x.device().type())) return false;  // not verified there
-      return relative_position_bias_table.defined() || !x.is_cuda();
-  }
+  // Where Auto prefers the op (and kernel_verification() lists it for the device): multi-head with a
+  // bias, the only O(H·W)-memory path. Without one: on the CPU the fused op too (ATen's SDPA is as
+  // fast on contiguous q, k, v, but this block's q, k, v, views of the NCHW qkv output, send it to
+  // its O((H·W)²) math fallback: 4x slower at 56×56, README); on CUDA SDPA, fed q, k, v with a
+  // contiguous head dim, whose flash / memory-efficient kernels should beat ours (chosen by
+  // reasoning, to be confirmed with `attnkit bench --op self --device cuda`). Non-local: SDPA (not
+  // measured yet).
+  const bool auto_fused = options.variant() == SelfAttention2dVariant::MultiHead &&
+                          (relative_position_bias_table.defined() || !x.is_cuda());
+  return detail::use_fused_kernel(options.impl(), FusedOp::RelposAttention, x.device(), possible, /*recording=*/false,
+                                  "SelfAttention2d", auto_fused);
 }
 
 torch::Tensor SelfAttention2dImpl::position_bias(int64_t h, int64_t w, torch::ScalarType dtype) const {

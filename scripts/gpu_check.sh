@@ -51,6 +51,7 @@ prepare() {
   tar -cJf "$DIR/compute-sanitizer.tar.xz" -C "$wheel_dir/unpacked/nvidia/cu13" --exclude=docs compute-sanitizer
   rm -rf "$wheel_dir"
   cp scripts/gpu_check.sh "$DIR/"
+  git rev-parse --short HEAD > "$DIR/COMMIT"  # the run's summary names the commit it checked
   local mib
   mib=$(du -sm "$DIR" | cut -f1)
   echo "gpu_check: prepared $DIR ($mib MiB)"
@@ -142,7 +143,7 @@ run() {
 }
 
 case "$verb" in
-  prepare) prepare; git rev-parse --short HEAD > "$DIR/COMMIT" ;;
+  prepare) prepare ;;
   run) run ;;
   *) echo "usage: scripts/gpu_check.sh prepare|run [DIR]" >&2; exit 2 ;;
 esac

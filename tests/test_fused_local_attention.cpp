@@ -24,17 +24,28 @@ using attnkit::testing::error_of;
 using ::testing::HasSubstr;
 using Tensor = torch::Tensor;
 
-// softmax(scale·q·k_window + rpb) · v_window, from ATen ops: [N, heads, H, W, D].
-Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t ks, int64_t dil) {
+// Every query's window, gathered: keys and values [N, heads, L, k², D], the scaled query
+// [N, heads, L, 1, D] and the logits scale·q·k_window + rpb [N, heads, L, k²].
+struct Windows {
+  Tensor k, v, q_scaled, logits;
+};
+Windows windows(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t ks, int64_t dil) {
   const int64_t N = q.size(0), heads = q.size(1), H = q.size(2), W = q.size(3), D = q.size(4), L = H * W;
   const auto nb = attnkit::neighborhood_index(H, W, ks, dil, q.device());
   auto flat = [&](const Tensor& t) { return t.reshape({N, heads, L, D}); };
   auto gather = [&](const Tensor& t) { return flat(t).index_select(2, nb.keys.view(-1)).view({N, heads, L, ks * ks, D}); };
-  auto logits = torch::matmul(gather(k), (flat(q) / std::sqrt(static_cast<double>(D))).unsqueeze(-1)).squeeze(-1);
+  Windows w{gather(k), gather(v), (flat(q) / std::sqrt(static_cast<double>(D))).unsqueeze(-2), {}};
+  w.logits = torch::matmul(w.k, w.q_scaled.transpose(-1, -2)).squeeze(-1);
   if (rpb.defined())
-    logits = logits + rpb.reshape({heads, -1}).index_select(1, nb.bias.view(-1)).view({heads, L, ks * ks}).to(logits.scalar_type());
-  auto attn = torch::softmax(logits, -1);
-  return torch::matmul(attn.unsqueeze(-2), gather(v)).squeeze(-2).view({N, heads, H, W, D});
+    w.logits = w.logits + rpb.reshape({heads, -1}).index_select(1, nb.bias.view(-1)).view({heads, L, ks * ks}).to(w.logits.scalar_type());
+  return w;
+}
+
+// softmax(scale·q·k_window + rpb) · v_window, from ATen ops: [N, heads, H, W, D].
+Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rpb, int64_t ks, int64_t dil) {
+  const auto w = windows(q, k, v, rpb, ks, dil);
+  auto attn = torch::softmax(w.logits, -1);
+  return torch::matmul(attn.unsqueeze(-2), w.v).squeeze(-2).view(q.sizes());
 }
 
 struct Inputs {
@@ -73,21 +84,11 @@ Result run(const Inputs& in, const Tensor& dy, Fn&& fn) {
 // values: testing.h's attention model over each query's k² window keys.
 Tensor local_forward_error(const Inputs& in, int64_t ks, int64_t dil) {
   auto d = [](const Tensor& t) { return t.defined() ? t.detach().to(torch::kDouble) : t; };
-  auto q = d(in.q), k = d(in.k), v = d(in.v), rpb = d(in.rpb);
-  const int64_t N = q.size(0), heads = q.size(1), H = q.size(2), W = q.size(3), D = q.size(4), L = H * W;
-  const auto nb = attnkit::neighborhood_index(H, W, ks, dil, q.device());
-  auto gather = [&](const Tensor& t) {
-    return t.reshape({N, heads, L, D}).index_select(2, nb.keys.view(-1)).view({N, heads, L, ks * ks, D});
-  };
-  const double scale = 1.0 / std::sqrt(double(D));
-  auto qs = (q * scale).reshape({N, heads, L, 1, D});
-  auto kw = gather(k), vw = gather(v);
-  auto logits = (kw * qs).sum(-1);
-  if (rpb.defined()) logits = logits + rpb.reshape({heads, -1}).index_select(1, nb.bias.view(-1)).view({heads, L, ks * ks});
-  auto terms = torch::sqrt((kw * kw * qs * qs).sum(-1));
-  auto weighted = [&](const Tensor& w, bool squared) { return (w.unsqueeze(-1) * (squared ? vw * vw : vw)).sum(-2); };
-  return attnkit::testing::attention_forward_error(logits, terms, D, weighted, in.q.scalar_type())
-      .view({N, heads, H, W, D});
+  const auto w = windows(d(in.q), d(in.k), d(in.v), d(in.rpb), ks, dil);
+  auto terms = torch::sqrt(torch::matmul(w.k * w.k, (w.q_scaled * w.q_scaled).transpose(-1, -2)).squeeze(-1));
+  auto weighted = [&](const Tensor& p, bool squared) { return (p.unsqueeze(-1) * (squared ? w.v * w.v : w.v)).sum(-2); };
+  return attnkit::testing::attention_forward_error(w.logits, terms, in.q.size(4), weighted, in.q.scalar_type())
+      .view(in.q.sizes());
 }
 
 // Gradients: rounding_tolerance over the backward's path — the dot products (2·D terms), the sums
@@ -164,7 +165,7 @@ TEST(FusedLocalAttentionOp, ReducedPrecision) {
   for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
     auto in = make_inputs({2, 2, 9, 10, 16}, 3, dtype);
     // Inputs rounded to 8 (bf16) or 11 (fp16) bits, compared with double math on the same rounded
-    // values: the output's own rounding plus float accumulation (local_bounds with io = dtype).
+    // values: the output's own rounding plus float accumulation (local_forward_error with io = dtype).
     check(in, 3, 1);
   }
 }

@@ -35,16 +35,21 @@ Tensor swin_index(int64_t H, int64_t W) {
   return idx;
 }
 
-// softmax(scale·q kᵀ + bias) v with everything materialised.
-Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table, int64_t H, int64_t W,
-                 double scale) {
+// scale·q kᵀ + the table's bias, materialised: [N, heads, L, L].
+Tensor relpos_logits(const Tensor& q, const Tensor& k, const Tensor& table, int64_t H, int64_t W, double scale) {
   auto logits = torch::matmul(q, k.transpose(-1, -2)) * scale;
   if (table.defined()) {
     const int64_t L = H * W;
     auto bias = table.index_select(0, swin_index(H, W).view(-1)).view({L, L, table.size(1)}).permute({2, 0, 1});
     logits = logits + bias;
   }
-  return torch::matmul(torch::softmax(logits, -1), v);
+  return logits;
+}
+
+// softmax(scale·q kᵀ + bias) v with everything materialised.
+Tensor reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table, int64_t H, int64_t W,
+                 double scale) {
+  return torch::matmul(torch::softmax(relpos_logits(q, k, table, H, W, scale), -1), v);
 }
 
 struct Shape {
@@ -155,11 +160,7 @@ void check_low_precision(torch::Dtype dtype, const std::vector<Shape>& shapes) {
     const int64_t L = s.h * s.w;
     const double scale = 1.0 / std::sqrt(double(s.d));
     auto q = in.q.to(torch::kDouble), k = in.k.to(torch::kDouble), v = in.v.to(torch::kDouble);
-    auto logits = torch::matmul(q, k.transpose(-1, -2)) * scale;
-    if (in.table.defined()) {
-      auto t = in.table.to(torch::kDouble);
-      logits = logits + t.index_select(0, swin_index(s.h, s.w).view(-1)).view({L, L, t.size(1)}).permute({2, 0, 1});
-    }
+    auto logits = relpos_logits(q, k, in.table.defined() ? in.table.to(torch::kDouble) : Tensor(), s.h, s.w, scale);
     auto terms = torch::sqrt(torch::matmul(q * q, (k * k).transpose(-1, -2))) * scale;
     auto weighted = [&](const Tensor& w, bool squared) { return torch::matmul(w, squared ? v * v : v); };
     EXPECT_TRUE(all_close(got[0], want[0], attnkit::testing::attention_forward_error(logits, terms, s.d, weighted, dtype)))
