@@ -127,6 +127,17 @@ else()
   target_include_directories(attnkit_torch SYSTEM INTERFACE
     "${ATTNKIT_TORCH_ROOT}/include" "${ATTNKIT_TORCH_ROOT}/include/torch/csrc/api/include")
   target_link_libraries(attnkit_torch INTERFACE "${_torch_cpu}" "${_c10}")
+  # A consumer of a libattnkit with CUDA kernels (attnkitConfig.cmake sets this): link LibTorch's
+  # CUDA libraries as well, so that they load from this LibTorch and not from the one attnkit was
+  # built against.
+  if(ATTNKIT_TORCH_CUDA_LIBRARIES)
+    foreach(_lib torch_cuda c10_cuda torch)
+      find_library(_attnkit_lib_${_lib} ${_lib} PATHS "${ATTNKIT_TORCH_ROOT}/lib" NO_DEFAULT_PATH NO_CACHE)
+      if(_attnkit_lib_${_lib})
+        target_link_libraries(attnkit_torch INTERFACE "${_attnkit_lib_${_lib}}")
+      endif()
+    endforeach()
+  endif()
   # Same ABI as the one LibTorch was built with (recorded in its TorchConfig.cmake).
   file(STRINGS "${ATTNKIT_TORCH_ROOT}/share/cmake/Torch/TorchConfig.cmake" _abi REGEX "_GLIBCXX_USE_CXX11_ABI=[01]")
   string(REGEX MATCH "_GLIBCXX_USE_CXX11_ABI=[01]" _abi "${_abi}")

@@ -1,4 +1,5 @@
-#include <attnkit/attnkit.h>
+#include <attnkit/modules/build_info.h>
+#include <attnkit/version.h>
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>

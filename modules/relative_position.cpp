@@ -1,6 +1,6 @@
 #include <attnkit/modules/relative_position.h>
 
-#include <attnkit/modules/ops/neighborhood_window.h>
+#include "ops/detail/neighborhood_window.h"
 
 #include <torch/nn/functional/upsampling.h>
 

@@ -6,7 +6,7 @@
 // written by one task; vectorised with ATen's Vectorized<T> along head_dim (dot products and
 // axpys), and along the k² slots for the softmax's exponentials. Everything accumulates in
 // acc_t<T> (float for float/bfloat16/half, double for double).
-#include <attnkit/modules/ops/neighborhood_attention_kernels.h>
+#include "../detail/neighborhood_attention_kernels.h"
 
 #include "kernel_dispatch.h"
 #include "vec_util.h"

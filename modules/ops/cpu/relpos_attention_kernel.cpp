@@ -8,7 +8,7 @@
 // views of the tiles. Softmax, bias and the elementwise backward are vectorised with Vectorized<T>.
 // Forward: one task per (n, head, query tile). Backward: one task per (n, head), which walks its
 // query tiles in order and accumulates dK, dV and its table-gradient partial without races.
-#include <attnkit/modules/ops/relpos_attention_kernels.h>
+#include "../detail/relpos_attention_kernels.h"
 
 #include "kernel_dispatch.h"
 #include "vec_util.h"

@@ -9,7 +9,7 @@
 // Accumulation is in float (double for double inputs). Arg-max ties resolve to the first index,
 // as on the CPU. The only atomics are the per-position scatter of the channel-max gradient into
 // dg, whose summation order (and so its last bits) can vary between runs.
-#include <attnkit/modules/ops/cbam_kernels.h>
+#include "../detail/cbam_kernels.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>

@@ -32,7 +32,7 @@
 //     pairs at that relative offset into a partial table [slices, heads, (2k-1)²], summed over
 //     slices afterwards.
 // Accumulation is in float (double for double inputs), as on the CPU.
-#include <attnkit/modules/ops/neighborhood_attention_kernels.h>
+#include "../detail/neighborhood_attention_kernels.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -22,7 +22,7 @@
 // Never run here (no GPU on the machine that wrote it): tests/test_fused_self_attention.cpp's CUDA
 // cases and compute-sanitizer are what check it.
 #include <attnkit/modules/ops/relpos_attention.h>
-#include <attnkit/modules/ops/relpos_attention_kernels.h>
+#include "../detail/relpos_attention_kernels.h"
 
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
