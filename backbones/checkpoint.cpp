@@ -1,5 +1,7 @@
 #include <attnkit/backbones/checkpoint.h>
 
+#include "detail/torch_archive.h"
+
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
@@ -224,7 +226,7 @@ Checkpoint read_checkpoint(const std::string& path) {
               "\" is not an attnkit checkpoint (not a torch zip archive)");
   c10::IValue root;
   try {
-    root = torch::pickle_load(bytes);
+    root = detail::load_pickle_archive(bytes, "");
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "read_checkpoint: \"", path, "\" is corrupt or truncated: ", e.what_without_backtrace());
   } catch (const std::exception& e) {

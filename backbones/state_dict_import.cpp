@@ -1,5 +1,7 @@
 #include <attnkit/backbones/state_dict_import.h>
 
+#include "detail/torch_archive.h"
+
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <nlohmann/json.hpp>
@@ -81,6 +83,7 @@ class TorchUnpickler {
 
   Val load() {
     auto [ptr, size] = archive_.getRecord("data.pkl");
+    detail::check_pickle(static_cast<const char*>(ptr.get()), size, "");  // bounds before anything is built
     data_ = static_cast<const unsigned char*>(ptr.get());
     size_ = size;
     keep_ = std::move(ptr);
@@ -351,6 +354,11 @@ StateDict parse_safetensors(const std::vector<char>& bytes, const std::string& w
   const char* data = bytes.data() + 8 + header_len;
   const uint64_t data_size = bytes.size() - 8 - header_len;
   StateDict out;
+  struct Range {
+    uint64_t begin, end;
+    std::string name;
+  };
+  std::vector<Range> ranges;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
     try {
@@ -363,6 +371,9 @@ StateDict parse_safetensors(const std::vector<char>& bytes, const std::string& w
       for (const auto& d : entry.at("shape")) {
         const int64_t v = d.get<int64_t>();
         TORCH_CHECK(v >= 0, what, ": tensor \"", name, "\" has a negative dimension");
+        // No shape may hold more elements than the file has bytes (nor overflow the count).
+        TORCH_CHECK(v == 0 || numel <= data_size / static_cast<uint64_t>(v), what, ": tensor \"", name,
+                    "\" has a shape larger than the file's data (", data_size, " bytes)");
         shape.push_back(v);
         numel *= static_cast<uint64_t>(v);
       }
@@ -377,10 +388,23 @@ StateDict parse_safetensors(const std::vector<char>& bytes, const std::string& w
       auto t = torch::empty(shape, torch::TensorOptions().dtype(it->type));
       if (nbytes) std::memcpy(t.data_ptr(), data + begin, nbytes);
       out[name] = t;
+      ranges.push_back({begin, end, name});
     } catch (const nlohmann::json::exception& e) {
       TORCH_CHECK(false, what, ": malformed safetensors entry \"", name, "\" (", e.what(), ")");
     }
   }
+  // As the safetensors format (and its Python reader) requires: the tensors' byte ranges tile the
+  // data exactly, in order, with no gap, overlap or trailing bytes.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  uint64_t next = 0;
+  for (const auto& r : ranges) {
+    TORCH_CHECK(r.begin == next, what, ": tensor \"", r.name, "\" has data_offsets [", r.begin, ", ", r.end, "], but ",
+                next == 0 ? std::string("the data starts at 0") : "the previous tensor ends at " + std::to_string(next),
+                " (overlapping or shifted offsets)");
+    next = r.end;
+  }
+  TORCH_CHECK(next == data_size, what, ": ", data_size - next, " bytes after the last tensor's data (data_offsets "
+              "must cover the data exactly)");
   return out;
 }
 
@@ -400,6 +424,7 @@ StateDict read_state_dict(const std::string& path) {
   }
   Val value;
   try {
+    detail::check_zip_archive(bytes.data(), bytes.size(), "");  // before miniz reads a byte of it
     caffe2::serialize::PyTorchStreamReader archive(
         std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes.data(), static_cast<off_t>(bytes.size())));
     value = TorchUnpickler(archive, what).load();

@@ -5,6 +5,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <caffe2/serialize/in_memory_adapter.h>
+#include <caffe2/serialize/inline_container.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <dirent.h>
 #include <fstream>
@@ -229,6 +233,79 @@ TEST(Checkpoint, TamperedWeightsFailTheChecksum) {
   EXPECT_THAT(error_of([&] { read_checkpoint(path); }), HasSubstr("is corrupt: checksum"));
 }
 
+// A storage whose pickle claims more bytes than its data record holds (a crafted or damaged file):
+// reading the tensor would run past the record's buffer. It must be refused before that.
+TEST(Checkpoint, StorageLargerThanItsRecordIsRefused) {
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), path);
+  // The same archive with every data record cut to its first 16 bytes (the pickle still claims the
+  // full storages); zip records are rewritten whole, so the archive itself stays well formed.
+  const auto original = read_bytes(path);
+  caffe2::serialize::PyTorchStreamReader reader(
+      std::make_unique<caffe2::serialize::MemoryReadAdapter>(original.data(), original.size()));
+  std::vector<char> tampered;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t n) {
+      tampered.insert(tampered.end(), static_cast<const char*>(buf), static_cast<const char*>(buf) + n);
+      return n;
+    });
+    int cut = 0;
+    for (const auto& name : reader.getAllRecords()) {
+      // (The writer adds its own version and serialization id records.)
+      if (name.find("version") != std::string::npos || name.find("serialization_id") != std::string::npos) continue;
+      auto [data, size] = reader.getRecord(name);
+      const bool tensor_data = name.rfind("data/", 0) == 0 && size > 16;
+      cut += tensor_data;
+      writer.writeRecord(name, data.get(), tensor_data ? 16 : size);
+    }
+    ASSERT_GT(cut, 0) << "no data record longer than 16 bytes to cut";
+    writer.writeEndOfFile();
+  }
+  write_bytes(path, tampered);
+  const std::string msg = error_of([&] { read_checkpoint(path); });
+  EXPECT_THAT(msg, HasSubstr("read_checkpoint: \"" + path + "\" is corrupt or truncated"));
+  EXPECT_THAT(msg, HasSubstr("but its data record holds 16"));
+}
+
+// Small files that would make an unpickler take gigabytes (a memo index of 0x28000000, a stack
+// 200,000 deep, a string "of" 4 GB) or read past its data are refused before unpickling, with
+// bounded memory.
+TEST(Checkpoint, CraftedPicklesAreRefusedBeforeUnpickling) {
+  TempDir dir;
+  const auto path = dir.file("crafted.attnkit");
+  auto archive_with_pickle = [&](const std::string& pickle) {
+    std::vector<char> out;
+    {
+      caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t n) {
+        out.insert(out.end(), static_cast<const char*>(buf), static_cast<const char*>(buf) + n);
+        return n;
+      });
+      writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+      writer.writeEndOfFile();
+    }
+    write_bytes(path, out);
+  };
+  auto le32 = [](uint32_t v) { return std::string{char(v), char(v >> 8), char(v >> 16), char(v >> 24)}; };
+  const std::string proto = "\x80\x02";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {proto + "]r" + le32(0x28000000) + ".", "a memo index beyond the objects stored so far"},
+      {proto + std::string(200000, ']') + ".", "a stack deeper than any state dict needs"},
+      {proto + "X" + le32(0xF0000000) + "abc.", "a length past the end of the data"},
+      {proto + "]h\x07.", "a memo lookup of an object never stored"},
+      {proto + std::string(2000, '(') + ".", "MARKs nested too deep"},
+      {proto + "]", "no STOP opcode"},
+      {proto + "\xff.", "an unknown opcode"},
+  };
+  for (const auto& [pickle, expected] : cases) {
+    archive_with_pickle(pickle);
+    const std::string msg = error_of([&] { read_checkpoint(path); });
+    EXPECT_THAT(msg, HasSubstr("is corrupt or truncated: the pickle is damaged or crafted")) << expected;
+    EXPECT_THAT(msg, HasSubstr(expected));
+    EXPECT_THAT(error_of([&] { read_state_dict(path); }), HasSubstr(expected)) << "read_state_dict";
+  }
+}
+
 TEST(Checkpoint, WrongFormatVersionAndForeignFiles) {
   TempDir dir;
   const auto path = dir.file("m.attnkit");
@@ -425,4 +502,47 @@ TEST(StateDictImport, SafetensorsRoundTripAndErrors) {
   huge[5] = 1;
   EXPECT_THAT(error_of([&] { parse_safetensors(huge); }), HasSubstr("exceeds the file"));
   EXPECT_EQ(parse_safetensors(file(R"({"__metadata__":{"format":"pt"}})", 0)).size(), 0u);
+  // The byte ranges must tile the data: overlapping, shifted, gaps, trailing bytes, huge shapes.
+  EXPECT_THAT(error_of([&] {
+                parse_safetensors(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                       R"("b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8));
+              }),
+              HasSubstr("overlapping or shifted offsets"));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8)); }),
+              HasSubstr("overlapping or shifted offsets"));
+  EXPECT_THAT(error_of([&] { parse_safetensors(file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8)); }),
+              HasSubstr("4 bytes after the last tensor's data"));
+  EXPECT_THAT(error_of([&] {
+                parse_safetensors(
+                    file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0));
+              }),
+              HasSubstr("has a shape larger than the file's data"));
+}
+
+// A bit flipped inside a tensor's data leaves a well-formed archive: only the zip's CRC-32 can tell.
+// Both readers (checkpoints and torch.save imports) must refuse it rather than load changed weights.
+TEST(StateDictImport, ZipEntriesAreCheckedAgainstTheirCrc) {
+  TempDir dir;
+  const auto path = dir.file("w.pt");
+  c10::Dict<std::string, torch::Tensor> state;
+  state.insert("w", torch::randn({64}));
+  write_bytes(path, torch::pickle_save(state));
+  auto bytes = read_bytes(path);
+  caffe2::serialize::PyTorchStreamReader reader(
+      std::make_unique<caffe2::serialize::MemoryReadAdapter>(bytes.data(), bytes.size()));
+  const auto names = reader.getAllRecords();
+  const auto record = std::find_if(names.begin(), names.end(), [](const std::string& n) { return n.rfind("data/", 0) == 0; });
+  ASSERT_NE(record, names.end());
+  bytes[reader.getRecordOffset(*record) + 5] ^= 0x10;
+  write_bytes(path, bytes);
+  EXPECT_THAT(error_of([&] { read_state_dict(path); }), HasSubstr("fails its CRC-32 check"));
+
+  const auto ck = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), ck);
+  auto ck_bytes = read_bytes(ck);
+  caffe2::serialize::PyTorchStreamReader ck_reader(
+      std::make_unique<caffe2::serialize::MemoryReadAdapter>(ck_bytes.data(), ck_bytes.size()));
+  ck_bytes[ck_reader.getRecordOffset("data/0")] ^= 0x01;
+  write_bytes(ck, ck_bytes);
+  EXPECT_THAT(error_of([&] { read_checkpoint(ck); }), HasSubstr("fails its CRC-32 check"));
 }
