@@ -1,4 +1,5 @@
 #include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/named_enum.h>
 
 #include "detail/torch_archive.h"
 
@@ -69,14 +70,20 @@ std::string checksum(const std::string& config, const StateDict& state) {
 // ---- JSON --------------------------------------------------------------------------------------
 
 json to_json(const ModelConfig& c) {
-  return {{"name", c.name()},           {"family", c.family}, {"depth", c.depth},       {"attention", c.attention},
-          {"num_classes", c.num_classes}, {"in_channels", c.in_channels}, {"width", c.width}, {"stem", c.stem},
-          {"shortcut", c.shortcut}};
+  return {{"name", c.name()},
+          {"family", to_string(c.family)},
+          {"depth", c.depth},
+          {"attention", c.attention},
+          {"num_classes", c.num_classes},
+          {"in_channels", c.in_channels},
+          {"width", c.width},
+          {"stem", to_string(c.stem)},
+          {"shortcut", to_string(c.shortcut)}};
 }
 
 json to_json(const Preprocessing& p) {
-  return {{"input_height", p.input_height}, {"input_width", p.input_width}, {"resize", p.resize},
-          {"resize_size", p.resize_size},   {"crop", p.crop},               {"color_order", p.color_order},
+  return {{"input_height", p.input_height},      {"input_width", p.input_width}, {"resize", to_string(p.resize)},
+          {"resize_size", p.resize_size},        {"crop", to_string(p.crop)},    {"color_order", to_string(p.color_order)},
           {"pixel_scale", p.pixel_scale},   {"mean", p.mean},               {"std", p.std}};
 }
 
@@ -88,6 +95,19 @@ T field(const json& obj, const char* key, const std::string& where, const std::s
   } catch (const json::exception& e) {
     TORCH_CHECK(false, "read_checkpoint: \"", file, "\": config field ", where, ".", key, " is missing or has the wrong type (",
                 e.what(), ")");
+  }
+}
+
+/// Reads field `key` of `obj` as the name of an enum's value, parsed by `parse`; an unknown name is an
+/// error naming the file and the field and listing the valid names.
+template <typename E>
+E enum_field(const json& obj, const char* key, const std::string& where, const std::string& file,
+             E (*parse)(const std::string&, const std::string&)) {
+  const auto name = field<std::string>(obj, key, where, file);
+  try {
+    return parse(name, "config field " + where + "." + key);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", file, "\": ", e.what_without_backtrace());
   }
 }
 
@@ -135,16 +155,39 @@ void atomic_write(const std::string& path, const std::vector<char>& bytes) {
 
 }  // namespace
 
+std::string detail::checkpoint_checksum(const std::string& config, const StateDict& state) {
+  return checksum(config, state);
+}
+
 // ---- Preprocessing -----------------------------------------------------------------------------
+
+namespace {
+const detail::EnumName<Resize> kResizes[] = {
+    {Resize::ShorterSide, "shorter_side"}, {Resize::Stretch, "stretch"}, {Resize::None, "none"}};
+const detail::EnumName<Crop> kCrops[] = {{Crop::Center, "center"}, {Crop::None, "none"}};
+const detail::EnumName<ColorOrder> kColorOrders[] = {
+    {ColorOrder::RGB, "RGB"}, {ColorOrder::BGR, "BGR"}, {ColorOrder::Gray, "GRAY"}};
+}  // namespace
+
+const char* to_string(Resize resize) { return detail::enum_name(resize, kResizes); }
+const char* to_string(Crop crop) { return detail::enum_name(crop, kCrops); }
+const char* to_string(ColorOrder order) { return detail::enum_name(order, kColorOrders); }
+Resize parse_resize(const std::string& name, const std::string& field) {
+  return detail::parse_enum(name, kResizes, field);
+}
+Crop parse_crop(const std::string& name, const std::string& field) { return detail::parse_enum(name, kCrops, field); }
+ColorOrder parse_color_order(const std::string& name, const std::string& field) {
+  return detail::parse_enum(name, kColorOrders, field);
+}
 
 Preprocessing Preprocessing::imagenet() { return Preprocessing(); }
 
 Preprocessing Preprocessing::small(int64_t size, std::vector<double> mean, std::vector<double> std) {
   Preprocessing p;
   p.input_height = p.input_width = size;
-  p.resize = "stretch";
+  p.resize = Resize::Stretch;
   p.resize_size = size;
-  p.crop = "none";
+  p.crop = Crop::None;
   p.mean = std::move(mean);
   p.std = std::move(std);
   return p;
@@ -153,13 +196,9 @@ Preprocessing Preprocessing::small(int64_t size, std::vector<double> mean, std::
 void Preprocessing::validate(int64_t channels) const {
   TORCH_CHECK(input_height > 0 && input_width > 0, "Preprocessing: input_height and input_width must be positive, got ",
               input_height, "x", input_width);
-  TORCH_CHECK(resize == "shorter_side" || resize == "stretch" || resize == "none",
-              "Preprocessing: resize must be \"shorter_side\", \"stretch\" or \"none\", got \"", resize, "\"");
-  TORCH_CHECK(resize != "shorter_side" || resize_size > 0, "Preprocessing: resize_size must be positive, got ", resize_size);
-  TORCH_CHECK(crop == "center" || crop == "none", "Preprocessing: crop must be \"center\" or \"none\", got \"", crop, "\"");
-  TORCH_CHECK(color_order == "RGB" || color_order == "BGR" || color_order == "GRAY",
-              "Preprocessing: color_order must be \"RGB\", \"BGR\" or \"GRAY\", got \"", color_order, "\"");
-  TORCH_CHECK((color_order == "GRAY") == (channels == 1), "Preprocessing: color_order \"", color_order,
+  TORCH_CHECK(resize != Resize::ShorterSide || resize_size > 0, "Preprocessing: resize_size must be positive, got ",
+              resize_size);
+  TORCH_CHECK((color_order == ColorOrder::Gray) == (channels == 1), "Preprocessing: color_order \"", color_order,
               "\" does not fit a model with ", channels, " input channels (GRAY is for 1 channel)");
   TORCH_CHECK(pixel_scale > 0, "Preprocessing: pixel_scale must be positive, got ", pixel_scale);
   TORCH_CHECK(static_cast<int64_t>(mean.size()) == channels && static_cast<int64_t>(std.size()) == channels,
@@ -284,23 +323,23 @@ Checkpoint read_checkpoint(const std::string& path) {
   TORCH_CHECK(config.is_object(), "read_checkpoint: \"", path, "\": config must be a JSON object");
   const json model = field<json>(config, "model", "config", path);
   ModelConfig& m = ck.config;
-  m.family = field<std::string>(model, "family", "model", path);
+  m.family = enum_field(model, "family", "model", path, parse_model_family);
   m.depth = field<int64_t>(model, "depth", "model", path);
   m.attention = field<std::vector<std::string>>(model, "attention", "model", path);
   m.num_classes = field<int64_t>(model, "num_classes", "model", path);
   m.in_channels = field<int64_t>(model, "in_channels", "model", path);
   m.width = field<double>(model, "width", "model", path);
-  m.stem = field<std::string>(model, "stem", "model", path);
-  m.shortcut = field<std::string>(model, "shortcut", "model", path);
+  m.stem = enum_field(model, "stem", "model", path, parse_stem);
+  m.shortcut = enum_field(model, "shortcut", "model", path, parse_shortcut);
   ck.class_names = field<std::vector<std::string>>(config, "class_names", "config", path);
   const json pre = field<json>(config, "preprocessing", "config", path);
   Preprocessing& p = ck.preprocessing;
   p.input_height = field<int64_t>(pre, "input_height", "preprocessing", path);
   p.input_width = field<int64_t>(pre, "input_width", "preprocessing", path);
-  p.resize = field<std::string>(pre, "resize", "preprocessing", path);
+  p.resize = enum_field(pre, "resize", "preprocessing", path, parse_resize);
   p.resize_size = field<int64_t>(pre, "resize_size", "preprocessing", path);
-  p.crop = field<std::string>(pre, "crop", "preprocessing", path);
-  p.color_order = field<std::string>(pre, "color_order", "preprocessing", path);
+  p.crop = enum_field(pre, "crop", "preprocessing", path, parse_crop);
+  p.color_order = enum_field(pre, "color_order", "preprocessing", path, parse_color_order);
   p.pixel_scale = field<double>(pre, "pixel_scale", "preprocessing", path);
   p.mean = field<std::vector<double>>(pre, "mean", "preprocessing", path);
   p.std = field<std::vector<double>>(pre, "std", "preprocessing", path);

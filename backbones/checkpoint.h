@@ -30,25 +30,58 @@
 
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
 namespace attnkit {
+
+/// How an image is scaled before the crop.
+enum class Resize {
+  ShorterSide,  ///< "shorter_side": scale so the shorter side is resize_size, keeping the aspect ratio.
+  Stretch,      ///< "stretch": scale to exactly input_height × input_width.
+  None,         ///< "none".
+};
+
+/// How the resized image is cut to the input size.
+enum class Crop {
+  Center,  ///< "center": input_height × input_width from the middle.
+  None,    ///< "none": the resized image must already have the input size.
+};
+
+/// The channel order the network expects.
+enum class ColorOrder {
+  RGB,   ///< "RGB"
+  BGR,   ///< "BGR"
+  Gray,  ///< "GRAY": one channel.
+};
+
+/// "shorter_side", "stretch" or "none".
+const char* to_string(Resize resize);
+/// "center" or "none".
+const char* to_string(Crop crop);
+/// "RGB", "BGR" or "GRAY".
+const char* to_string(ColorOrder order);
+/// Parse the names to_string gives; any other name is an error naming `field` and listing the
+/// valid names.
+Resize parse_resize(const std::string& name, const std::string& field = "resize");
+Crop parse_crop(const std::string& name, const std::string& field = "crop");
+ColorOrder parse_color_order(const std::string& name, const std::string& field = "color_order");
+
+inline std::ostream& operator<<(std::ostream& os, Resize v) { return os << to_string(v); }
+inline std::ostream& operator<<(std::ostream& os, Crop v) { return os << to_string(v); }
+inline std::ostream& operator<<(std::ostream& os, ColorOrder v) { return os << to_string(v); }
 
 /// How an image becomes the model's input tensor (applied by the apps, stored in checkpoints).
 struct Preprocessing {
   /// Size of the network input (after resize and crop).
   int64_t input_height = 224;
   int64_t input_width = 224;
-  /// "shorter_side" (scale so the shorter side is resize_size, keep the aspect ratio),
-  /// "stretch" (scale to exactly input_height × input_width) or "none".
-  std::string resize = "shorter_side";
-  /// Target of the shorter side for resize == "shorter_side".
+  Resize resize = Resize::ShorterSide;
+  /// Target of the shorter side for Resize::ShorterSide.
   int64_t resize_size = 256;
-  /// "center" (crop input_height × input_width from the middle) or "none".
-  std::string crop = "center";
-  /// Channel order the network expects: "RGB", "BGR" or "GRAY".
-  std::string color_order = "RGB";
+  Crop crop = Crop::Center;
+  ColorOrder color_order = ColorOrder::RGB;
   /// Factor from stored pixel values (0..255) to the range mean/std refer to (1/255 → [0, 1]).
   double pixel_scale = 1.0 / 255.0;
   /// Per-channel normalisation: (pixel · pixel_scale − mean) / std; one entry per input channel.
@@ -87,6 +120,12 @@ Checkpoint make_checkpoint(Backbone& model, std::vector<std::string> class_names
 
 /// Reads and validates a checkpoint file (weights stay on the CPU).
 Checkpoint read_checkpoint(const std::string& path);
+
+namespace detail {
+/// The "checksum" entry save_checkpoint stores for a config string and the state (see the format
+/// above): what a tool that edits a checkpoint's config in place must store again.
+std::string checkpoint_checksum(const std::string& config, const StateDict& state);
+}  // namespace detail
 
 /// read_checkpoint + build_model + strict weight loading. `info`, when given, receives the rest
 /// (class names, preprocessing, ...) without the weights.

@@ -21,7 +21,7 @@ namespace attnkit {
 /// Options of CifarResNet.
 struct CifarResNetOptions {
   /* implicit */ CifarResNetOptions(int64_t depth) : depth_(depth) {}
-  /// 6n+2 with n ≥ 1: 20, 32, 44, 56, 110 in the paper.
+  /// 6n+2 with n ≥ 1 (the paper's are cifar_resnet_depths()).
   TORCH_ARG(int64_t, depth);
   /// Classes of the fc head.
   TORCH_ARG(int64_t, num_classes) = 10;
@@ -29,8 +29,8 @@ struct CifarResNetOptions {
   TORCH_ARG(int64_t, in_channels) = 3;
   /// Width multiplier: stage widths are round(16·width)·{1, 2, 4}.
   TORCH_ARG(double, width) = 1.0;
-  /// "B" (1×1 conv + BN projection, default) or "A" (zero-padded identity, the paper's CIFAR choice).
-  TORCH_ARG(std::string, shortcut) = "B";
+  /// B (1×1 conv + BN projection, default) or A (zero-padded identity, the paper's CIFAR choice).
+  TORCH_ARG(Shortcut, shortcut) = Shortcut::B;
   /// Attention of every block ("" = none); see attention_per_stage.
   TORCH_ARG(std::string, attention) = "";
   /// Attention per stage (exactly 3 names), overriding `attention` when not empty.
@@ -39,33 +39,20 @@ struct CifarResNetOptions {
   TORCH_ARG(bool, zero_init_residual) = false;
 };
 
-class CifarResNetImpl : public torch::nn::Cloneable<CifarResNetImpl>, public Backbone {
+/// The CIFAR family; features, forward_head, forward and config come from ResNetCore.
+class CifarResNetImpl : public torch::nn::Cloneable<CifarResNetImpl>, public ResNetCore {
  public:
   explicit CifarResNetImpl(const CifarResNetOptions& options);
   void reset() override;
-  /// x: [N, in_channels, H, W] floating. Returns layer1..layer3 outputs.
-  std::vector<torch::Tensor> features(const torch::Tensor& x) override;
-  torch::Tensor forward_head(const std::vector<torch::Tensor>& features) override;
-  /// Logits [N, num_classes].
-  torch::Tensor forward(const torch::Tensor& x) override;
-  torch::Tensor forward_stem(const torch::Tensor& x) override;
-  std::vector<torch::nn::Sequential> stages() override { return {layer1, layer2, layer3}; }
-  ModelConfig config() const override;
   torch::nn::Module& module() override { return *this; }
   void pretty_print(std::ostream& stream) const override;
 
-  /// Attention name of each of the 3 stages.
-  std::vector<std::string> stage_attention() const;
-
   CifarResNetOptions options;
-  torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr};
-  torch::nn::Linear fc{nullptr};
 };
 TORCH_MODULE(CifarResNet);
 
-/// One-line presets: resnet20("se"), resnet56("eca"), ...
+/// One-line presets at the paper's depths: resnet20("se"), resnet56("eca"), ...
 CifarResNet resnet20(const std::string& attention = "", int64_t num_classes = 10);
 CifarResNet resnet32(const std::string& attention = "", int64_t num_classes = 10);
 CifarResNet resnet44(const std::string& attention = "", int64_t num_classes = 10);

@@ -1,15 +1,12 @@
 #include <attnkit/backbones/explain.h>
-#include <attnkit/modules/cbam.h>
-#include <attnkit/modules/local_attention2d.h>
-#include <attnkit/modules/relative_position.h>
-#include <attnkit/modules/self_attention2d.h>
-#include <attnkit/modules/spatial_attention.h>
+#include <attnkit/modules/attention_map.h>
 
 #include <ATen/ops/linalg_svd.h>
 #include <torch/autograd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <sstream>
 
@@ -39,17 +36,15 @@ namespace {
 
 // ---- the model's layout: stages and blocks, and which blocks record a spatial map ----------------
 
-enum class MapKind { None, Gate, Local, Self };
-
 struct BlockInfo {
   std::string name;   // "layer3.1"
   size_t stage = 0;   // index into Layout::stages
   torch::nn::AnyModule module;
   int64_t stride = 1;
-  MapKind kind = MapKind::None;
-  AttentionMapRecorder* recorder = nullptr;  // the attention block, when kind != None
-  LocalAttention2dImpl* local = nullptr;
-  SelfAttention2dImpl* self = nullptr;
+  /// The block's attention, when it has a spatial map (both null otherwise): the same module.
+  AttentionMapRecorder* recorder = nullptr;
+  SpatialMapSource* source = nullptr;
+  bool has_map() const { return source != nullptr; }
 };
 
 struct Layout {
@@ -57,22 +52,16 @@ struct Layout {
   std::vector<size_t> stage_last_block;  // index into blocks of each stage's last block
   std::vector<BlockInfo> blocks;
   bool has_maps() const {
-    return std::any_of(blocks.begin(), blocks.end(), [](const BlockInfo& b) { return b.kind != MapKind::None; });
+    return std::any_of(blocks.begin(), blocks.end(), [](const BlockInfo& b) { return b.has_map(); });
   }
 };
 
 void describe_attention(const torch::nn::AnyModule& attn, BlockInfo& b) {
   if (attn.is_empty()) return;
   auto* m = attn.ptr().get();
-  if (auto* cbam = dynamic_cast<CBAMImpl*>(m)) {
-    if (cbam->spatial) b.kind = MapKind::Gate, b.recorder = cbam;
-  } else if (auto* spatial = dynamic_cast<SpatialAttentionImpl*>(m)) {
-    b.kind = MapKind::Gate, b.recorder = spatial;
-  } else if (auto* local = dynamic_cast<LocalAttention2dImpl*>(m)) {
-    b.kind = MapKind::Local, b.recorder = local, b.local = local;
-  } else if (auto* self = dynamic_cast<SelfAttention2dImpl*>(m)) {
-    b.kind = MapKind::Self, b.recorder = self, b.self = self;
-  }
+  auto* source = dynamic_cast<SpatialMapSource*>(m);
+  auto* recorder = dynamic_cast<AttentionMapRecorder*>(m);
+  if (source && recorder && source->has_spatial_map()) b.source = source, b.recorder = recorder;
 }
 
 Layout describe(Backbone& model) {
@@ -109,11 +98,11 @@ std::vector<std::string> layer_names(const Layout& layout, bool native) {
   std::vector<std::string> out;
   for (size_t s = 0; s < layout.stages.size(); ++s) {
     const bool any = std::any_of(layout.blocks.begin(), layout.blocks.end(),
-                                 [&](const BlockInfo& b) { return b.stage == s && b.kind != MapKind::None; });
+                                 [&](const BlockInfo& b) { return b.stage == s && b.has_map(); });
     if (!native || any) out.push_back(layout.stages[s]);
   }
   for (const auto& b : layout.blocks)
-    if (!native || b.kind != MapKind::None) out.push_back(b.name);
+    if (!native || b.has_map()) out.push_back(b.name);
   if (!out.empty()) out.push_back("all");
   return out;
 }
@@ -154,7 +143,7 @@ std::vector<Request> resolve_layers(Backbone& model, const Layout& layout, Expla
   auto add_stage = [&](size_t s) {
     if (!native) return add(layout.stages[s], layout.stage_last_block[s]);
     for (size_t i = 0; i < layout.blocks.size(); ++i)
-      if (layout.blocks[i].stage == s && layout.blocks[i].kind != MapKind::None) add(layout.blocks[i].name, i);
+      if (layout.blocks[i].stage == s && layout.blocks[i].has_map()) add(layout.blocks[i].name, i);
   };
   const std::vector<std::string> names = asked.empty() ? std::vector<std::string>{native ? "all" : layout.stages.back()} : asked;
   for (const auto& name : names) {
@@ -182,21 +171,19 @@ std::vector<Request> resolve_layers(Backbone& model, const Layout& layout, Expla
   return out;
 }
 
-/// Restores the recording flags and record_queries of the blocks it touched, whatever happens.
+/// Restores the recording flags of the blocks it touched, and undoes their prepare_spatial_map,
+/// whatever happens.
 class RecordingGuard {
  public:
-  void record(BlockInfo& b) {
+  /// Turns recording on in b's attention, set up for a map of an h×w output read at `query`.
+  void record(BlockInfo& b, int64_t h, int64_t w, const std::optional<Position2d>& query) {
     if (!touched(b.recorder)) saved_.emplace_back(b.recorder, b.recorder->recording());
     b.recorder->record_attention(true);
-  }
-  void set_queries(SelfAttention2dImpl* self, std::vector<Position2d> queries) {
-    if (std::none_of(queries_.begin(), queries_.end(), [&](const auto& q) { return q.first == self; }))
-      queries_.emplace_back(self, self->options.record_queries());
-    self->options.record_queries(std::move(queries));
+    if (auto undo = b.source->prepare_spatial_map(h, w, query)) undo_.push_back(std::move(undo));
   }
   ~RecordingGuard() {
     for (auto& [r, on] : saved_) r->record_attention(on);
-    for (auto& [s, q] : queries_) s->options.record_queries(q);
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) (*it)();
   }
 
  private:
@@ -204,7 +191,7 @@ class RecordingGuard {
     return std::any_of(saved_.begin(), saved_.end(), [&](const auto& s) { return s.first == r; });
   }
   std::vector<std::pair<AttentionMapRecorder*, bool>> saved_;
-  std::vector<std::pair<SelfAttention2dImpl*, std::vector<Position2d>>> queries_;
+  std::vector<std::function<void()>> undo_;
 };
 
 int64_t query_index(double q, int64_t size) {
@@ -257,31 +244,10 @@ torch::Tensor eigen_cam(const torch::Tensor& a) {
 }
 
 /// The native map of one block after its recorded forward, [N, h, w].
-torch::Tensor native_map(const BlockInfo& b, const ExplainOptions& o, bool query) {
-  const auto& rec = b.recorder->last_attention();
-  TORCH_CHECK(rec.defined(), "explain: block ", b.name, " recorded no attention map");
-  switch (b.kind) {
-    case MapKind::Gate: return rec.squeeze(1);
-    case MapKind::Self: return rec.mean({1, 2});  // [N, heads, Q, H, W]
-    case MapKind::Local: {
-      // [N, heads, H, W, k, k] → per query, the weights of its k² window slots, then onto key positions.
-      const int64_t n = rec.size(0), h = rec.size(2), w = rec.size(3), l = h * w;
-      const auto& lo = b.local->options;
-      const auto nb = neighborhood_index(h, w, lo.kernel_size(), lo.dilation(), rec.device());
-      const auto p = rec.mean(1).reshape({n, l, -1});
-      auto received = torch::zeros({n, l}, p.options());
-      if (query) {
-        const int64_t qi = query_index(o.query_y, h) * w + query_index(o.query_x, w);
-        received.index_add_(1, nb.keys[qi], p.select(1, qi));
-      } else {
-        received.index_add_(1, nb.keys.reshape(-1), p.reshape({n, -1}));
-        received.div_(static_cast<double>(l));
-      }
-      return received.view({n, h, w});
-    }
-    case MapKind::None: break;
-  }
-  TORCH_CHECK(false, "explain: block ", b.name, " has no spatial attention map");
+torch::Tensor native_map(const BlockInfo& b, const std::optional<Position2d>& query) {
+  TORCH_CHECK(b.has_map(), "explain: block ", b.name, " has no spatial attention map");
+  TORCH_CHECK(b.recorder->last_attention().defined(), "explain: block ", b.name, " recorded no attention map");
+  return b.source->spatial_map(query);
 }
 
 torch::Device model_device(Backbone& model) {
@@ -343,23 +309,15 @@ std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, co
     no_grad.emplace();
   }
   std::vector<torch::Tensor> kept(layout.blocks.size()), stage_outputs;
+  std::vector<std::optional<Position2d>> queries(layout.blocks.size());  // the query point on each map
   auto y = model.forward_stem(x);
   for (size_t i = 0; i < layout.blocks.size(); ++i) {
     auto& b = layout.blocks[i];
     if (record[i]) {
-      guard.record(b);
-      if (b.kind == MapKind::Self) {
-        // The map's size is the block's output size (its 3×3 convolution carries the stride).
-        const int64_t h = (y.size(2) - 1) / b.stride + 1, w = (y.size(3) - 1) / b.stride + 1;
-        std::vector<Position2d> queries;
-        if (query) {
-          queries.emplace_back(query_index(options.query_y, h), query_index(options.query_x, w));
-        } else {
-          for (int64_t r = 0; r < h; ++r)
-            for (int64_t c = 0; c < w; ++c) queries.emplace_back(r, c);
-        }
-        guard.set_queries(b.self, std::move(queries));
-      }
+      // The map's size is the block's output size (its 3×3 convolution carries the stride).
+      const int64_t h = (y.size(2) - 1) / b.stride + 1, w = (y.size(3) - 1) / b.stride + 1;
+      if (query) queries[i] = Position2d(query_index(options.query_y, h), query_index(options.query_x, w));
+      guard.record(b, h, w, queries[i]);
     }
     y = b.module.forward(y);
     if (keep[i]) kept[i] = y;
@@ -401,7 +359,7 @@ std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, co
       const auto& g = grads[r.block];
       torch::Tensor map;
       switch (methods[m]) {
-        case ExplainMethod::Native: map = native_map(b, options, query); break;
+        case ExplainMethod::Native: map = native_map(b, queries[r.block]); break;
         case ExplainMethod::GradCam: map = grad_cam(a, g); break;
         case ExplainMethod::GradCamPlusPlus: map = grad_cam_plus_plus(a, g); break;
         case ExplainMethod::LayerCam: map = layer_cam(a, g); break;

@@ -8,9 +8,6 @@ namespace attnkit {
 
 namespace {
 
-const std::vector<int64_t> kImageNetDepths = {18, 34, 50, 101, 152};
-const std::vector<int64_t> kCifarDepths = {20, 32, 44, 56, 110};
-
 std::string quoted_list(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "\"" : ", \"") + n + "\"";
@@ -25,13 +22,23 @@ void check_attention_name(const std::string& name, const std::string& model) {
 
 bool contains(const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
+/// The family's options with the fields every family has set from `c`.
+template <typename FamilyOptions>
+FamilyOptions shared_options(const ModelConfig& c) {
+  return FamilyOptions(c.depth)
+      .num_classes(c.num_classes)
+      .in_channels(c.in_channels)
+      .width(c.width)
+      .attention_per_stage(c.attention);
+}
+
 }  // namespace
 
 const std::vector<std::string>& model_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> n;
-    for (auto d : kImageNetDepths) n.push_back("resnet" + std::to_string(d));
-    for (auto d : kCifarDepths) n.push_back("resnet" + std::to_string(d));
+    for (auto d : resnet_depths()) n.push_back("resnet" + std::to_string(d));
+    for (auto d : cifar_resnet_depths()) n.push_back("resnet" + std::to_string(d));
     return n;
   }();
   return names;
@@ -48,7 +55,7 @@ ModelConfig parse_model_name(const std::string& name) {
   ModelConfig c;
   std::string digits;
   if (arch.rfind("cifar_resnet", 0) == 0) {
-    c.family = "cifar_resnet";
+    c.family = ModelFamily::CifarResNet;
     digits = arch.substr(12);
   } else if (arch.rfind("resnet", 0) == 0) {
     digits = arch.substr(6);
@@ -57,16 +64,16 @@ ModelConfig parse_model_name(const std::string& name) {
   }
   if (digits.empty() || digits.size() > 4 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) fail();
   c.depth = std::stoll(digits);
-  if (c.family == "resnet") {
-    if (contains(kCifarDepths, c.depth)) c.family = "cifar_resnet";
-    else if (!contains(kImageNetDepths, c.depth)) fail();
+  if (c.family == ModelFamily::ResNet) {
+    if (contains(cifar_resnet_depths(), c.depth)) c.family = ModelFamily::CifarResNet;
+    else if (!contains(resnet_depths(), c.depth)) fail();
   } else if (c.depth < 8 || (c.depth - 2) % 6 != 0) {
     fail();
   }
-  const size_t stages = c.family == "resnet" ? 4 : 3;
-  if (c.family == "cifar_resnet") {
+  const size_t stages = c.family == ModelFamily::ResNet ? 4 : 3;
+  if (c.family == ModelFamily::CifarResNet) {
     c.num_classes = 10;
-    c.stem = "small";
+    c.stem = Stem::Small;
   }
   if (dash != std::string::npos && attn.empty()) fail();
   if (!attn.empty() && attn.front() == '[') {
@@ -89,24 +96,11 @@ ModelConfig parse_model_name(const std::string& name) {
 }
 
 std::shared_ptr<Backbone> build_model(const ModelConfig& c) {
-  if (c.family == "resnet") {
-    return ResNet(ResNetOptions(c.depth)
-                      .num_classes(c.num_classes)
-                      .in_channels(c.in_channels)
-                      .width(c.width)
-                      .stem(c.stem)
-                      .attention_per_stage(c.attention))
-        .ptr();
+  switch (c.family) {
+    case ModelFamily::ResNet: return ResNet(shared_options<ResNetOptions>(c).stem(c.stem)).ptr();
+    case ModelFamily::CifarResNet: return CifarResNet(shared_options<CifarResNetOptions>(c).shortcut(c.shortcut)).ptr();
   }
-  TORCH_CHECK(c.family == "cifar_resnet", "build_model: family must be \"resnet\" or \"cifar_resnet\", got \"",
-              c.family, "\"");
-  return CifarResNet(CifarResNetOptions(c.depth)
-                         .num_classes(c.num_classes)
-                         .in_channels(c.in_channels)
-                         .width(c.width)
-                         .shortcut(c.shortcut)
-                         .attention_per_stage(c.attention))
-      .ptr();
+  TORCH_CHECK(false, "build_model: unknown family ", static_cast<int>(c.family));
 }
 
 std::shared_ptr<Backbone> make_model(const std::string& name, int64_t num_classes, int64_t in_channels) {

@@ -14,27 +14,6 @@ namespace attnkit {
 
 namespace F = torch::nn::functional;
 
-// ---- ModelConfig -------------------------------------------------------------------------------
-
-std::string ModelConfig::name() const {
-  // The registry calls the CIFAR family "resnet<depth>" at its standard depths (20, 32, 44, 56,
-  // 110), which the ImageNet family never uses; any other CIFAR depth is "cifar_resnet<depth>".
-  const bool cifar_std = depth == 20 || depth == 32 || depth == 44 || depth == 56 || depth == 110;
-  std::string out = (family == "cifar_resnet" && !cifar_std ? "cifar_resnet" : "resnet") + std::to_string(depth);
-  bool same = true;
-  for (const auto& a : attention) same = same && a == attention.front();
-  if (attention.empty() || (same && attention.front().empty())) return out;
-  if (same) return out + "-" + attention.front();
-  out += "-[";
-  for (size_t i = 0; i < attention.size(); ++i) out += (i ? "," : "") + attention[i];
-  return out + "]";
-}
-
-bool ModelConfig::operator==(const ModelConfig& o) const {
-  return family == o.family && depth == o.depth && attention == o.attention && num_classes == o.num_classes &&
-         in_channels == o.in_channels && width == o.width && stem == o.stem && shortcut == o.shortcut;
-}
-
 // ---- helpers -----------------------------------------------------------------------------------
 
 namespace {
@@ -47,8 +26,6 @@ void check_block_options(const ResidualBlockOptions& o, const char* who) {
   TORCH_CHECK(o.in_channels() > 0, who, ": in_channels must be positive, got ", o.in_channels());
   TORCH_CHECK(o.planes() > 0, who, ": planes must be positive, got ", o.planes());
   TORCH_CHECK(o.stride() >= 1, who, ": stride must be at least 1, got ", o.stride());
-  TORCH_CHECK(o.shortcut() == "A" || o.shortcut() == "B", who, ": shortcut must be \"A\" or \"B\", got \"",
-              o.shortcut(), "\"");
 }
 
 /// Option A shortcut: x[:, :, ::stride, ::stride] padded with zero channels up to `out` channels.
@@ -77,17 +54,33 @@ TORCH_MODULE(PadShortcut);
 
 torch::nn::Sequential make_shortcut(const ResidualBlockOptions& o, int64_t out) {
   if (o.stride() == 1 && o.in_channels() == out) return nullptr;
-  if (o.shortcut() == "A") return torch::nn::Sequential(PadShortcut(out, o.stride()));
+  if (o.shortcut() == Shortcut::A) return torch::nn::Sequential(PadShortcut(out, o.stride()));
   return torch::nn::Sequential(
       torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), out, 1).stride(o.stride()).bias(false)),
       torch::nn::BatchNorm2d(out));
+}
+
+/// What every residual block does after its convolutions: registers its shortcut and its attention
+/// (both on `out` channels), initialises its layers as torchvision does, and zeroes `last_bn`'s weight
+/// with zero_init_last_bn.
+void finish_block(torch::nn::Module& block, const ResidualBlockOptions& o, int64_t out,
+                  torch::nn::BatchNorm2d& last_bn, torch::nn::Sequential& downsample, torch::nn::AnyModule& attn) {
+  downsample = make_shortcut(o, out);
+  if (downsample) block.register_module("downsample", downsample);
+  attn = torch::nn::AnyModule();
+  if (!o.attention().empty()) {
+    attn = make_attention(o.attention(), out);
+    block.register_module("attn", attn.ptr());
+  }
+  detail::init_backbone_weights(block);
+  if (o.zero_init_last_bn()) torch::nn::init::zeros_(last_bn->weight);
 }
 
 void print_block(std::ostream& s, const char* name, const ResidualBlockOptions& o) {
   s << "attnkit::" << name << "(in_channels=" << o.in_channels() << ", planes=" << o.planes()
     << ", stride=" << o.stride();
   if (!o.attention().empty()) s << ", attention=\"" << o.attention() << "\"";
-  if (o.shortcut() != "B") s << ", shortcut=" << o.shortcut();
+  if (o.shortcut() != Shortcut::B) s << ", shortcut=" << o.shortcut();
   s << ")";
 }
 
@@ -104,15 +97,7 @@ void BasicBlockImpl::reset() {
   bn1 = register_module("bn1", torch::nn::BatchNorm2d(p));
   conv2 = register_module("conv2", conv(p, p, 3, 1));
   bn2 = register_module("bn2", torch::nn::BatchNorm2d(p));
-  downsample = make_shortcut(options, p * expansion);
-  if (downsample) register_module("downsample", downsample);
-  attn = torch::nn::AnyModule();
-  if (!options.attention().empty()) {
-    attn = make_attention(options.attention(), p * expansion);
-    register_module("attn", attn.ptr());
-  }
-  detail::init_backbone_weights(*this);
-  if (options.zero_init_last_bn()) torch::nn::init::zeros_(bn2->weight);
+  finish_block(*this, options, p * expansion, bn2, downsample, attn);
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
@@ -134,15 +119,7 @@ void BottleneckImpl::reset() {
   bn2 = register_module("bn2", torch::nn::BatchNorm2d(p));
   conv3 = register_module("conv3", conv(p, p * expansion, 1, 1));
   bn3 = register_module("bn3", torch::nn::BatchNorm2d(p * expansion));
-  downsample = make_shortcut(options, p * expansion);
-  if (downsample) register_module("downsample", downsample);
-  attn = torch::nn::AnyModule();
-  if (!options.attention().empty()) {
-    attn = make_attention(options.attention(), p * expansion);
-    register_module("attn", attn.ptr());
-  }
-  detail::init_backbone_weights(*this);
-  if (options.zero_init_last_bn()) torch::nn::init::zeros_(bn3->weight);
+  finish_block(*this, options, p * expansion, bn3, downsample, attn);
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
@@ -160,7 +137,7 @@ namespace detail {
 
 torch::nn::Sequential make_stage(bool bottleneck, int64_t& in_channels, int64_t planes, int64_t blocks,
                                  int64_t stride, const std::string& attention, bool zero_init_last_bn,
-                                 const std::string& shortcut) {
+                                 Shortcut shortcut) {
   torch::nn::Sequential stage;
   for (int64_t i = 0; i < blocks; ++i) {
     auto o = ResidualBlockOptions(in_channels, planes)
@@ -207,6 +184,82 @@ void check_image_input(const torch::Tensor& x, int64_t channels, const char* who
 
 }  // namespace detail
 
+// ---- ResNetCore -------------------------------------------------------------------------------
+
+const std::vector<torch::nn::Sequential>& ResNetCore::build(const detail::ResNetLayout& layout) {
+  const auto& l = layout;
+  const int64_t stages = static_cast<int64_t>(l.blocks.size());
+  TORCH_CHECK(l.num_classes > 0, who_, ": num_classes must be positive, got ", l.num_classes);
+  TORCH_CHECK(l.in_channels > 0, who_, ": in_channels must be positive, got ", l.in_channels);
+  const int64_t w = static_cast<int64_t>(std::lround(static_cast<double>(l.base_channels) * l.width));
+  TORCH_CHECK(l.width > 0 && w >= 1, who_, ": width must give at least 1 channel (width > 1/", 2 * l.base_channels,
+              "), got ", l.width);
+  TORCH_CHECK(l.attention_per_stage.empty() || static_cast<int64_t>(l.attention_per_stage.size()) == stages, who_,
+              ": attention_per_stage must have ", stages, " names (one per stage) or none, got ",
+              l.attention_per_stage.size());
+  layout_ = l;
+  stage_attention_ = l.attention_per_stage.empty() ? std::vector<std::string>(stages, l.attention)
+                                                   : l.attention_per_stage;
+  torch::nn::Module& self = module();
+  const bool small = l.stem == Stem::Small;
+  conv1 = self.register_module("conv1", conv(l.in_channels, w, small ? 3 : 7, small ? 1 : 2));
+  bn1 = self.register_module("bn1", torch::nn::BatchNorm2d(w));
+  int64_t in = w;
+  stages_.clear();
+  for (int64_t i = 0; i < stages; ++i) {
+    stages_.push_back(self.register_module(
+        "layer" + std::to_string(i + 1),
+        detail::make_stage(l.bottleneck, in, w << i, l.blocks[i], i == 0 ? 1 : 2, stage_attention_[i],
+                           l.zero_init_residual, l.shortcut)));
+  }
+  fc = self.register_module("fc", torch::nn::Linear(in, l.num_classes));
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_normal_(conv1->weight, 0, torch::kFanOut, torch::kReLU);
+  return stages_;
+}
+
+torch::Tensor ResNetCore::forward_stem(const torch::Tensor& x) {
+  detail::check_image_input(x, layout_.in_channels, who_);
+  auto y = F::relu(bn1(conv1(x)));
+  if (layout_.stem == Stem::ImageNet) y = F::max_pool2d(y, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  return y;
+}
+
+std::vector<torch::Tensor> ResNetCore::features(const torch::Tensor& x) {
+  auto y = forward_stem(x);
+  std::vector<torch::Tensor> out;
+  for (auto& stage : stages_) {
+    y = stage->forward(y);
+    out.push_back(y);
+  }
+  return out;
+}
+
+torch::Tensor ResNetCore::forward_head(const std::vector<torch::Tensor>& features) {
+  TORCH_CHECK(!features.empty(), who_, "::forward_head: features is empty (expected the ", stages_.size(),
+              " stage outputs)");
+  const auto& last = features.back();
+  TORCH_CHECK(last.dim() == 4 && last.size(1) == fc->options.in_features(), who_,
+              "::forward_head: expected the last feature of shape [N, ", fc->options.in_features(), ", H, W], got ",
+              last.sizes());
+  return fc(last.mean({2, 3}));
+}
+
+torch::Tensor ResNetCore::forward(const torch::Tensor& x) { return forward_head(features(x)); }
+
+ModelConfig ResNetCore::config() const {
+  ModelConfig c;
+  c.family = layout_.family;
+  c.depth = layout_.depth;
+  c.attention = stage_attention_;
+  c.num_classes = layout_.num_classes;
+  c.in_channels = layout_.in_channels;
+  c.width = layout_.width;
+  c.stem = layout_.stem;
+  c.shortcut = layout_.shortcut;
+  return c;
+}
+
 // ---- ResNet ------------------------------------------------------------------------------------
 
 namespace {
@@ -221,93 +274,32 @@ DepthSpec depth_spec(int64_t depth) {
     case 50: return {true, {3, 4, 6, 3}};
     case 101: return {true, {3, 4, 23, 3}};
     case 152: return {true, {3, 8, 36, 3}};
-    default: TORCH_CHECK(false, "ResNet: depth must be one of 18, 34, 50, 101, 152, got ", depth);
+    default: break;
   }
+  std::string valid;
+  for (auto d : resnet_depths()) valid += (valid.empty() ? "" : ", ") + std::to_string(d);
+  TORCH_CHECK(false, "ResNet: depth must be one of ", valid, ", got ", depth);
 }
-int64_t base_width(double width) { return static_cast<int64_t>(std::lround(64 * width)); }
 }  // namespace
 
-ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) { reset(); }
-
-std::vector<std::string> ResNetImpl::stage_attention() const {
-  if (!options.attention_per_stage().empty()) return options.attention_per_stage();
-  return std::vector<std::string>(4, options.attention());
-}
+ResNetImpl::ResNetImpl(const ResNetOptions& options_) : ResNetCore("ResNet"), options(options_) { reset(); }
 
 std::vector<int64_t> ResNetImpl::stage_channels() const {
   const auto spec = depth_spec(options.depth());
-  const int64_t w = base_width(options.width()) * (spec.bottleneck ? 4 : 1);
+  const int64_t w = static_cast<int64_t>(std::lround(64 * options.width())) * (spec.bottleneck ? 4 : 1);
   return {w, 2 * w, 4 * w, 8 * w};
 }
 
 void ResNetImpl::reset() {
   const auto spec = depth_spec(options.depth());
-  TORCH_CHECK(options.num_classes() > 0, "ResNet: num_classes must be positive, got ", options.num_classes());
-  TORCH_CHECK(options.in_channels() > 0, "ResNet: in_channels must be positive, got ", options.in_channels());
-  TORCH_CHECK(options.width() > 0 && base_width(options.width()) >= 1,
-              "ResNet: width must give at least 1 channel (width > 1/128), got ", options.width());
-  TORCH_CHECK(options.stem() == "imagenet" || options.stem() == "small",
-              "ResNet: stem must be \"imagenet\" or \"small\", got \"", options.stem(), "\"");
-  TORCH_CHECK(options.attention_per_stage().empty() || options.attention_per_stage().size() == 4,
-              "ResNet: attention_per_stage must have 4 names (one per stage) or none, got ",
-              options.attention_per_stage().size());
-  const auto attention = stage_attention();
-  const int64_t w = base_width(options.width());
-  const bool small = options.stem() == "small";
-  conv1 = register_module("conv1", conv(options.in_channels(), w, small ? 3 : 7, small ? 1 : 2));
-  bn1 = register_module("bn1", torch::nn::BatchNorm2d(w));
-  int64_t in = w;
-  torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
-  for (int i = 0; i < 4; ++i) {
-    *layers[i] = register_module(
-        "layer" + std::to_string(i + 1),
-        detail::make_stage(spec.bottleneck, in, w << i, spec.blocks[i], i == 0 ? 1 : 2, attention[i],
-                           options.zero_init_residual(), "B"));
-  }
-  fc = register_module("fc", torch::nn::Linear(in, options.num_classes()));
-  torch::NoGradGuard no_grad;
-  torch::nn::init::kaiming_normal_(conv1->weight, 0, torch::kFanOut, torch::kReLU);
-}
-
-torch::Tensor ResNetImpl::forward_stem(const torch::Tensor& x) {
-  detail::check_image_input(x, options.in_channels(), "ResNet");
-  auto y = F::relu(bn1(conv1(x)));
-  if (options.stem() == "imagenet") y = F::max_pool2d(y, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
-  return y;
-}
-
-std::vector<torch::Tensor> ResNetImpl::features(const torch::Tensor& x) {
-  auto y = forward_stem(x);
-  std::vector<torch::Tensor> out;
-  for (auto* layer : {&layer1, &layer2, &layer3, &layer4}) {
-    y = (*layer)->forward(y);
-    out.push_back(y);
-  }
-  return out;
-}
-
-torch::Tensor ResNetImpl::forward_head(const std::vector<torch::Tensor>& features) {
-  TORCH_CHECK(!features.empty(), "ResNet::forward_head: features is empty (expected the 4 stage outputs)");
-  const auto& last = features.back();
-  TORCH_CHECK(last.dim() == 4 && last.size(1) == fc->options.in_features(),
-              "ResNet::forward_head: expected the last feature of shape [N, ", fc->options.in_features(),
-              ", H, W], got ", last.sizes());
-  return fc(last.mean({2, 3}));
-}
-
-torch::Tensor ResNetImpl::forward(const torch::Tensor& x) { return forward_head(features(x)); }
-
-ModelConfig ResNetImpl::config() const {
-  ModelConfig c;
-  c.family = "resnet";
-  c.depth = options.depth();
-  c.attention = stage_attention();
-  c.num_classes = options.num_classes();
-  c.in_channels = options.in_channels();
-  c.width = options.width();
-  c.stem = options.stem();
-  c.shortcut = "B";
-  return c;
+  auto l = detail::shared_layout(ModelFamily::ResNet, options);
+  l.bottleneck = spec.bottleneck;
+  l.blocks = spec.blocks;
+  l.base_channels = 64;
+  l.stem = options.stem();
+  l.shortcut = Shortcut::B;
+  const auto& stages = build(l);
+  layer1 = stages[0], layer2 = stages[1], layer3 = stages[2], layer4 = stages[3];
 }
 
 void ResNetImpl::pretty_print(std::ostream& s) const {

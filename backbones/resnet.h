@@ -22,6 +22,8 @@
 // the initialisation their own reset() gives them (their authors chose it).
 #pragma once
 
+#include <attnkit/backbones/model_config.h>
+
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
@@ -39,28 +41,6 @@
 #include <vector>
 
 namespace attnkit {
-
-// ---- the configuration every backbone can report (what a checkpoint stores) -------------------
-
-/// A backbone's full architecture, enough to rebuild it (see build_model in registry.h).
-struct ModelConfig {
-  /// "resnet" (ImageNet family) or "cifar_resnet".
-  std::string family = "resnet";
-  int64_t depth = 50;
-  /// Attention name per stage (4 for "resnet", 3 for "cifar_resnet"); "" = none.
-  std::vector<std::string> attention;
-  int64_t num_classes = 1000;
-  int64_t in_channels = 3;
-  double width = 1.0;
-  /// "imagenet" or "small" ("resnet" only; "cifar_resnet" always uses its 3×3 stem).
-  std::string stem = "imagenet";
-  /// "A" (zero-padded identity) or "B" (1×1 conv + BN) projection shortcuts ("cifar_resnet" only).
-  std::string shortcut = "B";
-  /// Canonical registry name, e.g. "resnet50-cbam", "resnet20-se", or "resnet50-[,,,self]" when the
-  /// stages differ.
-  std::string name() const;
-  bool operator==(const ModelConfig& other) const;
-};
 
 /// What the backbones of attnkit offer, whatever their family.
 class Backbone {
@@ -99,9 +79,9 @@ struct ResidualBlockOptions {
   TORCH_ARG(std::string, attention) = "";
   /// Start the last BatchNorm's weight at 0, so the block starts as its shortcut (Goyal et al. 2017).
   TORCH_ARG(bool, zero_init_last_bn) = false;
-  /// Shortcut when the shape changes: "B" = 1×1 conv + BN (`downsample.0/1`, torchvision);
-  /// "A" = stride-subsampled identity padded with zero channels (He et al. 2016 CIFAR, no parameters).
-  TORCH_ARG(std::string, shortcut) = "B";
+  /// Shortcut when the shape changes: B = 1×1 conv + BN (`downsample.0/1`, torchvision);
+  /// A = stride-subsampled identity padded with zero channels (He et al. 2016 CIFAR, no parameters).
+  TORCH_ARG(Shortcut, shortcut) = Shortcut::B;
 };
 
 /// Two 3×3 convolutions (ResNet-18/34 and the CIFAR family).
@@ -145,12 +125,89 @@ namespace detail {
 /// `bottleneck` picks Bottleneck over BasicBlock; `in_channels` is updated to the stage's output.
 torch::nn::Sequential make_stage(bool bottleneck, int64_t& in_channels, int64_t planes, int64_t blocks,
                                  int64_t stride, const std::string& attention, bool zero_init_last_bn,
-                                 const std::string& shortcut);
+                                 Shortcut shortcut);
 /// torchvision's initialisation of convolutions and BatchNorms, skipping anything under `attn`.
 void init_backbone_weights(torch::nn::Module& root);
 /// Checks that `x` is a floating [N, C, H, W] tensor with C == channels; `who` names the caller.
 void check_image_input(const torch::Tensor& x, int64_t channels, const char* who);
 }  // namespace detail
+
+// ---- what both families share ------------------------------------------------------------------
+
+namespace detail {
+/// What ResNetCore builds: everything in which ResNet and CifarResNet differ, from their options.
+struct ResNetLayout {
+  ModelFamily family = ModelFamily::ResNet;
+  int64_t depth = 0;
+  /// Bottleneck blocks (else BasicBlock).
+  bool bottleneck = false;
+  /// Residual blocks per stage; its size is the number of stages.
+  std::vector<int64_t> blocks;
+  /// Channels of the stem and the first stage at width 1 (64 for ResNet, 16 for CifarResNet).
+  int64_t base_channels = 64;
+  Stem stem = Stem::ImageNet;
+  Shortcut shortcut = Shortcut::B;
+  int64_t num_classes = 0;
+  int64_t in_channels = 0;
+  double width = 1.0;
+  /// Attention of every block, unless attention_per_stage (one name per stage) is given.
+  std::string attention;
+  std::vector<std::string> attention_per_stage;
+  bool zero_init_residual = false;
+};
+
+/// A layout with the options every family has (ResNetOptions, CifarResNetOptions) filled in.
+template <typename FamilyOptions>
+ResNetLayout shared_layout(ModelFamily family, const FamilyOptions& o) {
+  ResNetLayout l;
+  l.family = family;
+  l.depth = o.depth();
+  l.num_classes = o.num_classes();
+  l.in_channels = o.in_channels();
+  l.width = o.width();
+  l.attention = o.attention();
+  l.attention_per_stage = o.attention_per_stage();
+  l.zero_init_residual = o.zero_init_residual();
+  return l;
+}
+}  // namespace detail
+
+/// The network both ResNet families are: stem (conv1, bn1, ReLU and, for Stem::ImageNet, a 3×3/2
+/// max-pool), residual stages layer1, layer2, ..., global average pool and fc. ResNet and
+/// CifarResNet check their own options and describe their layout; this builds and runs it.
+class ResNetCore : public Backbone {
+ public:
+  /// x: [N, in_channels, H, W] floating. Returns every stage's output.
+  std::vector<torch::Tensor> features(const torch::Tensor& x) override;
+  torch::Tensor forward_head(const std::vector<torch::Tensor>& features) override;
+  /// Logits [N, num_classes].
+  torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor forward_stem(const torch::Tensor& x) override;
+  std::vector<torch::nn::Sequential> stages() override { return stages_; }
+  ModelConfig config() const override;
+
+  /// Attention name of each stage after resolving `attention` / `attention_per_stage`.
+  std::vector<std::string> stage_attention() const { return stage_attention_; }
+
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Linear fc{nullptr};
+
+ protected:
+  /// `who` names the family in error messages ("ResNet"); a string literal.
+  explicit ResNetCore(const char* who) : who_(who) {}
+  /// Checks the layout's shared options and registers conv1, bn1, layer1.. and fc on module(),
+  /// initialised as torchvision does. Returns the stages, for the family's layerN members.
+  const std::vector<torch::nn::Sequential>& build(const detail::ResNetLayout& layout);
+  /// The layout of the last build().
+  const detail::ResNetLayout& layout() const { return layout_; }
+
+ private:
+  const char* who_;
+  detail::ResNetLayout layout_;
+  std::vector<std::string> stage_attention_;
+  std::vector<torch::nn::Sequential> stages_;
+};
 
 // ---- ResNet ------------------------------------------------------------------------------------
 
@@ -165,9 +222,9 @@ struct ResNetOptions {
   TORCH_ARG(int64_t, in_channels) = 3;
   /// Width multiplier: stage widths are round(64·width)·{1, 2, 4, 8}.
   TORCH_ARG(double, width) = 1.0;
-  /// "imagenet" (7×7/2 conv + 3×3/2 max-pool, 224 px inputs) or "small" (3×3/1 conv, no pool,
+  /// ImageNet (7×7/2 conv + 3×3/2 max-pool, 224 px inputs) or Small (3×3/1 conv, no pool,
   /// for 28–64 px inputs).
-  TORCH_ARG(std::string, stem) = "imagenet";
+  TORCH_ARG(Stem, stem) = Stem::ImageNet;
   /// Attention of every block ("" = none); see attention_per_stage.
   TORCH_ARG(std::string, attention) = "";
   /// Attention per stage (exactly 4 names), overriding `attention` when not empty, e.g.
@@ -177,31 +234,19 @@ struct ResNetOptions {
   TORCH_ARG(bool, zero_init_residual) = false;
 };
 
-class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public Backbone {
+/// The ImageNet family; features, forward_head, forward and config come from ResNetCore.
+class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public ResNetCore {
  public:
   explicit ResNetImpl(const ResNetOptions& options);
   void reset() override;
-  /// x: [N, in_channels, H, W] floating. Returns layer1..layer4 outputs.
-  std::vector<torch::Tensor> features(const torch::Tensor& x) override;
-  torch::Tensor forward_head(const std::vector<torch::Tensor>& features) override;
-  /// Logits [N, num_classes].
-  torch::Tensor forward(const torch::Tensor& x) override;
-  torch::Tensor forward_stem(const torch::Tensor& x) override;
-  std::vector<torch::nn::Sequential> stages() override { return {layer1, layer2, layer3, layer4}; }
-  ModelConfig config() const override;
   torch::nn::Module& module() override { return *this; }
   void pretty_print(std::ostream& stream) const override;
 
-  /// Attention name of each of the 4 stages after resolving `attention` / `attention_per_stage`.
-  std::vector<std::string> stage_attention() const;
   /// Channels of each stage's output.
   std::vector<int64_t> stage_channels() const;
 
   ResNetOptions options;
-  torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
-  torch::nn::Linear fc{nullptr};
 };
 TORCH_MODULE(ResNet);
 

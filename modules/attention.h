@@ -17,6 +17,8 @@
 
 #include <attnkit/modules/attention_map.h>
 #include <attnkit/modules/factory.h>
+#include <attnkit/modules/gate.h>
+#include <attnkit/modules/implementation.h>
 
 // Fused kernels, also reachable as torch.ops.attnkit.*
 #include <attnkit/modules/ops/cbam.h>

@@ -25,9 +25,9 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
-#include <attnkit/modules/implementation.h>
-#include <attnkit/modules/residual_epilogue.h>
 #include <attnkit/modules/channel_attention.h>
+#include <attnkit/modules/gate.h>
+#include <attnkit/modules/implementation.h>
 #include <attnkit/modules/spatial_attention.h>
 
 #include <torch/arg.h>
@@ -83,21 +83,19 @@ struct CBAMOptions {
   SpatialAttentionOptions spatial_options() const;
 };
 
-class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>,
-                 public AttentionMapRecorder,
-                 public ResidualEpilogue {
+/// CBAM; forward, forward_add_relu and forward_with_attention come from Gate (gate.h). The
+/// children check their own options; their messages name the child ("ChannelAttention: ...").
+class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>, public Gate, public SpatialMapSource {
  public:
   explicit CBAMImpl(const CBAMOptions& options);
   void reset() override;
-  /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns the gated map, same shape.
-  torch::Tensor forward(const torch::Tensor& x);
-  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
-  /// forward runs fused (see residual_epilogue.h).
-  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
-  /// forward(x) and the attention map (spatial N×1×H×W, or channel N×C with no_spatial); records
-  /// it when recording() is on.
-  std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
+  /// False with no_spatial (the recorded map is then the channel gate).
+  bool has_spatial_map() const override { return !spatial.is_empty(); }
+  /// The recorded spatial map as [N, H, W].
+  torch::Tensor spatial_map(const std::optional<Position2d>& query) const override;
 
   CBAMOptions options;
   ChannelAttention channel{nullptr};
@@ -105,8 +103,10 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>,
   SpatialAttention spatial{nullptr};
 
  private:
-  /// forward (shortcut undefined) or forward_add_relu.
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
+  void check_input(const torch::Tensor& x) const override;
+  std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+  bool records_maps() const override;
 };
 
 TORCH_MODULE(CBAM);

@@ -36,40 +36,29 @@ const char* pool_name(ChannelPool pool) {
 
 }  // namespace
 
-ChannelAttentionImpl::ChannelAttentionImpl(const ChannelAttentionOptions& options_) : options(options_) { reset(); }
+ChannelAttentionImpl::ChannelAttentionImpl(const ChannelAttentionOptions& options_)
+    : Gate("ChannelAttention"), options(options_) {
+  reset();
+}
 
 void ChannelAttentionImpl::reset() {
-  TORCH_CHECK(options.channels() >= 1, "ChannelAttention: channels must be >= 1, got ", options.channels());
-  TORCH_CHECK(options.reduction() >= 1, "ChannelAttention: reduction must be >= 1, got ", options.reduction());
-  TORCH_CHECK(options.rd_channels() >= 0,
-              "ChannelAttention: rd_channels must be >= 0 (0 = derive from reduction), got ", options.rd_channels());
-  TORCH_CHECK(options.rd_divisor() >= 0, "ChannelAttention: rd_divisor must be >= 0, got ", options.rd_divisor());
   const int64_t c = options.channels();
-  hidden_ = options.rd_channels() > 0 ? options.rd_channels()
-                                      : reduced_channels(c, options.reduction(), options.rd_divisor());
+  hidden_ = detail::gate_hidden_channels(block_name(), c, options.reduction(), options.rd_channels(), options.rd_divisor());
   fc1 = register_module("fc1", torch::nn::Linear(torch::nn::LinearOptions(c, hidden_).bias(options.bias())));
   fc2 = register_module("fc2", torch::nn::Linear(torch::nn::LinearOptions(hidden_, c).bias(options.bias())));
 }
 
-std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_with_attention(const torch::Tensor& x) {
-  detail::check_gate_input(x, options.channels(), "ChannelAttention", fc1->weight);
-  auto result = channel_gate_reference(x, options.pool(), fc1->weight, fc1->bias, fc2->weight, fc2->bias);
-  if (recording()) record(std::get<1>(result));
-  return result;
+void ChannelAttentionImpl::check_input(const torch::Tensor& x) const {
+  detail::check_gate_input(x, options.channels(), block_name(), fc1->weight);
 }
 
-torch::Tensor ChannelAttentionImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
-
-torch::Tensor ChannelAttentionImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  return run(x, shortcut);
+std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_composite(const torch::Tensor& x) {
+  return channel_gate_reference(x, options.pool(), fc1->weight, fc1->bias, fc2->weight, fc2->bias);
 }
 
-torch::Tensor ChannelAttentionImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  detail::check_gate_input(x, options.channels(), "ChannelAttention", fc1->weight);
-  // Auto runs fused: 1.3x the composite forward and about 4x its forward+backward at 8x256x56x56 on
-  // the 2-core AVX-512 machine (attnkit bench --op channel).
-  if (!detail::use_fused(options.impl(), x, recording(), "ChannelAttention"))
-    return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
+// Auto runs fused: 1.3x the composite forward and about 4x its forward+backward at 8x256x56x56 on
+// the 2-core AVX-512 machine (attnkit bench --op channel).
+torch::Tensor ChannelAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
   return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
                    detail::channel_gate_config(options.pool(), shortcut), shortcut);
 }

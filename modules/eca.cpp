@@ -1,6 +1,5 @@
 #include <attnkit/modules/eca.h>
 #include <attnkit/modules/fused_gates.h>
-#include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
 
 #include <cmath>
 
@@ -28,7 +27,7 @@ std::tuple<torch::Tensor, torch::Tensor> eca_reference(const torch::Tensor& x, c
 
 }  // namespace
 
-ECAImpl::ECAImpl(const ECAOptions& options_) : options(options_) { reset(); }
+ECAImpl::ECAImpl(const ECAOptions& options_) : Gate("ECA"), options(options_) { reset(); }
 
 void ECAImpl::reset() {
   TORCH_CHECK(options.channels() >= 1, "ECA: channels must be >= 1, got ", options.channels());
@@ -45,23 +44,15 @@ void ECAImpl::reset() {
                                                        .bias(false)));
 }
 
-std::tuple<torch::Tensor, torch::Tensor> ECAImpl::forward_with_attention(const torch::Tensor& x) {
-  detail::check_gate_input(x, options.channels(), "ECA", conv->weight);
-  auto result = eca_reference(x, conv->weight);
-  if (recording()) record(std::get<1>(result));
-  return result;
+void ECAImpl::check_input(const torch::Tensor& x) const {
+  detail::check_gate_input(x, options.channels(), block_name(), conv->weight);
 }
 
-torch::Tensor ECAImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
-
-torch::Tensor ECAImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  return run(x, shortcut);
+std::tuple<torch::Tensor, torch::Tensor> ECAImpl::forward_composite(const torch::Tensor& x) {
+  return eca_reference(x, conv->weight);
 }
 
-torch::Tensor ECAImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  detail::check_gate_input(x, options.channels(), "ECA", conv->weight);
-  if (!detail::use_fused(options.impl(), x, recording(), "ECA"))
-    return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
+torch::Tensor ECAImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
   // ECA is the fused CBAM op with the average-pooled descriptor, ECA's 1-D conv in place of the MLP
   // and no spatial gate.
   ops::CbamWeights w;

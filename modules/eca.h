@@ -16,9 +16,8 @@
 // The attention map (AttentionMapRecorder) is the N×C gate s.
 #pragma once
 
-#include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/gate.h>
 #include <attnkit/modules/implementation.h>
-#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -53,20 +52,14 @@ struct ECAOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class ECAImpl : public torch::nn::Cloneable<ECAImpl>,
-                public AttentionMapRecorder,
-                public ResidualEpilogue {
+/// The ECA gate; forward, forward_add_relu and forward_with_attention come from Gate (gate.h).
+class ECAImpl : public torch::nn::Cloneable<ECAImpl>, public Gate {
  public:
   explicit ECAImpl(const ECAOptions& options);
   void reset() override;
-  /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · gate, same shape.
-  torch::Tensor forward(const torch::Tensor& x);
-  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
-  /// forward runs fused (see residual_epilogue.h).
-  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
-  /// forward(x) and the N×C gate; records the gate when recording() is on.
-  std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
 
   /// The kernel size k actually used.
   int64_t kernel_size() const { return kernel_size_; }
@@ -75,9 +68,11 @@ class ECAImpl : public torch::nn::Cloneable<ECAImpl>,
   torch::nn::Conv1d conv{nullptr};
 
  private:
+  void check_input(const torch::Tensor& x) const override;
+  std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+
   int64_t kernel_size_ = 0;
-  /// forward (shortcut undefined) or forward_add_relu.
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(ECA);

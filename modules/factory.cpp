@@ -9,18 +9,24 @@
 #include <attnkit/modules/squeeze_excite.h>
 #include <torch/nn/modules/linear.h>
 
-#include <functional>
-#include <map>
+#include <string>
+#include <vector>
 
 namespace attnkit {
 namespace {
 
-using Builder = std::function<torch::nn::AnyModule(int64_t)>;
+using Builder = torch::nn::AnyModule (*)(int64_t channels);
 
-// Every builder takes the channel count and uses each block's defaults (those of the paper's
-// official code, see each header); build the module directly for other options.
-const std::map<std::string, Builder>& builders() {
-  static const std::map<std::string, Builder> table = {
+struct AttentionEntry {
+  const char* name;
+  Builder build;
+};
+
+// The one list of attention names, in the order attention_names() gives them. Every builder takes
+// the channel count and uses the block's defaults (those of the paper's official code, see each
+// header); build the module directly for other options.
+const std::vector<AttentionEntry>& table() {
+  static const std::vector<AttentionEntry> entries = {
       {"", [](int64_t) { return torch::nn::AnyModule(torch::nn::Identity()); }},
       {"se", [](int64_t c) { return torch::nn::AnyModule(SqueezeExcite(SqueezeExciteOptions(c))); }},
       {"eca", [](int64_t c) { return torch::nn::AnyModule(ECA(ECAOptions(c))); }},
@@ -35,25 +41,27 @@ const std::map<std::string, Builder>& builders() {
        }},
       {"local", [](int64_t c) { return torch::nn::AnyModule(LocalAttention2d(LocalAttention2dOptions(c))); }},
   };
-  return table;
+  return entries;
 }
 
 }  // namespace
 
 const std::vector<std::string>& attention_names() {
-  static const std::vector<std::string> names = {"", "se", "eca", "cbam", "channel", "spatial", "self", "nonlocal", "local"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& e : table()) out.emplace_back(e.name);
+    return out;
+  }();
   return names;
 }
 
 torch::nn::AnyModule make_attention(const std::string& name, int64_t channels) {
   TORCH_CHECK(channels > 0, "make_attention: channels must be positive, got ", channels);
-  const auto it = builders().find(name);
-  if (it == builders().end()) {
-    std::string valid;
-    for (const auto& n : attention_names()) valid += (valid.empty() ? "\"" : ", \"") + n + "\"";
-    TORCH_CHECK(false, "make_attention: unknown attention name \"", name, "\"; valid names: ", valid);
-  }
-  return it->second(channels);
+  for (const auto& e : table())
+    if (name == e.name) return e.build(channels);
+  std::string valid;
+  for (const auto& n : attention_names()) valid += (valid.empty() ? "\"" : ", \"") + n + "\"";
+  TORCH_CHECK(false, "make_attention: unknown attention name \"", name, "\"; valid names: ", valid);
 }
 
 }  // namespace attnkit

@@ -57,9 +57,20 @@ const std::vector<KernelVerification>& kernel_verification();
 /// Whether Auto may run `op`'s fused kernel on `device` (false for a device type without an entry).
 bool auto_runs_fused(FusedOp op, c10::DeviceType device);
 
-/// Sets `impl` on every block under `root` (root included) that has a fused implementation: how a
-/// whole network (a backbone, say) is switched between fused and composite attention.
-/// Returns how many blocks were switched.
+/// A block with a fused and a composite path that can be switched after construction: what
+/// set_implementation(root, impl) looks for, so a new block joins it by deriving from this.
+class HasImplementation {
+ public:
+  virtual ~HasImplementation() = default;
+  /// The path the block is asked to run (its options' impl).
+  virtual Implementation implementation() const = 0;
+  /// Sets its options' impl.
+  virtual void set_implementation(Implementation impl) = 0;
+};
+
+/// Sets `impl` on every block under `root` (root included) that has a fused implementation (every
+/// HasImplementation): how a whole network (a backbone, say) is switched between fused and composite
+/// attention. Returns how many blocks were switched.
 int set_implementation(torch::nn::Module& root, Implementation impl);
 
 namespace detail {

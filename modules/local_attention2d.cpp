@@ -55,6 +55,23 @@ torch::Tensor LocalAttention2dImpl::forward(const torch::Tensor& x) {
   return forward_composite(x);
 }
 
+torch::Tensor LocalAttention2dImpl::spatial_map(const std::optional<Position2d>& query) const {
+  // [N, heads, H, W, k, k] → per query, the weights of its k² window slots, then onto key positions.
+  const auto& rec = last_attention();
+  const int64_t n = rec.size(0), h = rec.size(2), w = rec.size(3), l = h * w;
+  const auto nb = neighborhood_index(h, w, options.kernel_size(), options.dilation(), rec.device());
+  const auto p = rec.mean(1).reshape({n, l, -1});
+  auto received = torch::zeros({n, l}, p.options());
+  if (query) {
+    const int64_t qi = query->first * w + query->second;
+    received.index_add_(1, nb.keys[qi], p.select(1, qi));
+  } else {
+    received.index_add_(1, nb.keys.reshape(-1), p.reshape({n, -1}));
+    received.div_(static_cast<double>(l));
+  }
+  return received.view({n, h, w});
+}
+
 namespace {
 
 /// A 1×1 conv (weight [Cout, C, 1, 1]) on rows [N, H, W, C] (contiguous): one GEMM, [N, H, W, Cout].

@@ -57,7 +57,10 @@ struct LocalAttention2dOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class LocalAttention2dImpl : public torch::nn::Cloneable<LocalAttention2dImpl>, public AttentionMapRecorder {
+class LocalAttention2dImpl : public torch::nn::Cloneable<LocalAttention2dImpl>,
+                             public AttentionMapRecorder,
+                             public HasImplementation,
+                             public SpatialMapSource {
  public:
   explicit LocalAttention2dImpl(const LocalAttention2dOptions& options_);
   explicit LocalAttention2dImpl(int64_t channels) : LocalAttention2dImpl(LocalAttention2dOptions(channels)) {}
@@ -68,6 +71,12 @@ class LocalAttention2dImpl : public torch::nn::Cloneable<LocalAttention2dImpl>, 
   /// [N, C, H, W] → [N, C, H, W].
   torch::Tensor forward(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
+  /// The attention each key position received in the last recorded forward, [N, H, W], averaged
+  /// over heads: from the query `query` (zero outside its window), or on average over all H·W
+  /// queries; each image's map sums to 1.
+  torch::Tensor spatial_map(const std::optional<Position2d>& query) const override;
 
  private:
   torch::Tensor forward_fused(const torch::Tensor& x);

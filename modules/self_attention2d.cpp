@@ -200,6 +200,24 @@ torch::Tensor SelfAttention2dImpl::forward_non_local(const torch::Tensor& x) {
   return norm(z(out.transpose(-1, -2).reshape({n, rd, h, w}))) + x;
 }
 
+std::function<void()> SelfAttention2dImpl::prepare_spatial_map(int64_t h, int64_t w,
+                                                               const std::optional<Position2d>& query) {
+  std::vector<Position2d> queries;
+  if (query) {
+    queries.push_back(*query);
+  } else {
+    for (int64_t r = 0; r < h; ++r)
+      for (int64_t c = 0; c < w; ++c) queries.emplace_back(r, c);
+  }
+  auto saved = options.record_queries();
+  options.record_queries(std::move(queries));
+  return [this, saved = std::move(saved)] { options.record_queries(saved); };
+}
+
+torch::Tensor SelfAttention2dImpl::spatial_map(const std::optional<Position2d>& /*query*/) const {
+  return last_attention().mean({1, 2});  // [N, heads, Q, H, W]
+}
+
 void SelfAttention2dImpl::pretty_print(std::ostream& stream) const {
   const auto& o = options;
   stream << "attnkit::SelfAttention2d(channels=" << o.channels() << ", variant=" << variant_name(o.variant());

@@ -56,9 +56,6 @@ enum class SelfAttention2dVariant {
   NonLocal,   ///< timm's NonLocalAttn: t/p/g → single-head attention → z → norm, plus the input.
 };
 
-/// A (row, col) position on a feature map.
-using Position2d = std::pair<int64_t, int64_t>;
-
 struct SelfAttention2dOptions {
   explicit SelfAttention2dOptions(int64_t channels) : channels_(channels) {}
   /// Input and output channels C.
@@ -89,7 +86,10 @@ struct SelfAttention2dOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class SelfAttention2dImpl : public torch::nn::Cloneable<SelfAttention2dImpl>, public AttentionMapRecorder {
+class SelfAttention2dImpl : public torch::nn::Cloneable<SelfAttention2dImpl>,
+                            public AttentionMapRecorder,
+                            public HasImplementation,
+                            public SpatialMapSource {
  public:
   explicit SelfAttention2dImpl(const SelfAttention2dOptions& options_);
   explicit SelfAttention2dImpl(int64_t channels) : SelfAttention2dImpl(SelfAttention2dOptions(channels)) {}
@@ -100,6 +100,14 @@ class SelfAttention2dImpl : public torch::nn::Cloneable<SelfAttention2dImpl>, pu
   /// [N, C, H, W] → [N, C, H, W].
   torch::Tensor forward(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
+  /// Sets record_queries to `query`, or to every position of the h×w map when nullopt (heads·(H·W)²
+  /// floats per image while it runs); the returned function restores the previous record_queries.
+  std::function<void()> prepare_spatial_map(int64_t h, int64_t w, const std::optional<Position2d>& query) override;
+  /// The attention each key position received in the last recorded forward, [N, H, W], averaged
+  /// over heads and the recorded queries (those prepare_spatial_map set); each image's map sums to 1.
+  torch::Tensor spatial_map(const std::optional<Position2d>& query) const override;
 
   /// Channels per head (MultiHead) or the reduced channels rd (NonLocal).
   int64_t inner_dim() const { return inner_dim_; }

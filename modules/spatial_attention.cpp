@@ -1,6 +1,5 @@
 #include <attnkit/modules/fused_gates.h>
 #include <attnkit/modules/spatial_attention.h>
-#include <attnkit/modules/squeeze_excite.h>  // detail::check_gate_input
 
 namespace attnkit {
 
@@ -23,7 +22,10 @@ std::tuple<torch::Tensor, torch::Tensor> spatial_gate_reference(const torch::Ten
 
 }  // namespace
 
-SpatialAttentionImpl::SpatialAttentionImpl(const SpatialAttentionOptions& options_) : options(options_) { reset(); }
+SpatialAttentionImpl::SpatialAttentionImpl(const SpatialAttentionOptions& options_)
+    : Gate("SpatialAttention"), options(options_) {
+  reset();
+}
 
 void SpatialAttentionImpl::reset() {
   TORCH_CHECK(options.kernel_size() >= 1 && options.kernel_size() % 2 == 1,
@@ -46,35 +48,31 @@ void SpatialAttentionImpl::reset() {
   }
 }
 
-std::tuple<torch::Tensor, torch::Tensor> SpatialAttentionImpl::forward_with_attention(const torch::Tensor& x) {
-  detail::check_gate_input(x, -1, "SpatialAttention", conv->weight);
-  auto result = spatial_gate_reference(x, options.pool_order(), conv->weight, bn);
-  if (recording()) record(std::get<1>(result));
-  return result;
+void SpatialAttentionImpl::check_input(const torch::Tensor& x) const {
+  detail::check_gate_input(x, -1, block_name(), conv->weight);
 }
 
-torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
-
-torch::Tensor SpatialAttentionImpl::forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  return run(x, shortcut);
+std::tuple<torch::Tensor, torch::Tensor> SpatialAttentionImpl::forward_composite(const torch::Tensor& x) {
+  return spatial_gate_reference(x, options.pool_order(), conv->weight, bn);
 }
 
-torch::Tensor SpatialAttentionImpl::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  detail::check_gate_input(x, -1, "SpatialAttention", conv->weight);
-  if (detail::use_fused(options.impl(), x, recording(), "SpatialAttention")) {
-    // The fused CBAM op with no channel gate (g = 1).
-    ops::CbamWeights w;
-    ops::CbamConfig cfg;
-    cfg.relu = shortcut.defined();
-    if (detail::add_spatial_gate(*this, w, cfg)) {
-      auto y = ops::cbam(x, w, cfg, shortcut);
-      detail::count_batch(*this, cfg);
-      return y;
-    }
+torch::Tensor SpatialAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
+  // The fused CBAM op with no channel gate (g = 1).
+  ops::CbamWeights w;
+  ops::CbamConfig cfg;
+  cfg.relu = shortcut.defined();
+  if (!detail::add_spatial_gate(*this, w, cfg)) {
     TORCH_CHECK(options.impl() != Implementation::Fused,
                 "SpatialAttention: impl=fused cannot run a BatchNorm with cumulative-average momentum");
+    return {};
   }
-  return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);
+  auto y = ops::cbam(x, w, cfg, shortcut);
+  detail::count_batch(*this, cfg);
+  return y;
+}
+
+torch::Tensor SpatialAttentionImpl::spatial_map(const std::optional<Position2d>& /*query*/) const {
+  return last_attention().squeeze(1);
 }
 
 void SpatialAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -25,8 +25,8 @@
 #pragma once
 
 #include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/gate.h>
 #include <attnkit/modules/implementation.h>
-#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -71,21 +71,19 @@ struct SpatialAttentionOptions {
   }
 };
 
+/// CBAM's spatial gate; forward, forward_add_relu and forward_with_attention come from Gate
+/// (gate.h). In training mode the BatchNorm uses batch statistics and updates its running ones.
 class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>,
-                             public AttentionMapRecorder,
-                             public ResidualEpilogue {
+                             public Gate,
+                             public SpatialMapSource {
  public:
   explicit SpatialAttentionImpl(const SpatialAttentionOptions& options = {});
   void reset() override;
-  /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · map, same shape.
-  /// In training mode the BatchNorm uses batch statistics and updates its running ones.
-  torch::Tensor forward(const torch::Tensor& x);
-  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
-  /// forward runs fused (see residual_epilogue.h).
-  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
-  /// forward(x) and the N×1×H×W map; records the map when recording() is on.
-  std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
+  /// The recorded map m as [N, H, W].
+  torch::Tensor spatial_map(const std::optional<Position2d>& query) const override;
 
   SpatialAttentionOptions options;
   torch::nn::Conv2d conv{nullptr};
@@ -93,8 +91,9 @@ class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>,
   torch::nn::BatchNorm2d bn{nullptr};
 
  private:
-  /// forward (shortcut undefined) or forward_add_relu.
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
+  void check_input(const torch::Tensor& x) const override;
+  std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
 };
 
 TORCH_MODULE(SpatialAttention);

@@ -12,14 +12,10 @@
 //     the nearest multiple of 8 and at least 8, not the paper's C / 16. Set `rd_divisor(0)` for the
 //     paper's floor(C / reduction) (at least 1), or `rd_channels` to give R directly.
 // The attention map (AttentionMapRecorder) is the N×C gate s.
-//
-// This header also holds the two helpers every gate of attnkit shares (hidden-width rounding and
-// input validation), so the channel gates agree on both.
 #pragma once
 
-#include <attnkit/modules/attention_map.h>
+#include <attnkit/modules/gate.h>
 #include <attnkit/modules/implementation.h>
-#include <attnkit/modules/residual_epilogue.h>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -28,25 +24,9 @@
 #include <torch/types.h>
 
 #include <ostream>
-#include <string>
 #include <tuple>
 
 namespace attnkit {
-
-/// Hidden width of a gate's bottleneck MLP for `channels` inputs and a reduction ratio.
-///  - `rd_divisor` > 0: timm's make_divisible(channels / reduction, rd_divisor, round_limit=0):
-///    round to the nearest multiple of rd_divisor, at least rd_divisor.
-///  - `rd_divisor` == 0: floor(channels / reduction) as the official SE and CBAM code (C // r),
-///    but at least 1 (the official code would build an empty layer for C < r).
-int64_t reduced_channels(int64_t channels, int64_t reduction, int64_t rd_divisor);
-
-namespace detail {
-/// Checks that `x` is a floating [N, channels, H, W] tensor (channels < 0: any count ≥ 1) with
-/// H, W ≥ 1, and, when `like` is defined, that it has the device and dtype of `like` (a parameter).
-/// Errors name the block, e.g. "CBAM: expected input of shape [N, 256, H, W], got [2, 128, 7, 7]".
-void check_gate_input(const torch::Tensor& x, int64_t channels, const char* block,
-                      const torch::Tensor& like = {});
-}  // namespace detail
 
 /// Options of SqueezeExcite.
 struct SqueezeExciteOptions {
@@ -66,20 +46,14 @@ struct SqueezeExciteOptions {
   TORCH_ARG(Implementation, impl) = Implementation::Auto;
 };
 
-class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>,
-                          public AttentionMapRecorder,
-                          public ResidualEpilogue {
+/// The SE gate; forward, forward_add_relu and forward_with_attention come from Gate (gate.h).
+class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>, public Gate {
  public:
   explicit SqueezeExciteImpl(const SqueezeExciteOptions& options);
   void reset() override;
-  /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x · gate, same shape.
-  torch::Tensor forward(const torch::Tensor& x);
-  /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
-  /// forward runs fused (see residual_epilogue.h).
-  torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) override;
-  /// forward(x) and the N×C gate; records the gate when recording() is on.
-  std::tuple<torch::Tensor, torch::Tensor> forward_with_attention(const torch::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
+  Implementation implementation() const override { return options.impl(); }
+  void set_implementation(Implementation impl) override { options.impl(impl); }
 
   /// The hidden width R actually used.
   int64_t hidden_channels() const { return hidden_; }
@@ -89,9 +63,11 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>,
   torch::nn::Conv2d fc2{nullptr};
 
  private:
+  void check_input(const torch::Tensor& x) const override;
+  std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+
   int64_t hidden_ = 0;
-  /// forward (shortcut undefined) or forward_add_relu.
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
 };
 
 TORCH_MODULE(SqueezeExcite);

@@ -91,7 +91,7 @@ TEST(ResNetParity, CifarResNet20OptionsAandB) {
     SCOPED_TRACE("shortcut " + option);
     auto refs = attnkit::testing::load_refs("backbones_cifar_resnet20" + option);
     if (refs.empty()) GTEST_SKIP() << "no Python references on this machine";
-    CifarResNet model(CifarResNetOptions(20).shortcut(option));
+    CifarResNet model(CifarResNetOptions(20).shortcut(parse_shortcut(option)));
     auto state = attnkit::testing::with_prefix(refs, "state.");
     auto report = load_state_dict(*model, state, /*strict=*/true);
     EXPECT_EQ(report.loaded.size(), state.size());
@@ -196,7 +196,7 @@ TEST(ResNet, FeaturesShapesAndSeparableHead) {
 }
 
 TEST(ResNet, SmallStemWidthAndInputChannels) {
-  ResNet model(ResNetOptions(18).stem("small").width(0.25).in_channels(1).num_classes(3));
+  ResNet model(ResNetOptions(18).stem(Stem::Small).width(0.25).in_channels(1).num_classes(3));
   auto f = model->features(torch::randn({1, 1, 28, 28}));
   EXPECT_EQ(f[0].sizes(), (std::vector<int64_t>{1, 16, 28, 28}));  // 3×3/1 stem, no pool
   EXPECT_EQ(f[3].sizes(), (std::vector<int64_t>{1, 128, 4, 4}));
@@ -255,7 +255,7 @@ TEST(ResNet, EveryDepthRunsWithEveryAttention) {
     const int64_t size = local ? 56 : 64;
     for (int64_t depth : {18, 50}) {
       SCOPED_TRACE("resnet" + std::to_string(depth) + "-" + attn);
-      auto o = ResNetOptions(depth).attention(attn).num_classes(5).stem(local ? "small" : "imagenet");
+      auto o = ResNetOptions(depth).attention(attn).num_classes(5).stem(local ? Stem::Small : Stem::ImageNet);
       check(*ResNet(o.width(depth == 50 ? 0.25 : (local ? 0.5 : 1.0))), torch::randn({1, 3, size, size}), 5);
     }
     SCOPED_TRACE("resnet20-" + attn);
@@ -265,7 +265,7 @@ TEST(ResNet, EveryDepthRunsWithEveryAttention) {
 
 TEST(ResNet, TrainsOneStepAndClones) {
   torch::manual_seed(1);
-  ResNet model(ResNetOptions(18).stem("small").width(0.125).num_classes(3));
+  ResNet model(ResNetOptions(18).stem(Stem::Small).width(0.125).num_classes(3));
   auto x = torch::randn({4, 3, 16, 16});
   auto loss = torch::nn::functional::cross_entropy(model->forward(x), torch::tensor({0, 1, 2, 0}));
   loss.backward();
@@ -282,7 +282,7 @@ TEST(CifarResNet, StructureAndParameterCounts) {
   // Option A counts (He et al. 2016, table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M).
   const std::pair<int64_t, double> known[] = {{20, 0.27e6}, {32, 0.46e6}, {44, 0.66e6}, {56, 0.85e6}, {110, 1.7e6}};
   for (const auto& [depth, count] : known) {
-    CifarResNet model(CifarResNetOptions(depth).shortcut("A"));
+    CifarResNet model(CifarResNetOptions(depth).shortcut(Shortcut::A));
     EXPECT_NEAR(count_params(*model) / count, 1.0, 0.02) << depth;
     // Option B adds the two projections: 16·32 + 2·32 and 32·64 + 2·64.
     CifarResNet b{CifarResNetOptions(depth)};
@@ -302,8 +302,8 @@ TEST(Registry, NamesRoundTrip) {
     EXPECT_EQ(model->config().name(), name);
     EXPECT_EQ(parse_model_name(name), model->config());
   }
-  EXPECT_EQ(make_model("resnet20")->config().family, "cifar_resnet");
-  EXPECT_EQ(make_model("resnet50")->config().family, "resnet");
+  EXPECT_EQ(make_model("resnet20")->config().family, ModelFamily::CifarResNet);
+  EXPECT_EQ(make_model("resnet50")->config().family, ModelFamily::ResNet);
   EXPECT_EQ(make_model("cifar_resnet26", 100)->config().num_classes, 100);
   EXPECT_EQ(make_model("cifar_resnet26")->config().name(), "cifar_resnet26");
   auto gray = make_model("resnet18", 4, 1);
@@ -335,15 +335,16 @@ TEST(Registry, ErrorsListValidNames) {
 
 TEST(ResNet, BadOptionsAndInputs) {
   EXPECT_THAT(error_of([] { ResNet(19); }), HasSubstr("depth must be one of 18, 34, 50, 101, 152, got 19"));
-  EXPECT_THAT(error_of([] { ResNet(ResNetOptions(18).stem("tiny")); }), HasSubstr("stem must be \"imagenet\" or \"small\""));
+  EXPECT_THAT(error_of([] { parse_stem("tiny"); }), HasSubstr("stem must be \"imagenet\" or \"small\", got \"tiny\""));
   EXPECT_THAT(error_of([] { ResNet(ResNetOptions(18).num_classes(0)); }), HasSubstr("num_classes must be positive"));
   EXPECT_THAT(error_of([] { ResNet(ResNetOptions(18).width(0.0)); }), HasSubstr("width must give at least 1 channel"));
   EXPECT_THAT(error_of([] { ResNet(ResNetOptions(18).attention_per_stage({"", ""})); }),
               HasSubstr("attention_per_stage must have 4 names"));
   EXPECT_THAT(error_of([] { ResNet(ResNetOptions(18).attention("bogus")); }), HasSubstr("unknown attention name \"bogus\""));
   EXPECT_THAT(error_of([] { CifarResNet(21); }), HasSubstr("depth must be 6n+2"));
-  EXPECT_THAT(error_of([] { CifarResNet(CifarResNetOptions(20).shortcut("C")); }),
-              HasSubstr("shortcut must be \"A\" or \"B\""));
+  EXPECT_THAT(error_of([] { parse_shortcut("C"); }), HasSubstr("shortcut must be \"A\" or \"B\", got \"C\""));
+  EXPECT_THAT(error_of([] { parse_model_family("vgg"); }),
+              HasSubstr("family must be \"resnet\" or \"cifar_resnet\", got \"vgg\""));
   auto model = resnet18("", 3);
   EXPECT_THAT(error_of([&] { model->forward(torch::randn({1, 4, 32, 32})); }),
               HasSubstr("expected input of shape [N, 3, H, W], got [1, 4, 32, 32]"));

@@ -63,7 +63,7 @@ void write_bytes(const std::string& path, const std::vector<char>& bytes) {
 /// A small model with non-trivial weights and BatchNorm statistics.
 ResNet small_model(const std::string& attention = "") {
   torch::manual_seed(3);
-  ResNet model(ResNetOptions(18).stem("small").width(0.125).num_classes(3).attention(attention));
+  ResNet model(ResNetOptions(18).stem(Stem::Small).width(0.125).num_classes(3).attention(attention));
   torch::NoGradGuard no_grad;
   for (auto& b : model->named_buffers())
     if (b.key().find("running_") != std::string::npos) b.value().uniform_(0.5, 1.5);
@@ -94,7 +94,7 @@ TEST(Checkpoint, RoundTripIsExact) {
   auto model = small_model();
   const std::vector<std::string> classes = {"cat", "dog", "bird"};
   Preprocessing pre = Preprocessing::small(32, {0.5, 0.4, 0.3}, {0.2, 0.25, 0.3});
-  pre.color_order = "BGR";
+  pre.color_order = ColorOrder::BGR;
   pre.pixel_scale = 1.0 / 3.0;  // not exactly representable: JSON must keep every bit
   const auto saved = make_checkpoint(*model, classes, pre, {{"dataset", "toy"}, {"note", "ünïcode \"quoted\""}});
   save_checkpoint(saved, dir.file("m.attnkit"));
@@ -103,7 +103,7 @@ TEST(Checkpoint, RoundTripIsExact) {
   EXPECT_EQ(read.config, model->config());
   EXPECT_EQ(read.config.name(), "resnet18");
   EXPECT_EQ(read.config.width, 0.125);
-  EXPECT_EQ(read.config.stem, "small");
+  EXPECT_EQ(read.config.stem, Stem::Small);
   EXPECT_EQ(read.class_names, classes);
   EXPECT_EQ(read.preprocessing, pre);
   EXPECT_EQ(read.metadata, saved.metadata);
@@ -139,10 +139,10 @@ TEST(Checkpoint, RoundTripCifarAndAttention) {
 
 TEST(Checkpoint, ImagenetPreprocessingDefaults) {
   const auto p = Preprocessing::imagenet();
-  EXPECT_EQ(p.color_order, "RGB");
-  EXPECT_EQ(p.resize, "shorter_side");
+  EXPECT_EQ(p.color_order, ColorOrder::RGB);
+  EXPECT_EQ(p.resize, Resize::ShorterSide);
   EXPECT_EQ(p.resize_size, 256);
-  EXPECT_EQ(p.crop, "center");
+  EXPECT_EQ(p.crop, Crop::Center);
   EXPECT_EQ(p.input_height, 224);
   EXPECT_EQ(p.input_width, 224);
   EXPECT_EQ(p.mean, (std::vector<double>{0.485, 0.456, 0.406}));
@@ -356,6 +356,44 @@ TEST(Checkpoint, ConfigAndWeightsMismatch) {
               HasSubstr("mean and std must have one entry per input channel (3)"));
 }
 
+TEST(Checkpoint, UnknownConfigValuesAreErrors) {
+  // A checkpoint whose config names a value this attnkit does not know (a newer writer's stem, say)
+  // must be refused by name, not built with a guess.
+  TempDir dir;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(sample_checkpoint(), path);
+  const auto root = torch::pickle_load(read_bytes(path)).toGenericDict();
+  const std::string config = root.at(std::string("config")).toStringRef();
+  StateDict state;
+  for (const auto& item : root.at(std::string("state")).toGenericDict())
+    state[item.key().toStringRef()] = item.value().toTensor();
+  const auto with_value = [&](const std::string& from, const std::string& to) {
+    const auto at = config.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    auto edited = root.copy();
+    const std::string text = std::string(config).replace(at, from.size(), to);
+    edited.insert_or_assign(std::string("config"), text);
+    edited.insert_or_assign(std::string("checksum"), attnkit::detail::checkpoint_checksum(text, state));
+    const auto file = dir.file("edited.attnkit");
+    write_bytes(file, torch::pickle_save(edited));
+    return error_of([&] { read_checkpoint(file); });
+  };
+  EXPECT_THAT(with_value("\"stem\": \"small\"", "\"stem\": \"tiny\""),
+              HasSubstr("config field model.stem must be \"imagenet\" or \"small\", got \"tiny\""));
+  EXPECT_THAT(with_value("\"family\": \"resnet\"", "\"family\": \"vgg\""),
+              HasSubstr("config field model.family must be \"resnet\" or \"cifar_resnet\", got \"vgg\""));
+  EXPECT_THAT(with_value("\"shortcut\": \"B\"", "\"shortcut\": \"C\""),
+              HasSubstr("config field model.shortcut must be \"A\" or \"B\", got \"C\""));
+  EXPECT_THAT(with_value("\"resize\": \"stretch\"", "\"resize\": \"fit\""),
+              HasSubstr("config field preprocessing.resize must be \"shorter_side\", \"stretch\" or \"none\", got \"fit\""));
+  EXPECT_THAT(with_value("\"crop\": \"none\"", "\"crop\": \"corner\""),
+              HasSubstr("config field preprocessing.crop must be \"center\" or \"none\""));
+  EXPECT_THAT(with_value("\"color_order\": \"RGB\"", "\"color_order\": \"rgb\""),
+              HasSubstr("config field preprocessing.color_order must be \"RGB\", \"BGR\" or \"GRAY\", got \"rgb\""));
+  // The untouched file still reads: the edit, not the re-signing, is what is refused.
+  EXPECT_EQ(with_value("\"stem\": \"small\"", "\"stem\": \"small\""), "<no error>");
+}
+
 // ---- state-dict import -------------------------------------------------------------------------
 
 TEST(StateDictImport, MissingUnexpectedAndShapeMismatch) {
@@ -427,7 +465,7 @@ TEST(StateDictImport, PartialLoadLeavesAttentionAtInit) {
   auto it = std::find_if(names.begin(), names.end(), [](const std::string& n) { return !n.empty(); });
   if (it == names.end()) GTEST_SKIP() << "no attention registered in make_attention yet";
   auto plain = small_model();
-  ResNet with(ResNetOptions(18).stem("small").width(0.125).num_classes(3).attention(*it));
+  ResNet with(ResNetOptions(18).stem(Stem::Small).width(0.125).num_classes(3).attention(*it));
   StateDict attn_before;
   for (const auto& p : with->named_parameters())
     if (p.key().find(".attn.") != std::string::npos) attn_before[p.key()] = p.value().clone();

@@ -87,7 +87,7 @@ ExplainOptions with(ExplainMethod m, std::vector<std::string> layers = {}, int64
 /// channel 0 at the same place, the odd ones only input channel 1, and fc reads class 0 from the
 /// even channels, class 1 from the odd ones.
 ResNet quadrant_model() {
-  ResNet model(ResNetOptions(18).in_channels(2).num_classes(2).width(1.0 / 16).stem("small"));
+  ResNet model(ResNetOptions(18).in_channels(2).num_classes(2).width(1.0 / 16).stem(Stem::Small));
   torch::NoGradGuard no_grad;
   for (auto& item : model->named_parameters()) {
     auto& p = item.value();

@@ -223,7 +223,7 @@ TEST(Training, ShortRunLowersTheLossAndWritesCheckpoints) {
   EXPECT_EQ(info.preprocessing.mean, mean);
   EXPECT_EQ(info.preprocessing.std, stdev);
   EXPECT_EQ(info.preprocessing.input_height, 12);
-  EXPECT_EQ(info.preprocessing.color_order, "GRAY");
+  EXPECT_EQ(info.preprocessing.color_order, attnkit::ColorOrder::Gray);
   EXPECT_EQ(info.config.in_channels, 1);
   EXPECT_EQ(info.config.num_classes, 10);
   EXPECT_DOUBLE_EQ(info.config.width, 0.5);

@@ -210,7 +210,8 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   config.width = o.width;
   // The ImageNet stem (7×7/2 conv + max-pool) would shrink a 28 px image to 7 px before the first
   // stage; small images get the 3×3/1 stem.
-  if (config.family == "resnet" && std::max(train_data.height(), train_data.width()) < 64) config.stem = "small";
+  if (config.family == ModelFamily::ResNet && std::max(train_data.height(), train_data.width()) < 64)
+    config.stem = Stem::Small;
   auto model = build_model(config);
   torch::nn::Module& module = model->module();
   module.to(device);
@@ -222,7 +223,7 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   const Normalization norm{mean, stdev};
   Preprocessing pre = Preprocessing::small(train_data.height(), mean, stdev);
   pre.input_width = train_data.width();
-  pre.color_order = train_data.channels() == 1 ? "GRAY" : "RGB";
+  pre.color_order = train_data.channels() == 1 ? ColorOrder::Gray : ColorOrder::RGB;
   const auto train_images = train_data.images.to(device), train_labels = train_data.labels.to(device);
   const auto val_images = has_val ? val_data.images.to(device) : torch::Tensor();
   const auto val_labels = has_val ? val_data.labels.to(device) : torch::Tensor();

@@ -50,7 +50,7 @@ cv::Mat resize_to(const cv::Mat& img, int width, int height) {
 
 NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   TORCH_CHECK(!bgr.empty() && bgr.type() == CV_8UC3, "prepare_input: expected an 8-bit BGR image");
-  const int64_t channels = pre.color_order == "GRAY" ? 1 : 3;
+  const int64_t channels = pre.color_order == ColorOrder::Gray ? 1 : 3;
   pre.validate(channels);
   const int in_w = static_cast<int>(pre.input_width), in_h = static_cast<int>(pre.input_height);
 
@@ -58,13 +58,13 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   // one channel is cheaper); BGR→RGB only permutes channels, which commutes with a per-channel
   // resize, so it runs on the small resized image instead of the full frame.
   cv::Mat img;
-  if (pre.color_order == "GRAY") cv::cvtColor(bgr, img, cv::COLOR_BGR2GRAY);
+  if (pre.color_order == ColorOrder::Gray) cv::cvtColor(bgr, img, cv::COLOR_BGR2GRAY);
   else img = bgr;
 
   // Resize; sx, sy map original pixels to resized pixels.
-  if (pre.resize == "stretch") {
+  if (pre.resize == Resize::Stretch) {
     img = resize_to(img, in_w, in_h);
-  } else if (pre.resize == "shorter_side") {
+  } else if (pre.resize == Resize::ShorterSide) {
     const int64_t s = pre.resize_size;
     int64_t w = img.cols, h = img.rows;
     if (w <= h) {  // torchvision: the long side is truncated, not rounded
@@ -81,7 +81,7 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   // Crop (or check) to the input size; (left, top) is the crop's corner in resized pixels.
   int left = 0, top = 0;
   if (img.cols != in_w || img.rows != in_h) {
-    if (pre.crop != "center")
+    if (pre.crop != Crop::Center)
       throw std::runtime_error("image is " + std::to_string(img.cols) + "x" + std::to_string(img.rows) +
                                " after resizing but the model takes " + std::to_string(in_w) + "x" +
                                std::to_string(in_h) + " and its preprocessing has no crop");
@@ -105,7 +105,7 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   out.window.input_height = in_h;
   out.window.region = cv::Rect2d(left / sx, top / sy, in_w / sx, in_h / sy);
 
-  if (pre.color_order == "RGB") cv::cvtColor(img, img, cv::COLOR_BGR2RGB);
+  if (pre.color_order == ColorOrder::RGB) cv::cvtColor(img, img, cv::COLOR_BGR2RGB);
 
   // HWC uint8 → normalised CHW float in one loop, in the float operations and order of
   // torchvision's ToTensor + Normalize ((v · scale − mean) / std, each rounded to float), so results
