@@ -8,7 +8,7 @@
 #include "commands.h"
 #include "validators.h"
 
-#include "train/device.h"
+#include "common/device.h"
 
 #include <attnkit/attnkit.h>
 #include <attnkit/modules/ops/neighborhood_attention.h>
@@ -251,7 +251,7 @@ int run_bench(const BenchArgs& args) {
                                    : torch::Device(args.device);
   TORCH_CHECK(!device.is_cuda() || torch::cuda::is_available(), "bench: --device cuda but no CUDA device is available");
   if (args.threads > 0) torch::set_num_threads(args.threads);
-  const auto dtype = train::dtype_from_name(args.dtype);
+  const auto dtype = common::dtype_from_name(args.dtype);
   torch::manual_seed(0);
 
   std::vector<nlohmann::json> rows;

@@ -8,9 +8,9 @@
 
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
-#include "train/progress.h"
+#include "common/device.h"
+#include "common/files.h"
+#include "common/progress.h"
 #include "vision/image_list.h"
 #include "vision/prefetch.h"
 
@@ -134,9 +134,9 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   for (const auto& w : found.warnings) std::cerr << "attnkit classify: warning: " << w << "\n";
   if (found.files.empty()) return usage_error("no image files found in the inputs");
 
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
+  common::configure_threads(a.threads);
+  const std::string device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(device_name);
   const torch::Device device(device_name);
   const std::string weights = weights_or_bundled(a.weights);
   Checkpoint info;
@@ -157,7 +157,7 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   // A bar only when it does not mix with results printed on the same terminal.
   const size_t total = found.files.size();
   const bool bar_wanted = total >= kProgressMinFiles && (!a.output.empty() || ::isatty(1) != 1);
-  train::ProgressBar bar("classify", static_cast<int64_t>(total), true);
+  common::ProgressBar bar("classify", static_cast<int64_t>(total), true);
 
   c10::InferenceMode inference;
   const auto start = std::chrono::steady_clock::now();
@@ -214,7 +214,7 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   if (!pending.empty()) flush();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  if (!a.output.empty()) train::write_file_atomic(a.output, buffered.str());
+  if (!a.output.empty()) common::write_file_atomic(a.output, buffered.str());
   char summary[192];
   std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)",
                 done, done == 1 ? "" : "s", failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),

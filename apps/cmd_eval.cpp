@@ -2,14 +2,14 @@
 // format `attnkit train` reads (IDX test split by default), as text, JSON (--json) and, with OpenCV,
 // a PNG picture of the confusion matrix.
 #include "commands.h"
+#include "image_readers.h"
 
 #include "bundled.h"
 
+#include "common/device.h"
 #include "train/data_source.h"
-#include "train/device.h"
 #include "train/metrics.h"
 #ifdef ATTNKIT_HAVE_OPENCV
-#include "vision/image_folder.h"
 #include "vision/plot.h"
 #endif
 
@@ -37,18 +37,10 @@ struct EvalArgs {
   std::string png;
 };
 
-train::ImageReaders image_readers() {
-#ifdef ATTNKIT_HAVE_OPENCV
-  return vision::opencv_image_readers();
-#else
-  return {};
-#endif
-}
-
 int run_eval(EvalArgs& a) {
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
+  common::configure_threads(a.threads);
+  const std::string device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(device_name);
   const torch::Device device(device_name);
 #ifndef ATTNKIT_HAVE_OPENCV
   if (!a.png.empty()) throw std::runtime_error("--png: this attnkit was built without OpenCV and cannot draw pictures");

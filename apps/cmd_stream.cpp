@@ -10,8 +10,8 @@
 #ifdef ATTNKIT_HAVE_OPENCV  // the whole command needs OpenCV (video, windows)
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
+#include "common/device.h"
+#include "common/files.h"
 #include "vision/bounded_queue.h"
 #include "vision/frame_pipeline.h"
 #include "vision/heatmap.h"
@@ -126,7 +126,7 @@ std::string save_snapshot(const cv::Mat& image, const std::string& dir, int64_t 
   const std::string path = (folder / name.str()).string();
   std::vector<uchar> png;
   if (!cv::imencode(".png", image, png)) throw std::runtime_error(path + ": cannot encode the snapshot");
-  train::write_file_atomic(path, std::string(png.begin(), png.end()));
+  common::write_file_atomic(path, std::string(png.begin(), png.end()));
   return path;
 }
 
@@ -135,9 +135,9 @@ int run_stream(StreamArgs& a) {
   // AV_LOG_QUIET; set it yourself, e.g. to 24, to see FFmpeg's warnings again).
   cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
   ::setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
+  common::configure_threads(a.threads);
+  const std::string device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(device_name);
   const int colormap = vision::colormap_from_name(a.colormap);
   const bool display = !a.no_display;
   if (display && !std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY"))
@@ -149,7 +149,7 @@ int run_stream(StreamArgs& a) {
   auto model = load_checkpoint(weights_or_bundled(a.weights), &info);
   const torch::Device device(device_name);
   const torch::ScalarType dtype =
-      a.precision != "auto" ? train::dtype_from_name(a.precision)
+      a.precision != "auto" ? common::dtype_from_name(a.precision)
                             : (vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
   if (dtype == torch::kHalf && device.is_cpu())
     throw std::runtime_error("--precision float16 needs --device cuda (CPU convolutions have no fast float16 path); use bfloat16");
@@ -175,7 +175,7 @@ int run_stream(StreamArgs& a) {
   }
   info_out << "source: " << source.name() << ": " << vision::describe(mode) << "\n"
            << "model: " << info.config.name() << ", " << explain_method_name(first_view.method) << " maps, " << device_name << ", "
-           << train::dtype_name(dtype) << ", batch " << batch << "\n"
+           << common::dtype_name(dtype) << ", batch " << batch << "\n"
            << std::flush;
   if (display) cv::namedWindow(kWindow, cv::WINDOW_AUTOSIZE);
 

@@ -2,13 +2,13 @@
 // IDX files, a CSV of pixels, or, with OpenCV, an ImageFolder tree or a CSV of image paths.
 // The loop itself lives in train/trainer.h; this file turns the command line into its options.
 #include "commands.h"
+#include "image_readers.h"
 #include "validators.h"
 
+#include "common/device.h"
 #include "train/data_source.h"
-#include "train/device.h"
 #include "train/trainer.h"
 #ifdef ATTNKIT_HAVE_OPENCV
-#include "vision/image_folder.h"
 #include "vision/plot.h"
 #endif
 
@@ -36,23 +36,11 @@ struct TrainArgs {
   bool quiet = false;
 };
 
-train::ImageReaders image_readers() {
-#ifdef ATTNKIT_HAVE_OPENCV
-  return vision::opencv_image_readers();
-#else
-  return {};
-#endif
-}
-
-}  // namespace
-
-namespace {
-
 int run_train(TrainArgs& a) {
   auto& o = a.options;
-  train::configure_threads(a.threads);
-  o.device = train::resolve_device(a.device);
-  train::configure_cuda_speed(o.device);
+  common::configure_threads(a.threads);
+  o.device = common::resolve_device(a.device);
+  common::configure_cuda_speed(o.device);
   o.amp = a.amp == "auto" ? (o.device == "cuda" ? "bf16" : "off") : a.amp;
   // A loader thread pays off only where it has a core of its own: on CUDA (the CPU mostly waits) or
   // when LibTorch's threads leave one free. Measured on 2 cores with 2 threads (resnet20, batch 128):
@@ -104,7 +92,9 @@ int run_train(TrainArgs& a) {
   std::cout << "last epoch " << last.epoch << ": train accuracy " << 100 * last.train_acc << "% -> " << result.last_path << "\n";
 #ifdef ATTNKIT_HAVE_OPENCV
   const auto plot = (std::filesystem::path(o.out_dir) / "curves.png").string();
-  vision::plot_training_curves(result.history, plot);
+  std::vector<vision::EpochPoint> points;
+  for (const auto& r : result.history) points.push_back({r.train_loss, r.val_loss, r.train_acc, r.val_acc});
+  vision::plot_training_curves(points, plot);
   std::cout << "curves: " << plot << "\n";
 #else
   std::cout << "curves: not drawn (built without OpenCV); the numbers are in "

@@ -9,8 +9,8 @@
 
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
+#include "common/device.h"
+#include "common/files.h"
 #include "vision/heatmap.h"
 #include "vision/preprocess.h"
 
@@ -142,9 +142,9 @@ std::string file_part(std::string s) {
 class Visualizer {
  public:
   explicit Visualizer(VisualizeArgs& a) : a_(a) {
-    train::configure_threads(a.threads);
-    const std::string device_name = train::resolve_device(a.device);
-    train::configure_cuda_speed(device_name);
+    common::configure_threads(a.threads);
+    const std::string device_name = common::resolve_device(a.device);
+    common::configure_cuda_speed(device_name);
     a.weights = weights_or_bundled(a.weights);
     model_ = load_checkpoint(a.weights, &info_);
     model_->module().to(torch::Device(device_name));
@@ -272,7 +272,7 @@ class Visualizer {
     if (other_target) std::cout << "; maps for " << classes_[target] << " (class " << target << ")";
     std::cout << "; " << std::fixed << std::setprecision(1) << ms << " ms\n";
     for (const auto& o : outputs) {
-      train::write_file_atomic(o.path, o.bytes);
+      common::write_file_atomic(o.path, o.bytes);
       written_.insert(o.path);
       std::cout << "  wrote " << o.path << "\n";
     }

@@ -1,9 +1,10 @@
 #include "trainer.h"
 
-#include "device.h"
-#include "io.h"
 #include "loader.h"
-#include "progress.h"
+
+#include "common/device.h"
+#include "common/files.h"
+#include "common/progress.h"
 
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/registry.h>
@@ -104,7 +105,7 @@ void save_state(const std::string& path, const TrainOptions& options, const Stat
     bytes.append(static_cast<const char*>(data), size);
     return size;
   });
-  write_file_atomic(path, bytes);
+  common::write_file_atomic(path, bytes);
 }
 
 void load_state(const std::string& path, const TrainOptions& options, State& s, torch::nn::Module& model,
@@ -158,7 +159,7 @@ void load_state(const std::string& path, const TrainOptions& options, State& s, 
 void write_metrics(const std::string& path, const std::vector<EpochRecord>& history) {
   std::string text;
   for (const auto& r : history) text += to_json_line(r) + "\n";
-  write_file_atomic(path, text);
+  common::write_file_atomic(path, text);
 }
 
 }  // namespace
@@ -263,7 +264,7 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
     for (const auto& item : recipe_fingerprint(o)) recipe += (recipe.empty() ? "" : " ") + item;
     meta["recipe"] = recipe;
     Checkpoint ck = make_checkpoint(*model, train_data.classes, pre, meta);
-    const auto dtype = dtype_from_name(o.weights_dtype);
+    const auto dtype = common::dtype_from_name(o.weights_dtype);
     for (auto& [name, tensor] : ck.state)
       tensor = (tensor.is_floating_point() ? tensor.to(dtype) : tensor).contiguous();
     save_checkpoint(ck, path);
@@ -288,7 +289,7 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
     lo.prefetch = o.prefetch;
     lo.channels_last = o.channels_last;
     BatchLoader loader(train_images, train_labels, lo);
-    ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), loader.num_batches(), o.verbose);
+    common::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), loader.num_batches(), o.verbose);
     module.train();
     auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
     auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device));

@@ -5,7 +5,7 @@
 
 #include <string>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 /// The bytes of `path`; a gzip file (magic 1f 8b) is decompressed. Throws std::runtime_error naming
 /// the file when it cannot be opened, is not valid gzip, or when this build has no zlib.
@@ -23,4 +23,4 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 /// `path` when it exists, else `path + ".gz"` when that exists, else "".
 std::string find_maybe_gz(const std::string& path);
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

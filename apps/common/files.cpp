@@ -1,4 +1,4 @@
-#include "io.h"
+#include "files.h"
 
 #include <attnkit/backbones/checkpoint.h>
 
@@ -13,7 +13,7 @@
 #include <zlib.h>
 #endif
 
-namespace attnkit::train {
+namespace attnkit::common {
 namespace fs = std::filesystem;
 
 bool is_gzip(const std::string& bytes) {
@@ -87,4 +87,4 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common
