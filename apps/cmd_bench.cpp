@@ -8,7 +8,7 @@
 #include "commands.h"
 #include "validators.h"
 
-#include "train/device.h"
+#include "common/device.h"
 
 #include <attnkit/attnkit.h>
 #include <attnkit/modules/ops/neighborhood_attention.h>
@@ -179,6 +179,48 @@ std::vector<Impl> module_pair(Options opts, const torch::Tensor& x) {
           {"composite", [composite, x]() mutable { return composite->forward(x); }, true, [] {}, mode(composite)}};
 }
 
+/// LocalAttention2d fused and composite, and where the device has the kernel, the attention core
+/// alone: the fused op on q, k, v views of a channels-last qkv projection.
+std::vector<Impl> local_impls(const torch::Tensor& x) {
+  const int64_t C = x.size(1), heads = 4, k = 7;
+  auto impls = module_pair<LocalAttention2d>(LocalAttention2dOptions(C).heads(heads).kernel_size(k), x);
+  if (!ops::has_neighborhood_attention_kernel(x.device())) return impls;
+  auto qkv = torch::randn({x.size(0), 3 * C, x.size(2), x.size(3)}, x.options())
+                 .contiguous(torch::MemoryFormat::ChannelsLast)
+                 .requires_grad_(x.requires_grad());
+  auto rpb = (torch::randn({heads, 2 * k - 1, 2 * k - 1}, x.options()) * 0.02).requires_grad_(x.requires_grad());
+  const auto core = [qkv, rpb, heads, k]() {
+    auto [q, kk, v] = ops::split_qkv(qkv, heads);
+    return ops::neighborhood_attention(q, kk, v, rpb, k);
+  };
+  const auto drop_grads = [qkv, rpb]() mutable {
+    qkv.mutable_grad().reset();
+    rpb.mutable_grad().reset();
+  };
+  impls.push_back({"op", core, true, drop_grads});
+  return impls;
+}
+
+/// 4 heads of 64 for the default 256 channels, with a relative position bias for this map size:
+/// "fused" runs ops::relpos_attention, "composite" SDPA with the bias expanded into a mask.
+std::vector<Impl> self_attention_impls(const torch::Tensor& x) {
+  const int64_t C = x.size(1), heads = std::max<int64_t>(1, C / 64), N = x.size(0), H = x.size(2), W = x.size(3), L = H * W;
+  auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
+  // The block without a bias: the fused op against SDPA (what Auto runs there).
+  for (auto& impl : module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x))
+    impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward, true, [] {}, impl.set_training});
+  // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
+  // and ATen's own scaled_dot_product_attention (no bias).
+  const bool grad = x.requires_grad();
+  auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(grad);
+  auto k = torch::randn_like(q).requires_grad_(grad), v = torch::randn_like(q).requires_grad_(grad);
+  auto table = (torch::randn({(2 * H - 1) * (2 * W - 1), heads}, x.options()) * 0.02).requires_grad_(grad);
+  impls.push_back({"core+bias", [=]() { return ops::relpos_attention(q, k, v, table, H, W); }});
+  impls.push_back({"core", [=]() { return ops::relpos_attention(q, k, v, torch::Tensor(), H, W); }});
+  impls.push_back({"sdpa", [q, k, v]() { return at::scaled_dot_product_attention(q, k, v); }});
+  return impls;
+}
+
 std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
   const int64_t C = x.size(1);
   if (op == "cbam") return module_pair<CBAM>(CBAMOptions(C), x);
@@ -186,46 +228,8 @@ std::vector<Impl> impls_for(const std::string& op, const torch::Tensor& x) {
   if (op == "se") return module_pair<SqueezeExcite>(SqueezeExciteOptions(C), x);
   if (op == "spatial") return module_pair<SpatialAttention>(SpatialAttentionOptions(), x);
   if (op == "eca") return module_pair<ECA>(ECAOptions(C), x);
-  if (op == "local") {
-    const int64_t heads = 4, k = 7;
-    auto impls = module_pair<LocalAttention2d>(LocalAttention2dOptions(C).heads(heads).kernel_size(k), x);
-    if (ops::has_neighborhood_attention_kernel(x.device())) {
-      // The attention core alone: the fused op on q, k, v views of a channels-last qkv projection.
-      auto qkv = torch::randn({x.size(0), 3 * C, x.size(2), x.size(3)}, x.options())
-                     .contiguous(torch::MemoryFormat::ChannelsLast)
-                     .requires_grad_(x.requires_grad());
-      auto rpb = (torch::randn({heads, 2 * k - 1, 2 * k - 1}, x.options()) * 0.02).requires_grad_(x.requires_grad());
-      impls.push_back({"op",
-                       [qkv, rpb, heads, k]() {
-                         auto [q, kk, v] = ops::split_qkv(qkv, heads);
-                         return ops::neighborhood_attention(q, kk, v, rpb, k);
-                       },
-                       true, [qkv, rpb]() mutable {
-                         qkv.mutable_grad().reset();
-                         rpb.mutable_grad().reset();
-                       }});
-    }
-    return impls;
-  }
-  if (op == "self") {
-    // 4 heads of 64 for the default 256 channels, with a relative position bias for this map size:
-    // "fused" runs ops::relpos_attention, "composite" SDPA with the bias expanded into a mask.
-    const int64_t heads = std::max<int64_t>(1, C / 64), N = x.size(0), H = x.size(2), W = x.size(3), L = H * W;
-    auto impls = module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads).rel_pos(true).feat_size({H, W}), x);
-    // The block without a bias: the fused op against SDPA (what Auto runs there).
-    for (auto& impl : module_pair<SelfAttention2d>(SelfAttention2dOptions(C).heads(heads), x))
-      impls.push_back({"nobias-" + (impl.name == "fused" ? impl.name : std::string("sdpa")), impl.forward, true, [] {}, impl.set_training});
-    // The attention core alone on q, k, v of the same sizes: attnkit's op with and without the bias,
-    // and ATen's own scaled_dot_product_attention (no bias).
-    const bool grad = x.requires_grad();
-    auto q = torch::randn({N, heads, L, C / heads}, x.options()).requires_grad_(grad);
-    auto k = torch::randn_like(q).requires_grad_(grad), v = torch::randn_like(q).requires_grad_(grad);
-    auto table = (torch::randn({(2 * H - 1) * (2 * W - 1), heads}, x.options()) * 0.02).requires_grad_(grad);
-    impls.push_back({"core+bias", [=]() { return ops::relpos_attention(q, k, v, table, H, W); }});
-    impls.push_back({"core", [=]() { return ops::relpos_attention(q, k, v, torch::Tensor(), H, W); }});
-    impls.push_back({"sdpa", [q, k, v]() { return at::scaled_dot_product_attention(q, k, v); }});
-    return impls;
-  }
+  if (op == "local") return local_impls(x);
+  if (op == "self") return self_attention_impls(x);
   TORCH_CHECK(false, "bench: unknown op ", op);
 }
 
@@ -245,110 +249,148 @@ std::vector<Impl> resnet_impls(const std::string& op, const torch::Tensor& x, co
           {"fused", [fused, x]() { return fused->forward(x); }, false}};
 }
 
-int run_bench(const BenchArgs& args) {
-  const torch::Device device = args.device == "auto"
-                                   ? (torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU))
-                                   : torch::Device(args.device);
+// ---- plan: the device, and per op its input and what to time ----------------------------------------
+
+torch::Device bench_device(const std::string& name) {
+  const torch::Device device = name == "auto" ? (torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU))
+                                              : torch::Device(name);
   TORCH_CHECK(!device.is_cuda() || torch::cuda::is_available(), "bench: --device cuda but no CUDA device is available");
-  if (args.threads > 0) torch::set_num_threads(args.threads);
-  const auto dtype = train::dtype_from_name(args.dtype);
-  torch::manual_seed(0);
+  return device;
+}
 
-  std::vector<nlohmann::json> rows;
-  for (const auto& op : args.ops) {
-    const bool resnet = op.rfind("resnet", 0) == 0;
-    std::vector<int64_t> shape = args.shape;
-    if (shape.empty()) {
-      if (resnet) shape = {1, 3, 224, 224};
-      else if (op == "local") shape = {2, 128, 56, 56};
-      else if (op == "self") shape = {1, 256, 56, 56};
-      else shape = {8, 256, 56, 56};
-    }
-    TORCH_CHECK(shape.size() == 4, "bench: --shape must be N,C,H,W, got ", shape.size(), " numbers");
-    if (args.batch > 0) shape[0] = args.batch;
-    auto x = torch::randn(shape, torch::TensorOptions().device(device).dtype(dtype));
-    if (!resnet) x.requires_grad_(true);  // forward passes run under NoGradGuard
-    std::vector<Impl> impls = resnet ? resnet_impls(op, x, args) : impls_for(op, x);
-    // The yardstick: copying x once (read + write), what any elementwise pass at least costs.
-    auto out = torch::empty_like(x);
-    impls.push_back({"copy", [x, out]() mutable { return out.copy_(x.detach()); }, false});
+bool is_resnet(const std::string& op) { return op.rfind("resnet", 0) == 0; }
 
-    std::vector<std::string> passes;
-    if (args.pass != "backward") passes.push_back("forward");
-    if (args.pass != "forward" && !resnet) passes.push_back("backward");
-    for (const auto& pass : passes) {
-      for (auto& impl : impls) impl.set_training(pass == "backward");
-      std::vector<std::string> names;
-      std::vector<std::function<void()>> fns;
-      std::map<std::string, int64_t> peak;
-      for (auto& impl : impls) {
-        if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
-        std::function<void()> fn;
-        if (pass == "forward" || impl.name == "copy") {
-          fn = [&impl]() {
-            torch::NoGradGuard no_grad;
-            impl.forward();
-          };
-        } else {
-          fn = [&impl, &x]() {
-            auto y = impl.forward();
-            y.backward(torch::ones_like(y));
-            x.mutable_grad().reset();  // no accumulation pass between iterations
-            impl.after_backward();
-          };
-        }
-        names.push_back(impl.name);
-        fns.push_back(fn);
-      }
-      std::map<std::string, Timing> t;
-      const auto timings = time_interleaved(fns, device, args.warmup, args.iters);
-      for (size_t i = 0; i < fns.size(); ++i) {
-        t[names[i]] = timings[i];
-        if (device.is_cpu() && names[i] != "copy") peak[names[i]] = CountingCpuAllocator::peak_extra_bytes(fns[i]);
-      }
-      for (const auto& [name, timing] : t) {
-        nlohmann::json row = {{"op", op},
-                              {"pass", pass},
-                              {"shape", shape_str(shape)},
-                              {"dtype", args.dtype},
-                              {"device", device.str()},
-                              {"threads", torch::get_num_threads()},
-                              {"impl", name},
-                              {"median_ms", timing.median_ms},
-                              {"min_ms", timing.min_ms}};
-        if (resnet) row["attention"] = args.attention;
-        if (peak.count(name)) row["peak_extra_mb"] = static_cast<double>(peak[name]) / (1 << 20);
-        // The copy is a yardstick, not a competitor: no speed-up or "x none" for it.
-        if (t.count("composite") && name != "composite" && name != "copy") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
-        if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
-        if (t.count("sdpa") && name != "copy") row["x_sdpa"] = timing.median_ms / t["sdpa"].median_ms;
-        if (resnet && t.count("none") && name != "none" && name != "copy") row["vs_none"] = timing.median_ms / t["none"].median_ms;
-        rows.push_back(row);
-        if (args.json) std::cout << row.dump() << std::endl;
-      }
-    }
+/// --shape (or the op's default) with --batch applied.
+std::vector<int64_t> input_shape(const std::string& op, const BenchArgs& args) {
+  std::vector<int64_t> shape = args.shape;
+  if (shape.empty()) {
+    if (is_resnet(op)) shape = {1, 3, 224, 224};
+    else if (op == "local") shape = {2, 128, 56, 56};
+    else if (op == "self") shape = {1, 256, 56, 56};
+    else shape = {8, 256, 56, 56};
   }
-  if (args.json) return kOk;
+  TORCH_CHECK(shape.size() == 4, "bench: --shape must be N,C,H,W, got ", shape.size(), " numbers");
+  if (args.batch > 0) shape[0] = args.batch;
+  return shape;
+}
 
+/// One op's cases: its input and every implementation to time on it, the copy yardstick last.
+struct OpCase {
+  std::string op;
+  std::vector<int64_t> shape;
+  torch::Tensor x;
+  std::vector<Impl> impls;
+};
+
+OpCase plan_op(const std::string& op, const BenchArgs& args, const torch::Device& device, torch::ScalarType dtype) {
+  OpCase c{op, input_shape(op, args)};
+  c.x = torch::randn(c.shape, torch::TensorOptions().device(device).dtype(dtype));
+  if (!is_resnet(op)) c.x.requires_grad_(true);  // forward passes run under NoGradGuard
+  c.impls = is_resnet(op) ? resnet_impls(op, c.x, args) : impls_for(op, c.x);
+  // The yardstick: copying x once (read + write), what any elementwise pass at least costs.
+  auto out = torch::empty_like(c.x);
+  c.impls.push_back({"copy", [x = c.x, out]() mutable { return out.copy_(x.detach()); }, false});
+  return c;
+}
+
+std::vector<std::string> passes_for(const std::string& op, const std::string& pass) {
+  std::vector<std::string> passes;
+  if (pass != "backward") passes.push_back("forward");
+  if (pass != "forward" && !is_resnet(op)) passes.push_back("backward");
+  return passes;
+}
+
+// ---- run: time one pass of every impl, interleaved; measure the CPU memory -----------------------
+
+/// What one call of `impl` does in `pass`: inference without autograd, or forward+backward.
+std::function<void()> timed_call(Impl& impl, torch::Tensor& x, const std::string& pass) {
+  if (pass == "forward" || impl.name == "copy") {
+    return [&impl]() {
+      torch::NoGradGuard no_grad;
+      impl.forward();
+    };
+  }
+  return [&impl, &x]() {
+    auto y = impl.forward();
+    y.backward(torch::ones_like(y));
+    x.mutable_grad().reset();  // no accumulation pass between iterations
+    impl.after_backward();
+  };
+}
+
+struct PassResult {
+  std::map<std::string, Timing> timing;
+  /// CPU only, every impl but the copy.
+  std::map<std::string, int64_t> peak_bytes;
+};
+
+PassResult time_pass(OpCase& c, const std::string& pass, const BenchArgs& args, const torch::Device& device) {
+  for (auto& impl : c.impls) impl.set_training(pass == "backward");
+  std::vector<std::string> names;
+  std::vector<std::function<void()>> fns;
+  for (auto& impl : c.impls) {
+    if (pass == "backward" && !impl.backward && impl.name != "copy") continue;
+    names.push_back(impl.name);
+    fns.push_back(timed_call(impl, c.x, pass));
+  }
+  PassResult result;
+  const auto timings = time_interleaved(fns, device, args.warmup, args.iters);
+  for (size_t i = 0; i < fns.size(); ++i) {
+    result.timing[names[i]] = timings[i];
+    if (device.is_cpu() && names[i] != "copy") result.peak_bytes[names[i]] = CountingCpuAllocator::peak_extra_bytes(fns[i]);
+  }
+  return result;
+}
+
+// ---- report: one JSON row per impl, then (without --json) the table -------------------------------
+
+std::vector<nlohmann::json> result_rows(const OpCase& c, const std::string& pass, const BenchArgs& args,
+                                        const torch::Device& device, PassResult& r) {
+  auto& t = r.timing;
+  const bool resnet = is_resnet(c.op);
+  std::vector<nlohmann::json> rows;
+  for (const auto& [name, timing] : t) {
+    nlohmann::json row = {{"op", c.op}, {"pass", pass}, {"shape", shape_str(c.shape)}, {"dtype", args.dtype},
+                          {"device", device.str()}, {"threads", torch::get_num_threads()}, {"impl", name},
+                          {"median_ms", timing.median_ms}, {"min_ms", timing.min_ms}};
+    if (resnet) row["attention"] = args.attention;
+    if (r.peak_bytes.count(name)) row["peak_extra_mb"] = static_cast<double>(r.peak_bytes[name]) / (1 << 20);
+    // The copy is a yardstick, not a competitor: no speed-up or "x none" for it.
+    if (t.count("composite") && name != "composite" && name != "copy") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
+    if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
+    if (t.count("sdpa") && name != "copy") row["x_sdpa"] = timing.median_ms / t["sdpa"].median_ms;
+    if (resnet && t.count("none") && name != "none" && name != "copy") row["vs_none"] = timing.median_ms / t["none"].median_ms;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+/// `key` of `row` with `precision` digits (and `suffix`), or "" when the row has no such column.
+std::string optional_column(const nlohmann::json& row, const char* key, int precision, const char* suffix = "") {
+  if (!row.contains(key)) return "";
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(precision) << row[key].get<double>() << suffix;
+  return s.str();
+}
+
+void print_table(const std::vector<nlohmann::json>& rows) {
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
             << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(14) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(10) << "speed-up"
             << std::setw(10) << "x copy" << std::setw(10) << "x sdpa" << std::setw(10) << "x none" << std::setw(12)
             << "peak MB" << "\n";
   for (const auto& r : rows) {
-    std::ostringstream speed, copy, sdpa, none, mem;
-    if (r.contains("x_sdpa")) sdpa << std::fixed << std::setprecision(2) << r["x_sdpa"].get<double>();
-    if (r.contains("peak_extra_mb")) mem << std::fixed << std::setprecision(1) << r["peak_extra_mb"].get<double>();
-    if (r.contains("vs_composite")) speed << std::fixed << std::setprecision(2) << r["vs_composite"].get<double>() << "x";
-    if (r.contains("vs_none")) none << std::fixed << std::setprecision(3) << r["vs_none"].get<double>();
-    if (r.contains("x_copy")) copy << std::fixed << std::setprecision(2) << r["x_copy"].get<double>();
     std::cout << std::left << std::setw(10) << r["op"].get<std::string>() << std::setw(10) << r["pass"].get<std::string>()
               << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
               << std::setw(8) << r["threads"].get<int>() << std::setw(14) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
-              << r["min_ms"].get<double>() << std::setw(10) << speed.str() << std::setw(10) << copy.str()
-              << std::setw(10) << sdpa.str() << std::setw(10) << none.str() << std::setw(12) << mem.str() << "\n";
+              << r["min_ms"].get<double>() << std::setw(10) << optional_column(r, "vs_composite", 2, "x") << std::setw(10)
+              << optional_column(r, "x_copy", 2) << std::setw(10) << optional_column(r, "x_sdpa", 2) << std::setw(10)
+              << optional_column(r, "vs_none", 3) << std::setw(12) << optional_column(r, "peak_extra_mb", 1) << "\n";
   }
+}
+
+void print_legend() {
   std::cout << "\nforward: inference (eval mode, no autograd); backward: forward+backward in training mode.\n"
                "speed-up: composite median / this median (fused and other rows).\n"
                "x copy: this median / the median of copying the input once (read + write).\n"
@@ -361,6 +403,29 @@ int run_bench(const BenchArgs& args) {
                "  SDPA with the bias expanded to a heads x L x L mask); core+bias, core = the op alone on\n"
                "  [N, heads, L, d] q, k, v with and without the bias; sdpa = ATen's SDPA alone, no bias;\n"
                "  nobias-fused, nobias-sdpa = SelfAttention2d without a bias on the fused op / on SDPA.\n";
+}
+
+int run_bench(const BenchArgs& args) {
+  const torch::Device device = bench_device(args.device);
+  if (args.threads > 0) torch::set_num_threads(args.threads);
+  const auto dtype = common::dtype_from_name(args.dtype);
+  torch::manual_seed(0);
+
+  std::vector<nlohmann::json> rows;
+  for (const auto& op : args.ops) {
+    OpCase c = plan_op(op, args, device, dtype);
+    for (const auto& pass : passes_for(op, args.pass)) {
+      PassResult result = time_pass(c, pass, args, device);
+      for (auto& row : result_rows(c, pass, args, device, result)) {
+        // --json prints each row as soon as it is measured (long runs show progress).
+        if (args.json) std::cout << row.dump() << std::endl;
+        rows.push_back(std::move(row));
+      }
+    }
+  }
+  if (args.json) return kOk;
+  print_table(rows);
+  print_legend();
   return kOk;
 }
 

@@ -8,9 +8,9 @@
 
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
-#include "train/progress.h"
+#include "common/device.h"
+#include "common/files.h"
+#include "common/progress.h"
 #include "vision/image_list.h"
 #include "vision/prefetch.h"
 
@@ -114,17 +114,38 @@ int usage_error(const std::string& message) {
   return kUsage;
 }
 
-int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// ---- plan: the files and the model, every error before the first image -----------------------------
+
+/// A problem with the command line found while planning: exit code 2, not 1.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ClassifyPlan {
+  std::vector<std::string> files;
+  std::string device_name;
+  torch::Device device = torch::kCPU;
+  Checkpoint info;
+  std::shared_ptr<Backbone> model;
+  /// The checkpoint's class names, padded with indices ("7") where it has fewer.
+  std::vector<std::string> classes;
+  /// Classes shown per image: --top-k, at most the model's class count.
+  int64_t k = 1;
+};
+
+void check_output_file(const ClassifyArgs& a) {
   namespace fs = std::filesystem;
-  if (a.paths.empty() && a.list.empty()) {
-    std::cerr << cmd.help();
-    return usage_error("give at least one PATH or --list FILE");
-  }
-  if (!a.output.empty() && fs::exists(a.output)) {
-    // The file is replaced by a rename: never do that to a device such as /dev/null, or a folder.
-    if (!fs::is_regular_file(a.output)) throw std::runtime_error("classify: --output \"" + a.output + "\" is not a regular file");
-    if (!a.overwrite) throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
-  }
+  if (a.output.empty() || !fs::exists(a.output)) return;
+  // The file is replaced by a rename: never do that to a device such as /dev/null, or a folder.
+  if (!fs::is_regular_file(a.output)) throw std::runtime_error("classify: --output \"" + a.output + "\" is not a regular file");
+  if (!a.overwrite) throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
+}
+
+std::vector<std::string> image_files(const ClassifyArgs& a) {
   std::vector<std::string> inputs = a.paths;
   if (!a.list.empty()) {
     const auto listed = vision::read_list_file(a.list);
@@ -132,95 +153,155 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   }
   const vision::ImageList found = vision::expand_inputs(inputs, {a.recursive});
   for (const auto& w : found.warnings) std::cerr << "attnkit classify: warning: " << w << "\n";
-  if (found.files.empty()) return usage_error("no image files found in the inputs");
+  if (found.files.empty()) throw UsageError("no image files found in the inputs");
+  return found.files;
+}
 
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
-  const torch::Device device(device_name);
-  const std::string weights = weights_or_bundled(a.weights);
-  Checkpoint info;
-  auto model = load_checkpoint(weights, &info);
-  model->module().to(device);
-  model->module().eval();
-  const int64_t num_classes = info.config.num_classes;
-  std::vector<std::string> classes = info.class_names;
-  for (auto k = static_cast<int64_t>(classes.size()); k < num_classes; ++k) classes.push_back(std::to_string(k));
-  const int64_t k = std::min(a.top_k, num_classes);
+void plan_model(const ClassifyArgs& a, ClassifyPlan& p) {
+  common::configure_threads(a.threads);
+  p.device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(p.device_name);
+  p.device = torch::Device(p.device_name);
+  p.model = load_checkpoint(weights_or_bundled(a.weights), &p.info);
+  p.model->module().to(p.device);
+  p.model->module().eval();
+  const int64_t num_classes = p.info.config.num_classes;
+  p.classes = p.info.class_names;
+  for (auto k = static_cast<int64_t>(p.classes.size()); k < num_classes; ++k) p.classes.push_back(std::to_string(k));
+  p.k = std::min(a.top_k, num_classes);
+}
 
-  std::ostringstream buffered;
-  std::ostream& out = a.output.empty() ? std::cout : buffered;
-  size_t path_width = 0;
-  for (const auto& f : found.files) path_width = std::max(path_width, f.size());
-  ResultWriter writer(out, a.format, std::min<size_t>(path_width, 60));
+ClassifyPlan plan_classify(const ClassifyArgs& a) {
+  check_output_file(a);
+  ClassifyPlan p;
+  p.files = image_files(a);
+  plan_model(a, p);
+  return p;
+}
 
-  // A bar only when it does not mix with results printed on the same terminal.
-  const size_t total = found.files.size();
-  const bool bar_wanted = total >= kProgressMinFiles && (!a.output.empty() || ::isatty(1) != 1);
-  train::ProgressBar bar("classify", static_cast<int64_t>(total), true);
+// ---- run: batches of decoded images through the model, results in file order ----------------------
 
-  c10::InferenceMode inference;
-  const auto start = std::chrono::steady_clock::now();
-  vision::ImagePrefetcher images(found.files, info.preprocessing, static_cast<size_t>(2 * a.batch_size));
+struct ClassifyCounts {
   size_t done = 0, failed = 0;
-  double first_batch_s = 0;  // includes the warm-up of the first forward pass
-  std::vector<vision::PreparedImage> pending;  // in file order: errors and the images of the batch
-  int64_t batch_images = 0;
-  const auto flush = [&] {
-    std::vector<torch::Tensor> inputs_of_batch;
-    for (const auto& p : pending)
-      if (p.error.empty()) inputs_of_batch.push_back(p.input.tensor);
-    torch::Tensor probs = torch::empty({0, k}, torch::kFloat64), indices = torch::empty({0, k}, torch::kLong);
-    if (!inputs_of_batch.empty()) {
-      const auto logits = model->forward(torch::stack(inputs_of_batch).to(device));
-      auto [p, i] = torch::softmax(logits.to(torch::kFloat32), 1).topk(k, 1);
-      probs = p.to(torch::kCPU, torch::kFloat64).contiguous();
-      indices = i.to(torch::kCPU).contiguous();
-    }
+  /// Includes the warm-up of the first forward pass.
+  double first_batch_s = 0;
+};
+
+/// Collects decoded images (and decoding errors, which keep their place in the file order) into
+/// batches of --batch-size images and writes each batch's results as soon as it is classified.
+class BatchClassifier {
+ public:
+  BatchClassifier(const ClassifyPlan& plan, int64_t batch_size, ResultWriter& writer, std::ostream& out, common::ProgressBar* bar)
+      : plan_(plan), batch_size_(batch_size), writer_(writer), out_(out), bar_(bar) {}
+
+  void add(vision::PreparedImage item) {
+    if (item.error.empty()) ++batch_images_;
+    pending_.push_back(std::move(item));
+    if (batch_images_ == batch_size_) flush();
+  }
+  void flush() {
+    if (pending_.empty()) return;
+    const auto [probs, indices] = classify_pending();
+    write_pending(probs, indices);
+    out_.flush();
+    if (counts_.done == 0) counts_.first_batch_s = seconds_since(start_);
+    counts_.done += pending_.size();
+    pending_.clear();
+    batch_images_ = 0;
+    show_progress();
+  }
+  const ClassifyCounts& counts() const { return counts_; }
+  Clock::time_point start() const { return start_; }
+
+ private:
+  /// Top-k probabilities (float64) and class indices of the pending images that decoded, on the CPU.
+  std::pair<torch::Tensor, torch::Tensor> classify_pending() const {
+    std::vector<torch::Tensor> inputs;
+    for (const auto& p : pending_)
+      if (p.error.empty()) inputs.push_back(p.input.tensor);
+    if (inputs.empty()) return {torch::empty({0, plan_.k}, torch::kFloat64), torch::empty({0, plan_.k}, torch::kLong)};
+    const auto logits = plan_.model->forward(torch::stack(inputs).to(plan_.device));
+    auto [p, i] = torch::softmax(logits.to(torch::kFloat32), 1).topk(plan_.k, 1);
+    return {p.to(torch::kCPU, torch::kFloat64).contiguous(), i.to(torch::kCPU).contiguous()};
+  }
+  void write_pending(const torch::Tensor& probs, const torch::Tensor& indices) {
     const auto prob_at = probs.accessor<double, 2>();
     const auto index_at = indices.accessor<int64_t, 2>();
     int64_t row = 0;
-    for (const auto& p : pending) {
+    for (const auto& p : pending_) {
       if (!p.error.empty()) {
-        writer.error(p.path, p.error);
-        ++failed;
-      } else {
-        std::vector<Guess> top;
-        for (int64_t r = 0; r < k; ++r) {
-          const int64_t c = index_at[row][r];
-          top.push_back({classes[static_cast<size_t>(c)], c, prob_at[row][r]});
-        }
-        writer.result(p.path, top);
-        ++row;
+        writer_.error(p.path, p.error);
+        ++counts_.failed;
+        continue;
       }
+      std::vector<Guess> top;
+      for (int64_t r = 0; r < plan_.k; ++r) {
+        const int64_t c = index_at[row][r];
+        top.push_back({plan_.classes[static_cast<size_t>(c)], c, prob_at[row][r]});
+      }
+      writer_.result(p.path, top);
+      ++row;
     }
-    out.flush();
-    if (done == 0) first_batch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    done += pending.size();
-    pending.clear();
-    batch_images = 0;
-    if (bar_wanted && bar.due()) {
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      char detail[64];
-      std::snprintf(detail, sizeof detail, "%zu failed %.0f img/s", failed, static_cast<double>(done) / s);
-      bar.update(static_cast<int64_t>(done), detail);
-    }
-  };
-  while (auto item = images.next()) {
-    if (item->error.empty()) ++batch_images;
-    pending.push_back(std::move(*item));
-    if (batch_images == a.batch_size) flush();
   }
-  if (!pending.empty()) flush();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  void show_progress() {
+    if (!bar_ || !bar_->due()) return;
+    char detail[64];
+    std::snprintf(detail, sizeof detail, "%zu failed %.0f img/s", counts_.failed, static_cast<double>(counts_.done) / seconds_since(start_));
+    bar_->update(static_cast<int64_t>(counts_.done), detail);
+  }
 
-  if (!a.output.empty()) train::write_file_atomic(a.output, buffered.str());
+  const ClassifyPlan& plan_;
+  const int64_t batch_size_;
+  ResultWriter& writer_;
+  std::ostream& out_;
+  common::ProgressBar* bar_;
+  const Clock::time_point start_ = Clock::now();
+  std::vector<vision::PreparedImage> pending_;
+  int64_t batch_images_ = 0;
+  ClassifyCounts counts_;
+};
+
+// ---- report ---------------------------------------------------------------------------------------
+
+std::string summary_line(const ClassifyArgs& a, const ClassifyPlan& plan, const ClassifyCounts& c, double seconds) {
   char summary[192];
   std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)",
-                done, done == 1 ? "" : "s", failed, static_cast<double>(done) / seconds, 1000.0 * seconds / static_cast<double>(done),
-                device_name.c_str(), static_cast<long long>(a.batch_size), first_batch_s);
-  bar.finish(summary + (a.output.empty() ? std::string() : "; results in " + a.output));
-  return failed ? kFailure : kOk;
+                c.done, c.done == 1 ? "" : "s", c.failed, static_cast<double>(c.done) / seconds, 1000.0 * seconds / static_cast<double>(c.done),
+                plan.device_name.c_str(), static_cast<long long>(a.batch_size), c.first_batch_s);
+  return summary + (a.output.empty() ? std::string() : "; results in " + a.output);
+}
+
+int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
+  if (a.paths.empty() && a.list.empty()) {
+    std::cerr << cmd.help();
+    return usage_error("give at least one PATH or --list FILE");
+  }
+  ClassifyPlan plan;
+  try {
+    plan = plan_classify(a);
+  } catch (const UsageError& e) {
+    return usage_error(e.what());
+  }
+  // Results go to stdout as they come, or to --output at the end (atomically, so never half a file).
+  std::ostringstream buffered;
+  std::ostream& out = a.output.empty() ? std::cout : buffered;
+  size_t path_width = 0;
+  for (const auto& f : plan.files) path_width = std::max(path_width, f.size());
+  ResultWriter writer(out, a.format, std::min<size_t>(path_width, 60));
+  // A bar only when it does not mix with results printed on the same terminal.
+  const bool bar_wanted = plan.files.size() >= kProgressMinFiles && (!a.output.empty() || ::isatty(1) != 1);
+  common::ProgressBar bar("classify", static_cast<int64_t>(plan.files.size()), true);
+
+  c10::InferenceMode inference;
+  BatchClassifier classifier(plan, a.batch_size, writer, out, bar_wanted ? &bar : nullptr);
+  vision::ImagePrefetcher images(plan.files, plan.info.preprocessing, static_cast<size_t>(2 * a.batch_size));
+  while (auto item = images.next()) classifier.add(std::move(*item));
+  classifier.flush();
+  const double seconds = seconds_since(classifier.start());
+
+  if (!a.output.empty()) common::write_file_atomic(a.output, buffered.str());
+  bar.finish(summary_line(a, plan, classifier.counts(), seconds));
+  return classifier.counts().failed ? kFailure : kOk;
 }
 
 }  // namespace

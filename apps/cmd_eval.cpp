@@ -2,14 +2,14 @@
 // format `attnkit train` reads (IDX test split by default), as text, JSON (--json) and, with OpenCV,
 // a PNG picture of the confusion matrix.
 #include "commands.h"
+#include "image_readers.h"
 
 #include "bundled.h"
 
+#include "common/device.h"
 #include "train/data_source.h"
-#include "train/device.h"
 #include "train/metrics.h"
 #ifdef ATTNKIT_HAVE_OPENCV
-#include "vision/image_folder.h"
 #include "vision/plot.h"
 #endif
 
@@ -37,120 +37,172 @@ struct EvalArgs {
   std::string png;
 };
 
-train::ImageReaders image_readers() {
-#ifdef ATTNKIT_HAVE_OPENCV
-  return vision::opencv_image_readers();
-#else
-  return {};
-#endif
-}
+// ---- plan: the checkpoint and data that fits it, every mismatch an error before the evaluation ----
 
-int run_eval(EvalArgs& a) {
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
-  const torch::Device device(device_name);
-#ifndef ATTNKIT_HAVE_OPENCV
-  if (!a.png.empty()) throw std::runtime_error("--png: this attnkit was built without OpenCV and cannot draw pictures");
-#endif
-
-  a.weights = weights_or_bundled(a.weights);
+struct EvalPlan {
+  torch::Device device = torch::kCPU;
+  std::string weights;
   Checkpoint info;
-  auto model = load_checkpoint(a.weights, &info);
-  const auto& cfg = info.config;
-  const auto& pre = info.preprocessing;
-  std::vector<std::string> classes = info.class_names;
-  if (classes.empty()) {
-    for (int64_t k = 0; k < cfg.num_classes; ++k) classes.push_back(std::to_string(k));
+  std::shared_ptr<Backbone> model;
+  /// The checkpoint's class names ("0", "1", ... where it has none).
+  std::vector<std::string> classes;
+  train::DataSpec data;
+  train::Dataset dataset;
+};
+
+/// The data must have the checkpoint's classes, image size and channels, and be scaled as eval does.
+void check_data_fits(const EvalPlan& p) {
+  const auto& cfg = p.info.config;
+  const auto& pre = p.info.preprocessing;
+  const auto& d = p.dataset;
+  if (d.classes.size() != p.classes.size()) {
+    throw std::runtime_error(p.data.path + ": " + std::to_string(d.classes.size()) + " classes, the checkpoint has " +
+                             std::to_string(p.classes.size()));
   }
-  a.data.known_classes = classes;
-  if (a.data.image_size == 0) a.data.image_size = pre.input_height;
-  if (a.data.channels == 0) a.data.channels = cfg.in_channels;
-  auto data = train::load_dataset(a.data, image_readers());
-  if (data.classes.size() != classes.size()) {
-    throw std::runtime_error(a.data.path + ": " + std::to_string(data.classes.size()) + " classes, the checkpoint has " +
-                             std::to_string(classes.size()));
-  }
-  if (data.channels() != cfg.in_channels || data.height() != pre.input_height || data.width() != pre.input_width) {
-    throw std::runtime_error(a.data.path + ": images are " + std::to_string(data.channels()) + "x" + std::to_string(data.height()) +
-                             "x" + std::to_string(data.width()) + ", the checkpoint expects " + std::to_string(cfg.in_channels) +
+  if (d.channels() != cfg.in_channels || d.height() != pre.input_height || d.width() != pre.input_width) {
+    throw std::runtime_error(p.data.path + ": images are " + std::to_string(d.channels()) + "x" + std::to_string(d.height()) +
+                             "x" + std::to_string(d.width()) + ", the checkpoint expects " + std::to_string(cfg.in_channels) +
                              "x" + std::to_string(pre.input_height) + "x" + std::to_string(pre.input_width));
   }
   if (std::abs(pre.pixel_scale - 1.0 / 255.0) > 1e-12) {
-    throw std::runtime_error(a.weights + ": pixel_scale " + std::to_string(pre.pixel_scale) + " is not 1/255, which eval supports");
+    throw std::runtime_error(p.weights + ": pixel_scale " + std::to_string(pre.pixel_scale) + " is not 1/255, which eval supports");
   }
+}
 
-  model->module().to(device);
-  model->module().eval();
-  const auto images = data.images.to(device), labels = data.labels.to(device);
+EvalPlan plan_eval(const EvalArgs& a) {
+  EvalPlan p;
+  common::configure_threads(a.threads);
+  const std::string device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(device_name);
+  p.device = torch::Device(device_name);
+#ifndef ATTNKIT_HAVE_OPENCV
+  if (!a.png.empty()) throw std::runtime_error("--png: this attnkit was built without OpenCV and cannot draw pictures");
+#endif
+  p.weights = weights_or_bundled(a.weights);
+  p.model = load_checkpoint(p.weights, &p.info);
+  p.classes = p.info.class_names;
+  if (p.classes.empty()) {
+    for (int64_t k = 0; k < p.info.config.num_classes; ++k) p.classes.push_back(std::to_string(k));
+  }
+  // Image folders and CSVs are read the way the checkpoint's model wants them.
+  p.data = a.data;
+  p.data.known_classes = p.classes;
+  if (p.data.image_size == 0) p.data.image_size = p.info.preprocessing.input_height;
+  if (p.data.channels == 0) p.data.channels = p.info.config.in_channels;
+  p.dataset = train::load_dataset(p.data, image_readers());
+  check_data_fits(p);
+  return p;
+}
+
+// ---- run ------------------------------------------------------------------------------------------
+
+/// Autocast for the model's forward pass only (the loss and the metrics stay in float32).
+class Bf16Autocast {
+ public:
+  Bf16Autocast(c10::DeviceType device, bool enabled) : device_(device), enabled_(enabled) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+    at::autocast::increment_nesting();
+  }
+  ~Bf16Autocast() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, false);
+  }
+  Bf16Autocast(const Bf16Autocast&) = delete;
+  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool enabled_;
+};
+
+train::EvalResult run_evaluation(const EvalArgs& a, EvalPlan& p) {
+  p.model->module().to(p.device);
+  p.model->module().eval();
+  const auto images = p.dataset.images.to(p.device), labels = p.dataset.labels.to(p.device);
   const auto forward = [&](const torch::Tensor& x) {
-    const bool amp = a.bf16;
-    if (amp) {
-      at::autocast::set_autocast_enabled(device.type(), true);
-      at::autocast::set_autocast_dtype(device.type(), at::kBFloat16);
-      at::autocast::increment_nesting();
-    }
-    auto y = model->forward(x);
-    if (amp) {
-      if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-      at::autocast::set_autocast_enabled(device.type(), false);
-    }
-    return y;
+    Bf16Autocast autocast(p.device.type(), a.bf16);
+    return p.model->forward(x);
   };
-  const auto r = train::evaluate(forward, images, labels, static_cast<int64_t>(classes.size()), {pre.mean, pre.std},
-                                 a.batch_size, false, a.tta);
+  const auto& pre = p.info.preprocessing;
+  return train::evaluate(forward, images, labels, static_cast<int64_t>(p.classes.size()), {pre.mean, pre.std}, a.batch_size,
+                         false, a.tta);
+}
+
+// ---- report ---------------------------------------------------------------------------------------
+
+/// The split's name for IDX data, "" for the formats that have none.
+std::string split_of(const train::DataSpec& data) { return train::resolve_format(data) == "idx" ? data.split : ""; }
+
+nlohmann::json confusion_rows(const torch::Tensor& confusion) {
+  auto rows = nlohmann::json::array();
+  for (int64_t i = 0; i < confusion.size(0); ++i) {
+    std::vector<int64_t> row(confusion.size(1));
+    for (int64_t jx = 0; jx < confusion.size(1); ++jx) row[jx] = confusion[i][jx].item<int64_t>();
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+void print_json_report(const EvalPlan& p, const train::EvalResult& r) {
+  const auto acc = train::accuracy_from_confusion(r.confusion);
+  const auto per_class_count = r.confusion.sum(1);
+  nlohmann::json j;
+  j["checkpoint"] = p.weights;
+  j["model"] = p.info.config.name();
+  j["data"] = p.data.path;
+  j["split"] = split_of(p.data);
+  j["images"] = r.count;
+  j["correct"] = r.confusion.diagonal().sum().item<int64_t>();
+  j["accuracy"] = acc.overall;
+  j["loss"] = r.loss;
+  j["classes"] = p.classes;
+  j["per_class"] = nlohmann::json::array();
+  for (size_t k = 0; k < p.classes.size(); ++k) {
+    const auto accuracy = std::isfinite(acc.per_class[k]) ? nlohmann::json(acc.per_class[k]) : nlohmann::json();
+    j["per_class"].push_back({{"class", p.classes[k]}, {"count", per_class_count[k].item<int64_t>()}, {"accuracy", accuracy}});
+  }
+  j["confusion"] = confusion_rows(r.confusion);
+  std::cout << j.dump(2) << "\n";
+}
+
+void print_text_report(const EvalPlan& p, const train::EvalResult& r) {
   const auto acc = train::accuracy_from_confusion(r.confusion);
   const auto per_class_count = r.confusion.sum(1);
   const int64_t correct = r.confusion.diagonal().sum().item<int64_t>();
-
-  if (a.json) {
-    nlohmann::json j;
-    j["checkpoint"] = a.weights;
-    j["model"] = cfg.name();
-    j["data"] = a.data.path;
-    j["split"] = train::resolve_format(a.data) == "idx" ? a.data.split : "";
-    j["images"] = r.count;
-    j["correct"] = correct;
-    j["accuracy"] = acc.overall;
-    j["loss"] = r.loss;
-    j["classes"] = classes;
-    j["per_class"] = nlohmann::json::array();
-    for (size_t k = 0; k < classes.size(); ++k) {
-      j["per_class"].push_back({{"class", classes[k]},
-                                {"count", per_class_count[k].item<int64_t>()},
-                                {"accuracy", std::isfinite(acc.per_class[k]) ? nlohmann::json(acc.per_class[k]) : nlohmann::json()}});
-    }
-    auto rows = nlohmann::json::array();
-    for (int64_t i = 0; i < r.confusion.size(0); ++i) {
-      std::vector<int64_t> row(r.confusion.size(1));
-      for (int64_t jx = 0; jx < r.confusion.size(1); ++jx) row[jx] = r.confusion[i][jx].item<int64_t>();
-      rows.push_back(row);
-    }
-    j["confusion"] = rows;
-    std::cout << j.dump(2) << "\n";
-  } else {
-    std::cout << "checkpoint: " << a.weights << " (" << cfg.name() << ", " << classes.size() << " classes)\n"
-              << "data: " << a.data.path << " (" << r.count << " images" << (train::resolve_format(a.data) == "idx" ? ", " + a.data.split + " split" : "")
-              << ")\n"
-              << std::fixed << std::setprecision(2) << "accuracy: " << 100 * acc.overall << "% (" << correct << "/" << r.count
-              << "), loss " << std::setprecision(4) << r.loss << "\n\nper-class accuracy:\n";
-    size_t w = 5;
-    for (const auto& c : classes) w = std::max(w, c.size());
-    for (size_t k = 0; k < classes.size(); ++k) {
-      std::cout << "  " << std::left << std::setw(static_cast<int>(w)) << classes[k] << std::right << std::setw(9);
-      if (std::isfinite(acc.per_class[k])) std::cout << std::setprecision(2) << 100 * acc.per_class[k] << "%";
-      else std::cout << "-" << " ";
-      std::cout << "  (" << per_class_count[k].item<int64_t>() << ")\n";
-    }
-    std::cout << "\nconfusion matrix (rows: true class, columns: predicted class):\n"
-              << train::format_confusion(r.confusion, classes);
+  const std::string split = split_of(p.data);
+  std::cout << "checkpoint: " << p.weights << " (" << p.info.config.name() << ", " << p.classes.size() << " classes)\n"
+            << "data: " << p.data.path << " (" << r.count << " images" << (split.empty() ? "" : ", " + split + " split") << ")\n"
+            << std::fixed << std::setprecision(2) << "accuracy: " << 100 * acc.overall << "% (" << correct << "/" << r.count
+            << "), loss " << std::setprecision(4) << r.loss << "\n\nper-class accuracy:\n";
+  size_t w = 5;
+  for (const auto& c : p.classes) w = std::max(w, c.size());
+  for (size_t k = 0; k < p.classes.size(); ++k) {
+    std::cout << "  " << std::left << std::setw(static_cast<int>(w)) << p.classes[k] << std::right << std::setw(9);
+    if (std::isfinite(acc.per_class[k])) std::cout << std::setprecision(2) << 100 * acc.per_class[k] << "%";
+    else std::cout << "-" << " ";
+    std::cout << "  (" << per_class_count[k].item<int64_t>() << ")\n";
   }
+  std::cout << "\nconfusion matrix (rows: true class, columns: predicted class):\n" << train::format_confusion(r.confusion, p.classes);
+}
+
+void report_eval(const EvalArgs& a, const EvalPlan& p, const train::EvalResult& r) {
+  if (a.json) print_json_report(p, r);
+  else print_text_report(p, r);
 #ifdef ATTNKIT_HAVE_OPENCV
   if (!a.png.empty()) {
-    vision::plot_confusion(r.confusion, classes, a.png);
+    vision::plot_confusion(r.confusion, p.classes, a.png);
     if (!a.json) std::cout << "confusion matrix picture: " << a.png << "\n";
   }
 #endif
+}
+
+int run_eval(const EvalArgs& a) {
+  EvalPlan plan = plan_eval(a);
+  const auto result = run_evaluation(a, plan);
+  report_eval(a, plan, result);
   return kOk;
 }
 

@@ -10,8 +10,8 @@
 #ifdef ATTNKIT_HAVE_OPENCV  // the whole command needs OpenCV (video, windows)
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
+#include "common/device.h"
+#include "common/files.h"
 #include "vision/bounded_queue.h"
 #include "vision/frame_pipeline.h"
 #include "vision/heatmap.h"
@@ -126,209 +126,335 @@ std::string save_snapshot(const cv::Mat& image, const std::string& dir, int64_t 
   const std::string path = (folder / name.str()).string();
   std::vector<uchar> png;
   if (!cv::imencode(".png", image, png)) throw std::runtime_error(path + ": cannot encode the snapshot");
-  train::write_file_atomic(path, std::string(png.begin(), png.end()));
+  common::write_file_atomic(path, std::string(png.begin(), png.end()));
   return path;
 }
 
-int run_stream(StreamArgs& a) {
-  // Our errors are one line each: silence OpenCV's and FFmpeg's own logs (OPENCV_FFMPEG_LOGLEVEL=-8 is
-  // AV_LOG_QUIET; set it yourself, e.g. to 24, to see FFmpeg's warnings again).
+// ---- plan: model, source and output opened, every error before the first frame --------------------
+
+/// Everything the stream needs, in the order it is made: the model first (fast failure on a bad
+/// checkpoint), then the source, then the output file.
+struct StreamPlan {
+  std::string device_name;
+  bool display = false;
+  int colormap = 0;
+  Checkpoint info;
+  torch::ScalarType dtype = torch::kFloat32;
+  std::unique_ptr<vision::FrameAnalyzer> analyzer;
+  vision::ViewChoice first_view;
+  std::unique_ptr<vision::VideoSource> source;
+  /// Frames per forward pass.
+  int batch = 1;
+  std::unique_ptr<vision::VideoFileWriter> writer;
+};
+
+/// Our errors are one line each: silence OpenCV's and FFmpeg's own logs (OPENCV_FFMPEG_LOGLEVEL=-8 is
+/// AV_LOG_QUIET; set it yourself, e.g. to 24, to see FFmpeg's warnings again).
+void silence_library_logs() {
   cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
   ::setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
-  train::configure_threads(a.threads);
-  const std::string device_name = train::resolve_device(a.device);
-  train::configure_cuda_speed(device_name);
-  const int colormap = vision::colormap_from_name(a.colormap);
-  const bool display = !a.no_display;
-  if (display && !std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY"))
-    throw std::runtime_error("no display to open a window on (DISPLAY is not set); pass --no-display to run headless");
-  std::ostream& info_out = a.json ? std::cerr : std::cout;  // stdout carries only the JSON summary
+}
 
-  // Model first (fast failure on a bad checkpoint), then the source, then the output file.
-  Checkpoint info;
-  auto model = load_checkpoint(weights_or_bundled(a.weights), &info);
-  const torch::Device device(device_name);
+/// --precision auto: bfloat16 where it is fast on this device, else float32.
+torch::ScalarType network_dtype(const std::string& precision, const torch::Device& device) {
   const torch::ScalarType dtype =
-      a.precision != "auto" ? train::dtype_from_name(a.precision)
-                            : (vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
+      precision != "auto" ? common::dtype_from_name(precision)
+                          : (vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
   if (dtype == torch::kHalf && device.is_cpu())
     throw std::runtime_error("--precision float16 needs --device cuda (CPU convolutions have no fast float16 path); use bfloat16");
-  vision::FrameAnalyzer analyzer(model, info, device, dtype);
-  vision::ViewChoice first_view{analyzer.resolve(explain_method_from_name(a.method)), a.layer};
-  const auto valid_layers = analyzer.layers(first_view.method);
-  if (std::find(valid_layers.begin(), valid_layers.end(), a.layer) == valid_layers.end()) {
-    std::string list;
-    for (size_t i = 1; i < valid_layers.size(); ++i) list += (i > 1 ? ", " : "") + valid_layers[i];
-    throw std::runtime_error("--layer " + a.layer + ": not a layer " + explain_method_name(first_view.method) + " can use (valid: " + list + ")");
-  }
+  return dtype;
+}
 
-  const vision::SourceSpec spec = vision::parse_source(a.source);
-  vision::VideoSource source(spec, {a.width, a.height, a.fps});
-  const auto& mode = source.mode();
+void check_layer(const vision::FrameAnalyzer& analyzer, const vision::ViewChoice& view) {
+  const auto valid_layers = analyzer.layers(view.method);
+  if (std::find(valid_layers.begin(), valid_layers.end(), view.layer) != valid_layers.end()) return;
+  std::string list;
+  for (size_t i = 1; i < valid_layers.size(); ++i) list += (i > 1 ? ", " : "") + valid_layers[i];
+  throw std::runtime_error("--layer " + view.layer + ": not a layer " + explain_method_name(view.method) + " can use (valid: " + list + ")");
+}
+
+void plan_model(const StreamArgs& a, StreamPlan& plan) {
+  auto model = load_checkpoint(weights_or_bundled(a.weights), &plan.info);
+  const torch::Device device(plan.device_name);
+  plan.dtype = network_dtype(a.precision, device);
+  plan.analyzer = std::make_unique<vision::FrameAnalyzer>(model, plan.info, device, plan.dtype);
+  plan.first_view = {plan.analyzer->resolve(explain_method_from_name(a.method)), a.layer};
+  check_layer(*plan.analyzer, plan.first_view);
+}
+
+void plan_source_and_output(const StreamArgs& a, StreamPlan& plan) {
+  plan.source = std::make_unique<vision::VideoSource>(vision::parse_source(a.source), vision::CaptureRequest{a.width, a.height, a.fps});
+  const auto& mode = plan.source->mode();
   // Files and folders are analysed several frames per forward (throughput); live sources one at a
   // time, since waiting to fill a batch would add latency and make the capture queue drop frames.
-  const int batch = a.batch > 0 ? a.batch : (source.live() ? 1 : 8);
-  std::unique_ptr<vision::VideoFileWriter> writer;
-  if (!a.output.empty()) {
-    const double out_fps = mode.fps > 0 && mode.fps < 1000 ? mode.fps : (a.fps > 0 ? a.fps : 25.0);
-    writer = std::make_unique<vision::VideoFileWriter>(a.output, cv::Size(mode.width, mode.height), out_fps);
-  }
-  info_out << "source: " << source.name() << ": " << vision::describe(mode) << "\n"
-           << "model: " << info.config.name() << ", " << explain_method_name(first_view.method) << " maps, " << device_name << ", "
-           << train::dtype_name(dtype) << ", batch " << batch << "\n"
+  plan.batch = a.batch > 0 ? a.batch : (plan.source->live() ? 1 : 8);
+  if (a.output.empty()) return;
+  const double out_fps = mode.fps > 0 && mode.fps < 1000 ? mode.fps : (a.fps > 0 ? a.fps : 25.0);
+  plan.writer = std::make_unique<vision::VideoFileWriter>(a.output, cv::Size(mode.width, mode.height), out_fps);
+}
+
+StreamPlan plan_stream(const StreamArgs& a) {
+  silence_library_logs();
+  StreamPlan plan;
+  common::configure_threads(a.threads);
+  plan.device_name = common::resolve_device(a.device);
+  common::configure_cuda_speed(plan.device_name);
+  plan.colormap = vision::colormap_from_name(a.colormap);
+  plan.display = !a.no_display;
+  if (plan.display && !std::getenv("DISPLAY") && !std::getenv("WAYLAND_DISPLAY"))
+    throw std::runtime_error("no display to open a window on (DISPLAY is not set); pass --no-display to run headless");
+  plan_model(a, plan);
+  plan_source_and_output(a, plan);
+  return plan;
+}
+
+void print_plan(const StreamPlan& plan, std::ostream& info_out) {
+  info_out << "source: " << plan.source->name() << ": " << vision::describe(plan.source->mode()) << "\n"
+           << "model: " << plan.info.config.name() << ", " << explain_method_name(plan.first_view.method) << " maps, "
+           << plan.device_name << ", " << common::dtype_name(plan.dtype) << ", batch " << plan.batch << "\n"
            << std::flush;
-  if (display) cv::namedWindow(kWindow, cv::WINDOW_AUTOSIZE);
+}
 
-  SigintGuard sigint;
-  SharedView shared_view(first_view);
-  // Room for a batch being read while the previous one is analysed; results hold a whole batch.
-  vision::BoundedQueue<vision::Frame> frames(source.live() ? std::max(2, batch) : 2 * batch,
-                                             source.live() ? vision::QueuePolicy::DropOldest : vision::QueuePolicy::Block);
-  vision::BoundedQueue<vision::Analysis> results(std::max(2, batch), vision::QueuePolicy::Block);
-  std::string inference_error;
-  const auto start = Clock::now();
-  std::optional<vision::CaptureThread> capture;
-  capture.emplace(source, frames);
-  std::thread inference([&] {
+// ---- run: capture and inference threads, drawing and keys on this one ------------------------------
+
+/// The capture and inference threads and the queues between them. Every way out of the stream (end,
+/// q, Ctrl-C, an exception while drawing) stops both threads: stop() or the destructor.
+class Pipeline {
+ public:
+  Pipeline(StreamPlan& plan, SharedView& view, int64_t max_frames)
+      : plan_(plan), view_(view), max_frames_(max_frames), live_(plan.source->live()),
+        // Room for a batch being read while the previous one is analysed; results hold a whole batch.
+        frames_(live_ ? std::max(2, plan.batch) : 2 * plan.batch, live_ ? vision::QueuePolicy::DropOldest : vision::QueuePolicy::Block),
+        results_(std::max(2, plan.batch), vision::QueuePolicy::Block) {
+    capture_.emplace(*plan.source, frames_);
+    inference_ = std::thread([this] { infer(); });
+  }
+  ~Pipeline() { stop(); }
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  std::optional<vision::Analysis> next() { return results_.pop(); }
+  void stop() {
+    results_.close();
+    if (capture_) capture_->stop();
+    if (inference_.joinable()) inference_.join();
+  }
+  /// After stop(): the source's failure, else the inference thread's, else "".
+  std::string error() const {
+    const std::string capture_error = capture_->error();
+    return capture_error.empty() ? inference_error_ : capture_error;
+  }
+  int64_t dropped() const { return frames_.dropped(); }
+  /// Decoding time per frame read, in milliseconds.
+  double decode_ms() const { return capture_->frames_read() > 0 ? capture_->read_ms() / capture_->frames_read() : 0.0; }
+
+ private:
+  void infer() {
     try {
-      int64_t analysed = 0;
-      bool open = true;
-      while (open) {
-        // Never analyse frames past --max-frames: the last batch is cut to what is still wanted.
-        const int64_t wanted = a.max_frames > 0 ? std::min<int64_t>(batch, a.max_frames - analysed) : batch;
-        if (wanted <= 0) break;
-        auto batch_frames = frames.pop_up_to(static_cast<size_t>(wanted), /*fill=*/!source.live());
-        if (batch_frames.empty()) break;
-        analysed += static_cast<int64_t>(batch_frames.size());
-        for (auto& r : analyzer.analyze(std::move(batch_frames), shared_view.get())) {
-          if (!results.push(std::move(r))) {
-            open = false;
-            break;
-          }
-        }
-      }
+      analyse_until_done();
     } catch (const c10::Error& e) {
-      inference_error = e.what_without_backtrace();
+      inference_error_ = e.what_without_backtrace();
     } catch (const std::exception& e) {
-      inference_error = e.what();
+      inference_error_ = e.what();
     }
-    results.close();
-  });
-  // Every way out of the loop (end, q, Ctrl-C, an exception while drawing) stops both threads.
-  struct Stop {
-    std::function<void()> fn;
-    ~Stop() { fn(); }
-  } stop_threads{[&] {
-    results.close();
-    if (capture) capture->stop();
-    if (inference.joinable()) inference.join();
-  }};
+    results_.close();
+  }
+  void analyse_until_done() {
+    int64_t analysed = 0;
+    while (true) {
+      // Never analyse frames past --max-frames: the last batch is cut to what is still wanted.
+      const int64_t wanted = max_frames_ > 0 ? std::min<int64_t>(plan_.batch, max_frames_ - analysed) : plan_.batch;
+      if (wanted <= 0) return;
+      auto batch_frames = frames_.pop_up_to(static_cast<size_t>(wanted), /*fill=*/!live_);
+      if (batch_frames.empty()) return;
+      analysed += static_cast<int64_t>(batch_frames.size());
+      for (auto& r : plan_.analyzer->analyze(std::move(batch_frames), view_.get()))
+        if (!results_.push(std::move(r))) return;  // closed: the main thread is done
+    }
+  }
 
-  vision::HeatmapRenderer renderer({a.alpha, colormap, a.smooth});
+  StreamPlan& plan_;
+  SharedView& view_;
+  const int64_t max_frames_;
+  const bool live_;
+  vision::BoundedQueue<vision::Frame> frames_;
+  vision::BoundedQueue<vision::Analysis> results_;
+  std::string inference_error_;
+  std::optional<vision::CaptureThread> capture_;
+  std::thread inference_;
+};
+
+/// Where the time of the main thread goes, summed over the frames shown.
+struct StreamStats {
   int64_t processed = 0;
-  double inference_ms = 0, preprocess_ms = 0, draw_ms = 0, encode_ms = 0, shown_fps = 0;
-  auto last = Clock::now();
-  bool paused = false, quit = false;
-  cv::Mat shown;
-  const auto handle_key = [&](int key) {
+  double inference_ms = 0, preprocess_ms = 0, draw_ms = 0, encode_ms = 0;
+};
+
+/// The main thread's stage: draws each analysed frame, writes it to --output, shows it and acts on
+/// the keys (q/Esc quit, space pause, m method, l layer, s snapshot).
+class Presenter {
+ public:
+  Presenter(const StreamArgs& a, StreamPlan& plan, SharedView& view, std::ostream& info_out)
+      : a_(a), plan_(plan), view_(view), info_out_(info_out), renderer_({a.alpha, plan.colormap, a.smooth}) {}
+
+  /// Shows one frame; false once the viewer asked to stop.
+  bool show(const vision::Analysis& r) {
+    ++stats_.processed;
+    stats_.inference_ms += r.inference_ms;
+    stats_.preprocess_ms += r.preprocess_ms;
+    const auto now = Clock::now();
+    const double dt = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    if (dt > 0) shown_fps_ = stats_.processed <= 2 ? 1.0 / dt : 0.9 * shown_fps_ + 0.1 / dt;
+    shown_ = renderer_.render(r, plan_.analyzer->class_name(r.label), shown_fps_);
+    const auto drawn = Clock::now();
+    stats_.draw_ms += std::chrono::duration<double, std::milli>(drawn - now).count();
+    if (plan_.writer) plan_.writer->write(shown_);
+    stats_.encode_ms += std::chrono::duration<double, std::milli>(Clock::now() - drawn).count();
+    if (plan_.display) show_in_window();
+    return !quit_;
+  }
+  const StreamStats& stats() const { return stats_; }
+
+ private:
+  void show_in_window() {
+    cv::imshow(kWindow, vision::upscale_for_display(shown_, 360));
+    handle_key(cv::waitKey(1));
+    while (paused_ && !quit_ && !g_interrupted) handle_key(cv::waitKey(30));
+  }
+  void handle_key(int key) {
     if (key < 0) return;
     switch (key & 0xFF) {
-      case 'q': case 27: quit = true; break;
-      case ' ': paused = !paused; break;
-      case 'm': {
-        auto v = shared_view.get();
-        v.method = next_in(analyzer.methods(), v.method);
-        const auto layers = analyzer.layers(v.method);
-        if (std::find(layers.begin(), layers.end(), v.layer) == layers.end()) v.layer.clear();
-        shared_view.set(v);
-        break;
-      }
-      case 'l': {
-        auto v = shared_view.get();
-        v.layer = next_in(analyzer.layers(v.method), v.layer);
-        shared_view.set(v);
-        break;
-      }
+      case 'q': case 27: quit_ = true; break;
+      case ' ': paused_ = !paused_; break;
+      case 'm': next_method(); break;
+      case 'l': next_layer(); break;
       case 's':
-        if (!shown.empty()) info_out << "snapshot: " << save_snapshot(shown, a.out_dir, processed) << "\n" << std::flush;
+        if (!shown_.empty()) info_out_ << "snapshot: " << save_snapshot(shown_, a_.out_dir, stats_.processed) << "\n" << std::flush;
         break;
       default: break;
     }
-  };
+  }
+  /// The layer stays when the next method can use it, else its default layers are shown.
+  void next_method() {
+    auto v = view_.get();
+    v.method = next_in(plan_.analyzer->methods(), v.method);
+    const auto layers = plan_.analyzer->layers(v.method);
+    if (std::find(layers.begin(), layers.end(), v.layer) == layers.end()) v.layer.clear();
+    view_.set(v);
+  }
+  void next_layer() {
+    auto v = view_.get();
+    v.layer = next_in(plan_.analyzer->layers(v.method), v.layer);
+    view_.set(v);
+  }
 
-  while (!quit && !g_interrupted) {
-    auto r = results.pop();
-    if (!r) break;
-    ++processed;
-    inference_ms += r->inference_ms;
-    preprocess_ms += r->preprocess_ms;
-    const auto now = Clock::now();
-    const double dt = std::chrono::duration<double>(now - last).count();
-    last = now;
-    if (dt > 0) shown_fps = processed <= 2 ? 1.0 / dt : 0.9 * shown_fps + 0.1 / dt;
-    shown = renderer.render(*r, analyzer.class_name(r->label), shown_fps);
-    const auto drawn = Clock::now();
-    draw_ms += std::chrono::duration<double, std::milli>(drawn - now).count();
-    if (writer) writer->write(shown);
-    encode_ms += std::chrono::duration<double, std::milli>(Clock::now() - drawn).count();
-    if (display) {
-      cv::imshow(kWindow, vision::upscale_for_display(shown, 360));
-      handle_key(cv::waitKey(1));
-      while (paused && !quit && !g_interrupted) handle_key(cv::waitKey(30));
-    }
-    if (a.max_frames > 0 && processed >= a.max_frames) break;
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  stop_threads.fn();
-  stop_threads.fn = [] {};
-  if (display) cv::destroyAllWindows();
+  const StreamArgs& a_;
+  StreamPlan& plan_;
+  SharedView& view_;
+  std::ostream& info_out_;
+  vision::HeatmapRenderer renderer_;
+  StreamStats stats_;
+  double shown_fps_ = 0;
+  Clock::time_point last_ = Clock::now();
+  bool paused_ = false, quit_ = false;
+  cv::Mat shown_;
+};
 
-  std::string error = capture->error();
-  if (error.empty()) error = inference_error;
-  std::string output_note;
-  if (writer) {
-    writer->finish();
-    output_note = writer->frames() > 0 ? writer->path() : "";
+/// What the summary reports.
+struct StreamOutcome {
+  StreamStats stats;
+  double seconds = 0, decode_ms = 0;
+  int64_t dropped = 0;
+  vision::ViewChoice last_view;
+  /// The video written ("" when none, or no frame reached it).
+  std::string output;
+  std::string error;
+};
+
+StreamOutcome run_frames(const StreamArgs& a, StreamPlan& plan, std::ostream& info_out) {
+  if (plan.display) cv::namedWindow(kWindow, cv::WINDOW_AUTOSIZE);
+  SigintGuard sigint;
+  SharedView view(plan.first_view);
+  const auto start = Clock::now();
+  Pipeline pipeline(plan, view, a.max_frames);
+  Presenter presenter(a, plan, view, info_out);
+  while (!g_interrupted) {
+    auto r = pipeline.next();
+    if (!r || !presenter.show(*r)) break;
+    if (a.max_frames > 0 && presenter.stats().processed >= a.max_frames) break;
   }
-  const int64_t dropped = frames.dropped();
-  const double fps = seconds > 0 ? processed / seconds : 0;
-  const double avg_ms = processed > 0 ? inference_ms / processed : 0;
-  if (a.json) {
-    nlohmann::json j;
-    j["source"] = source.name();
-    j["model"] = info.config.name();
-    j["method"] = explain_method_name(shared_view.get().method);
-    j["layer"] = shared_view.get().layer;  // "" = the method's default layers
-    j["frames"] = processed;
-    j["dropped"] = dropped;
-    j["fps"] = fps;
-    j["inference_ms"] = avg_ms;
-    // Where the time goes, per processed frame (the stages overlap, so they add up to more than 1/fps
-    // when the cores are free): decoding, preprocessing and explain() (= inference_ms together), drawing, encoding.
-    const double n = std::max<int64_t>(processed, 1);
-    j["stage_ms"] = {{"decode", capture->frames_read() > 0 ? capture->read_ms() / capture->frames_read() : 0.0},
-                     {"preprocess", preprocess_ms / n},
-                     {"explain", (inference_ms - preprocess_ms) / n},
-                     {"draw", draw_ms / n},
-                     {"encode", encode_ms / n}};
-    j["seconds"] = seconds;
-    j["output"] = output_note;
-    j["interrupted"] = g_interrupted.load();
-    j["error"] = error;
-    std::cout << j.dump() << "\n";
-  } else {
-    std::cout << std::fixed << std::setprecision(1) << "stream: " << processed << " frames, " << dropped << " dropped, " << fps
-              << " FPS end to end, " << std::setprecision(2) << avg_ms << " ms inference per frame"
-              << (output_note.empty() ? "" : ", video: " + output_note) << "\n";
+  StreamOutcome outcome;
+  outcome.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  pipeline.stop();
+  if (plan.display) cv::destroyAllWindows();
+  outcome.stats = presenter.stats();
+  outcome.decode_ms = pipeline.decode_ms();
+  outcome.dropped = pipeline.dropped();
+  outcome.last_view = view.get();
+  outcome.error = pipeline.error();
+  if (plan.writer) {
+    plan.writer->finish();
+    outcome.output = plan.writer->frames() > 0 ? plan.writer->path() : "";
   }
+  return outcome;
+}
+
+// ---- report ---------------------------------------------------------------------------------------
+
+void print_json_summary(const StreamPlan& plan, const StreamOutcome& o) {
+  const auto& s = o.stats;
+  nlohmann::json j;
+  j["source"] = plan.source->name();
+  j["model"] = plan.info.config.name();
+  j["method"] = explain_method_name(o.last_view.method);
+  j["layer"] = o.last_view.layer;  // "" = the method's default layers
+  j["frames"] = s.processed;
+  j["dropped"] = o.dropped;
+  j["fps"] = o.seconds > 0 ? s.processed / o.seconds : 0;
+  j["inference_ms"] = s.processed > 0 ? s.inference_ms / s.processed : 0;
+  // Where the time goes, per processed frame (the stages overlap, so they add up to more than 1/fps
+  // when the cores are free): decoding, preprocessing and explain() (= inference_ms together), drawing, encoding.
+  const double n = std::max<int64_t>(s.processed, 1);
+  j["stage_ms"] = {{"decode", o.decode_ms},
+                   {"preprocess", s.preprocess_ms / n},
+                   {"explain", (s.inference_ms - s.preprocess_ms) / n},
+                   {"draw", s.draw_ms / n},
+                   {"encode", s.encode_ms / n}};
+  j["seconds"] = o.seconds;
+  j["output"] = o.output;
+  j["interrupted"] = g_interrupted.load();
+  j["error"] = o.error;
+  std::cout << j.dump() << "\n";
+}
+
+void print_text_summary(const StreamOutcome& o) {
+  const auto& s = o.stats;
+  const double fps = o.seconds > 0 ? s.processed / o.seconds : 0;
+  const double avg_ms = s.processed > 0 ? s.inference_ms / s.processed : 0;
+  std::cout << std::fixed << std::setprecision(1) << "stream: " << s.processed << " frames, " << o.dropped << " dropped, " << fps
+            << " FPS end to end, " << std::setprecision(2) << avg_ms << " ms inference per frame"
+            << (o.output.empty() ? "" : ", video: " + o.output) << "\n";
+}
+
+int report_stream(const StreamArgs& a, const StreamPlan& plan, const StreamOutcome& outcome) {
+  if (a.json) print_json_summary(plan, outcome);
+  else print_text_summary(outcome);
   std::cout << std::flush;
-  if (!error.empty()) {
-    std::cerr << "attnkit: " << error
-              << (writer && writer->frames() > 0 ? "; the " + std::to_string(writer->frames()) + " frames before it are kept in " + writer->path() : "")
-              << "\n";
-    return kFailure;
-  }
-  return kOk;
+  if (outcome.error.empty()) return kOk;
+  const auto& writer = plan.writer;
+  std::cerr << "attnkit: " << outcome.error
+            << (writer && writer->frames() > 0 ? "; the " + std::to_string(writer->frames()) + " frames before it are kept in " + writer->path() : "")
+            << "\n";
+  return kFailure;
+}
+
+int run_stream(const StreamArgs& a) {
+  std::ostream& info_out = a.json ? std::cerr : std::cout;  // stdout carries only the JSON summary
+  StreamPlan plan = plan_stream(a);
+  print_plan(plan, info_out);
+  const StreamOutcome outcome = run_frames(a, plan, info_out);
+  return report_stream(a, plan, outcome);
 }
 
 }  // namespace

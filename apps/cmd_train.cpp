@@ -2,13 +2,13 @@
 // IDX files, a CSV of pixels, or, with OpenCV, an ImageFolder tree or a CSV of image paths.
 // The loop itself lives in train/trainer.h; this file turns the command line into its options.
 #include "commands.h"
+#include "image_readers.h"
 #include "validators.h"
 
+#include "common/device.h"
 #include "train/data_source.h"
-#include "train/device.h"
 #include "train/trainer.h"
 #ifdef ATTNKIT_HAVE_OPENCV
-#include "vision/image_folder.h"
 #include "vision/plot.h"
 #endif
 
@@ -36,23 +36,18 @@ struct TrainArgs {
   bool quiet = false;
 };
 
-train::ImageReaders image_readers() {
-#ifdef ATTNKIT_HAVE_OPENCV
-  return vision::opencv_image_readers();
-#else
-  return {};
-#endif
-}
+// ---- plan: resolved options and the data, every error before any training ----------------------
 
-}  // namespace
+struct TrainPlan {
+  train::TrainOptions options;
+  train::Dataset train_set, val_set;
+};
 
-namespace {
-
-int run_train(TrainArgs& a) {
-  auto& o = a.options;
-  train::configure_threads(a.threads);
-  o.device = train::resolve_device(a.device);
-  train::configure_cuda_speed(o.device);
+/// Fills in what the command line leaves to "auto" (device, amp, prefetch) and the flags' inverses.
+void resolve_runtime(const TrainArgs& a, train::TrainOptions& o) {
+  common::configure_threads(a.threads);
+  o.device = common::resolve_device(a.device);
+  common::configure_cuda_speed(o.device);
   o.amp = a.amp == "auto" ? (o.device == "cuda" ? "bf16" : "off") : a.amp;
   // A loader thread pays off only where it has a core of its own: on CUDA (the CPU mostly waits) or
   // when LibTorch's threads leave one free. Measured on 2 cores with 2 threads (resnet20, batch 128):
@@ -65,82 +60,114 @@ int run_train(TrainArgs& a) {
   o.optimizer.nesterov = !a.no_nesterov;
   o.verbose = !a.quiet;
   if (o.out_dir.empty()) o.out_dir = "runs/" + o.model;
+}
 
+/// The training set (--max-images applied) and the validation set: --val-data, or held out of
+/// the training data (--val-size, stratified by --seed).
+void load_training_data(const TrainArgs& a, uint64_t seed, TrainPlan& plan) {
+  if (!a.val_data.empty() && a.val_size > 0) throw std::runtime_error("--val-data and --val-size exclude each other");
   const auto readers = image_readers();
-  a.data.split = "train";
-  auto all = train::load_dataset(a.data, readers);
-  if (a.max_images > 0 && a.max_images < all.size()) {
-    all = train::subset(all, torch::arange(a.max_images, torch::kLong));
-  }
-  train::Dataset train_set, val_set;
-  if (!a.val_data.empty()) {
-    if (a.val_size > 0) throw std::runtime_error("--val-data and --val-size exclude each other");
-    train::DataSpec v = a.data;
-    v.path = a.val_data;
-    v.format = "auto";
-    v.known_classes = all.classes;
-    train_set = all;
-    val_set = train::load_dataset(v, readers);
-    if (val_set.classes != all.classes) throw std::runtime_error(a.val_data + ": its classes differ from the training data's");
-  } else {
+  train::DataSpec spec = a.data;
+  spec.split = "train";
+  auto all = train::load_dataset(spec, readers);
+  if (a.max_images > 0 && a.max_images < all.size()) all = train::subset(all, torch::arange(a.max_images, torch::kLong));
+  if (a.val_data.empty()) {
     // Default: 5000 of 60000 (Fashion-MNIST), and one image in twelve on smaller sets.
     const int64_t val_size = a.val_size >= 0 ? a.val_size : std::min<int64_t>(5000, all.size() / 12);
-    std::tie(train_set, val_set) = train::split_train_val(all, val_size, o.seed);
+    std::tie(plan.train_set, plan.val_set) = train::split_train_val(all, val_size, seed);
+    return;
   }
-  o.metadata["dataset"] = a.data.path;
-  if (!a.quiet) {
-    std::cerr << "training " << o.model << " (width " << o.width << ") on " << train_set.size() << " images ("
-              << train_set.channels() << "x" << train_set.height() << "x" << train_set.width() << ", "
-              << train_set.classes.size() << " classes), validating on " << val_set.size() << "; device " << o.device
-              << ", amp " << o.amp << ", " << at::get_num_threads() << " thread(s), prefetch " << o.prefetch << " -> " << o.out_dir << "\n";
-  }
-  const auto result = train::train_model(o, train_set, val_set);
+  train::DataSpec v = spec;
+  v.path = a.val_data;
+  v.format = "auto";
+  v.known_classes = all.classes;
+  plan.val_set = train::load_dataset(v, readers);
+  if (plan.val_set.classes != all.classes) throw std::runtime_error(a.val_data + ": its classes differ from the training data's");
+  plan.train_set = std::move(all);
+}
+
+TrainPlan plan_training(const TrainArgs& a) {
+  TrainPlan plan;
+  plan.options = a.options;
+  resolve_runtime(a, plan.options);
+  load_training_data(a, plan.options.seed, plan);
+  plan.options.metadata["dataset"] = a.data.path;
+  return plan;
+}
+
+// ---- report ------------------------------------------------------------------------------------
+
+void print_plan(const TrainPlan& plan) {
+  const auto& o = plan.options;
+  const auto& t = plan.train_set;
+  std::cerr << "training " << o.model << " (width " << o.width << ") on " << t.size() << " images (" << t.channels() << "x"
+            << t.height() << "x" << t.width() << ", " << t.classes.size() << " classes), validating on " << plan.val_set.size()
+            << "; device " << o.device << ", amp " << o.amp << ", " << at::get_num_threads() << " thread(s), prefetch "
+            << o.prefetch << " -> " << o.out_dir << "\n";
+}
+
+/// curves.png next to the checkpoints (metrics.jsonl holds the same numbers where OpenCV is absent).
+void report_curves(const std::vector<train::EpochRecord>& history, const std::string& out_dir) {
+#ifdef ATTNKIT_HAVE_OPENCV
+  std::vector<vision::EpochPoint> points;
+  for (const auto& r : history) points.push_back({r.train_loss, r.val_loss, r.train_acc, r.val_acc});
+  const auto plot = (std::filesystem::path(out_dir) / "curves.png").string();
+  vision::plot_training_curves(points, plot);
+  std::cout << "curves: " << plot << "\n";
+#else
+  (void)history;
+  std::cout << "curves: not drawn (built without OpenCV); the numbers are in "
+            << (std::filesystem::path(out_dir) / "metrics.jsonl").string() << "\n";
+#endif
+}
+
+void report_training(const train::TrainResult& result, const TrainPlan& plan) {
   const auto& last = result.history.back();
   std::cout << std::fixed << std::setprecision(2);
-  if (val_set.size() > 0) {
+  if (plan.val_set.size() > 0) {
     std::cout << "best epoch " << result.best_epoch << ": validation accuracy " << 100 * result.best_val_acc << "% -> "
               << result.best_path << "\n";
   }
   std::cout << "last epoch " << last.epoch << ": train accuracy " << 100 * last.train_acc << "% -> " << result.last_path << "\n";
-#ifdef ATTNKIT_HAVE_OPENCV
-  const auto plot = (std::filesystem::path(o.out_dir) / "curves.png").string();
-  vision::plot_training_curves(result.history, plot);
-  std::cout << "curves: " << plot << "\n";
-#else
-  std::cout << "curves: not drawn (built without OpenCV); the numbers are in "
-            << (std::filesystem::path(o.out_dir) / "metrics.jsonl").string() << "\n";
-#endif
+  report_curves(result.history, plan.options.out_dir);
+}
+
+int run_train(const TrainArgs& a) {
+  const TrainPlan plan = plan_training(a);
+  if (!a.quiet) print_plan(plan);
+  const auto result = train::train_model(plan.options, plan.train_set, plan.val_set);
+  report_training(result, plan);
   return kOk;
 }
 
-}  // namespace
+// ---- parse: the options, in the groups --help shows them -----------------------------------------
 
-Runner add_train_command(CLI::App& cli) {
-  auto a = std::make_shared<TrainArgs>();
-  auto& o = a->options;
-  auto* cmd = cli.add_subcommand("train", "Train a model on Fashion-MNIST/MNIST (IDX), a CSV, or an image folder");
-  a->data.path = "/usr/share/datasets/fashion-mnist";
-  cmd->add_option("--data", a->data.path,
+void add_data_options(CLI::App* cmd, TrainArgs& a) {
+  a.data.path = "/usr/share/datasets/fashion-mnist";
+  cmd->add_option("--data", a.data.path,
                   "Training data: an MNIST-style IDX folder, an image folder (one sub-folder per class), "
                   "a CSV of label,pixels or a CSV of path,label")
       ->capture_default_str();
-  cmd->add_option("--format", a->data.format, "Data format")
+  cmd->add_option("--format", a.data.format, "Data format")
       ->check(CLI::IsMember({"auto", "idx", "folder", "pixel-csv", "image-csv"}))->capture_default_str();
-  cmd->add_option("--val-data", a->val_data, "Separate validation data (default: hold out --val-size training images)");
-  cmd->add_option("--val-size", a->val_size,
+  cmd->add_option("--val-data", a.val_data, "Separate validation data (default: hold out --val-size training images)");
+  cmd->add_option("--val-size", a.val_size,
                   "Training images held out for validation (stratified, chosen by --seed); default 5000, or 1/12 of "
                   "smaller sets; 0 = no validation (the last model is the best)")
       ->check(non_negative_number());
-  cmd->add_option("--classes", a->data.class_names,
+  cmd->add_option("--classes", a.data.class_names,
                   "Class names of IDX/pixel-CSV data: fashion-mnist, mnist or a,b,c (default: fashion-mnist when the "
                   "path mentions fashion, else the digits)");
-  cmd->add_option("--image-size", a->data.image_size, "Image folder/CSV: resize images to SIZE x SIZE pixels (0 = first image's size)")
+  cmd->add_option("--image-size", a.data.image_size, "Image folder/CSV: resize images to SIZE x SIZE pixels (0 = first image's size)")
       ->check(CLI::Range(int64_t{0}, int64_t{4096}))->capture_default_str();
-  cmd->add_option("--channels", a->data.channels, "Image folder/CSV: 1 (gray) or 3 (color); 0 = from the first image")
+  cmd->add_option("--channels", a.data.channels, "Image folder/CSV: 1 (gray) or 3 (color); 0 = from the first image")
       ->check(CLI::IsMember({0, 1, 3}))->capture_default_str();
-  cmd->add_option("--max-images", a->max_images, "Use only the first N training images (0 = all; for quick runs)")
+  cmd->add_option("--max-images", a.max_images, "Use only the first N training images (0 = all; for quick runs)")
       ->check(non_negative_number())->capture_default_str();
+}
 
+void add_recipe_options(CLI::App* cmd, TrainArgs& a) {
+  auto& o = a.options;
   cmd->add_option("--model", o.model, "Model name: resnet20, resnet20-cbam, resnet18-se, resnet56-eca, ...")->capture_default_str();
   cmd->add_option("--width", o.width, "Width multiplier of every stage (e.g. 4 for a WRN-like ResNet-20)")
       ->check(finite_number())->check(CLI::Range(0.125, 16.0))->capture_default_str();
@@ -152,10 +179,14 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_option("--optimizer", o.optimizer.kind, "sgd or adamw")->check(CLI::IsMember({"sgd", "adamw"}))->capture_default_str();
   cmd->add_option("--lr", o.optimizer.lr, "Peak learning rate")->check(positive_number())->capture_default_str();
   cmd->add_option("--momentum", o.optimizer.momentum, "SGD momentum")->check(finite_number())->check(CLI::Range(0.0, 0.999))->capture_default_str();
-  cmd->add_flag("--no-nesterov", a->no_nesterov, "Plain momentum instead of Nesterov's");
+  cmd->add_flag("--no-nesterov", a.no_nesterov, "Plain momentum instead of Nesterov's");
   cmd->add_option("--weight-decay", o.optimizer.weight_decay,
                   "Weight decay of conv/linear weights (BatchNorm and biases are not decayed); decoupled for adamw")
       ->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
+}
+
+void add_schedule_and_augment_options(CLI::App* cmd, TrainArgs& a) {
+  auto& o = a.options;
   cmd->add_option("--schedule", o.schedule, "Learning-rate schedule after warm-up: cosine (to --min-lr) or step")
       ->check(CLI::IsMember({"cosine", "step"}))->capture_default_str();
   cmd->add_option("--warmup-epochs", o.warmup_epochs, "Linear warm-up from 0, in epochs (fractions allowed)")
@@ -170,17 +201,20 @@ Runner add_train_command(CLI::App& cli) {
   o.augment.crop_padding = 2;
   cmd->add_option("--crop-padding", o.augment.crop_padding, "Random crop after zero padding by this many pixels (0 = off)")
       ->check(CLI::Range(int64_t{0}, int64_t{64}))->capture_default_str();
-  cmd->add_flag("--no-hflip", a->no_hflip, "No random horizontal flip");
+  cmd->add_flag("--no-hflip", a.no_hflip, "No random horizontal flip");
   cmd->add_option("--erasing", o.augment.erasing, "Probability of random erasing per image (0 = off)")
       ->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_flag("--tta", o.hflip_tta, "Validate on each image and its mirror (averaged logits)");
+}
 
+void add_run_options(CLI::App* cmd, TrainArgs& a) {
+  auto& o = a.options;
   cmd->add_option("--seed", o.seed, "Seed of initialisation, data order, augmentation and the validation split")->capture_default_str();
-  cmd->add_option("--device", a->device, "auto (CUDA when available), cpu or cuda")
+  cmd->add_option("--device", a.device, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")
+  cmd->add_option("--threads", a.threads, "CPU threads of LibTorch (0 = its default)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
-  cmd->add_option("--amp", a->amp, "Mixed precision: auto (bf16 on CUDA, off on CPU), off or bf16")
+  cmd->add_option("--amp", a.amp, "Mixed precision: auto (bf16 on CUDA, off on CPU), off or bf16")
       ->check(CLI::IsMember({"auto", "off", "bf16"}))->capture_default_str();
   cmd->add_flag("--channels-last", o.channels_last, "Channels-last memory format (faster on CUDA tensor cores)");
   cmd->add_option("--weights-dtype", o.weights_dtype,
@@ -196,7 +230,18 @@ Runner add_train_command(CLI::App& cli) {
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its last completed epoch");
   cmd->add_option("--stop-after", o.stop_after, "Stop after this many epochs of this invocation (0 = run all; --resume continues)")
       ->check(non_negative_number());
-  cmd->add_flag("--quiet", a->quiet, "No progress or per-epoch lines on stderr");
+  cmd->add_flag("--quiet", a.quiet, "No progress or per-epoch lines on stderr");
+}
+
+}  // namespace
+
+Runner add_train_command(CLI::App& cli) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* cmd = cli.add_subcommand("train", "Train a model on Fashion-MNIST/MNIST (IDX), a CSV, or an image folder");
+  add_data_options(cmd, *a);
+  add_recipe_options(cmd, *a);
+  add_schedule_and_augment_options(cmd, *a);
+  add_run_options(cmd, *a);
   // Contradictory combinations are usage errors too (checked while parsing, so exit code 2).
   cmd->callback([a] {
     if (!a->options.milestones.empty() && a->options.schedule != "step")

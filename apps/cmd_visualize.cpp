@@ -9,8 +9,8 @@
 
 #include "bundled.h"
 
-#include "train/device.h"
-#include "train/io.h"
+#include "common/device.h"
+#include "common/files.h"
 #include "vision/heatmap.h"
 #include "vision/preprocess.h"
 
@@ -142,9 +142,9 @@ std::string file_part(std::string s) {
 class Visualizer {
  public:
   explicit Visualizer(VisualizeArgs& a) : a_(a) {
-    train::configure_threads(a.threads);
-    const std::string device_name = train::resolve_device(a.device);
-    train::configure_cuda_speed(device_name);
+    common::configure_threads(a.threads);
+    const std::string device_name = common::resolve_device(a.device);
+    common::configure_cuda_speed(device_name);
     a.weights = weights_or_bundled(a.weights);
     model_ = load_checkpoint(a.weights, &info_);
     model_->module().to(torch::Device(device_name));
@@ -217,35 +217,49 @@ class Visualizer {
     return (fs::path(a_.out) / (stem + "." + what + ext)).string();
   }
 
-  void process(const std::string& path) {
-    const cv::Mat image = vision::read_image(path);
-    const auto input = vision::prepare_input(image, info_.preprocessing);
-    const std::string stem = fs::path(path).stem().string();
+  /// One image's explanations and the prediction they go with.
+  struct Prediction {
+    std::vector<Explanation> explanations;
+    int64_t top1 = 0, target = 0;
+    /// "<class> 97.0%".
+    std::string text;
+    /// The gradient CAMs explain a class other than the top-1 (--target).
+    bool other_target = false;
+    std::string grid_title;
+    double ms = 0;
+  };
 
+  Prediction predict(const vision::NetworkInput& input) const {
+    Prediction p;
     const auto t0 = std::chrono::steady_clock::now();
-    const auto explanations = explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
-    const auto& first = explanations.front();
+    p.explanations = explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
+    const auto& first = p.explanations.front();
     const auto probs = torch::softmax(first.logits.to(torch::kCPU, torch::kDouble), 1)[0];
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    const int64_t top1 = probs.argmax().item<int64_t>(), target = first.targets[0].item<int64_t>();
-    const std::string prediction = classes_[top1] + " " + percent(probs[top1].item<double>());
+    p.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    p.top1 = probs.argmax().item<int64_t>();
+    p.target = first.targets[0].item<int64_t>();
+    p.text = classes_[p.top1] + " " + percent(probs[p.top1].item<double>());
     // Native maps and Eigen-CAM do not depend on the class; the gradient CAMs explain `target`.
     const bool uses_target = std::any_of(methods_.begin(), methods_.end(), [](ExplainMethod m) {
       return m == ExplainMethod::GradCam || m == ExplainMethod::GradCamPlusPlus || m == ExplainMethod::LayerCam;
     });
-    const bool other_target = uses_target && target != top1;
-    std::string grid_title = prediction;
-    if (other_target) grid_title += "\nmaps for " + classes_[target] + " " + percent(probs[target].item<double>());
+    p.other_target = uses_target && p.target != p.top1;
+    p.grid_title = p.text;
+    if (p.other_target) p.grid_title += "\nmaps for " + classes_[p.target] + " " + percent(probs[p.target].item<double>());
+    return p;
+  }
 
-    // Everything is drawn and encoded first; then the files are checked and written.
+  /// Every file of one image, drawn and encoded (nothing written yet): overlays, raw maps, the grid.
+  std::vector<Output> render(const std::string& stem, const cv::Mat& image, const vision::NetworkInput& input,
+                             const Prediction& p) const {
     const cv::Mat display = vision::upscale_for_display(image, a_.display_size);
     vision::InputWindow window = input.window;
     const double fx = static_cast<double>(display.cols) / image.cols, fy = static_cast<double>(display.rows) / image.rows;
     window.region = cv::Rect2d(window.region.x * fx, window.region.y * fy, window.region.width * fx, window.region.height * fy);
     std::vector<Output> outputs;
     std::vector<cv::Mat> tiles = {display};
-    std::vector<std::string> labels = {grid_title};
-    for (const auto& e : explanations) {
+    std::vector<std::string> labels = {p.grid_title};
+    for (const auto& e : p.explanations) {
       const std::string method = explain_method_name(e.method);
       for (const auto& lm : e.maps) {
         const auto map = lm.map[0];
@@ -262,17 +276,30 @@ class Visualizer {
       const std::string what = a_.method == "all" ? std::string("all") : file_part(explain_method_name(methods_.front()));
       outputs.push_back({out_path(stem, what + ".grid", ".png"), png(vision::make_grid(tiles, labels))});
     }
+    return outputs;
+  }
+
+  /// All or nothing per image: a clash with an earlier input or an existing file writes none of it.
+  void check_outputs(const std::string& path, const std::vector<Output>& outputs) const {
     for (const auto& o : outputs) {
       if (written_.count(o.path))
         throw std::runtime_error(path + ": " + o.path + " was already written for another input with the same name");
       if (!a_.overwrite && fs::exists(o.path))
         throw std::runtime_error(path + ": " + o.path + " exists; pass --overwrite to replace it (nothing written for this image)");
     }
-    std::cout << path << ": " << prediction << " (class " << top1 << ")";
-    if (other_target) std::cout << "; maps for " << classes_[target] << " (class " << target << ")";
-    std::cout << "; " << std::fixed << std::setprecision(1) << ms << " ms\n";
+  }
+
+  void process(const std::string& path) {
+    const cv::Mat image = vision::read_image(path);
+    const auto input = vision::prepare_input(image, info_.preprocessing);
+    const Prediction p = predict(input);
+    const auto outputs = render(fs::path(path).stem().string(), image, input, p);
+    check_outputs(path, outputs);
+    std::cout << path << ": " << p.text << " (class " << p.top1 << ")";
+    if (p.other_target) std::cout << "; maps for " << classes_[p.target] << " (class " << p.target << ")";
+    std::cout << "; " << std::fixed << std::setprecision(1) << p.ms << " ms\n";
     for (const auto& o : outputs) {
-      train::write_file_atomic(o.path, o.bytes);
+      common::write_file_atomic(o.path, o.bytes);
       written_.insert(o.path);
       std::cout << "  wrote " << o.path << "\n";
     }

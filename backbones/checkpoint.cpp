@@ -1,7 +1,7 @@
 #include <attnkit/backbones/checkpoint.h>
-#include <attnkit/backbones/named_enum.h>
 
 #include "detail/torch_archive.h"
+#include <attnkit/backbones/named_enum.h>
 
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <fstream>
 #include <iterator>
+#include <string_view>
+#include <utility>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,49 +113,68 @@ E enum_field(const json& obj, const char* key, const std::string& where, const s
   }
 }
 
-void write_all(int fd, const char* data, size_t n, const std::string& tmp) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, data, n);
-    if (w < 0 && errno == EINTR) continue;
-    TORCH_CHECK(w > 0, "save_checkpoint: error writing \"", tmp, "\": ", std::strerror(errno));
-    data += w;
-    n -= static_cast<size_t>(w);
+}  // namespace
+
+// ---- atomic files ------------------------------------------------------------------------------
+
+namespace {
+
+/// Removes the temporary file unless release() was called: every failure path cleans up alike.
+class TemporaryFile {
+ public:
+  explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
+  ~TemporaryFile() {
+    if (!path_.empty()) ::unlink(path_.c_str());
   }
+  const std::string& path() const { return path_; }
+  void release() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
+
+/// c10::Error "cannot <what> <path>: <errno text>" (the wording the apps have always printed).
+[[noreturn]] void fail_errno(int err, const std::string& what, const std::string& path) {
+  C10_THROW_ERROR(Error, c10::str("cannot ", what, " ", path, ": ", std::strerror(err)));
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
-void atomic_write(const std::string& path, const std::vector<char>& bytes) {
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  std::string tmp = path + ".tmp-XXXXXX";
-  std::vector<char> name(tmp.begin(), tmp.end());
-  name.push_back('\0');
-  const int fd = ::mkstemp(name.data());
-  TORCH_CHECK(fd >= 0, "save_checkpoint: cannot create a temporary file next to \"", path, "\": ", std::strerror(errno));
-  tmp = name.data();
-  try {
-    write_all(fd, bytes.data(), bytes.size(), tmp);
-    TORCH_CHECK(::fsync(fd) == 0, "save_checkpoint: fsync of \"", tmp, "\" failed: ", std::strerror(errno));
-    ::fchmod(fd, 0644);  // mkstemp's 0600 would make checkpoints private by surprise
-    TORCH_CHECK(::close(fd) == 0, "save_checkpoint: closing \"", tmp, "\" failed: ", std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    TORCH_CHECK(false, "save_checkpoint: cannot rename \"", tmp, "\" to \"", path, "\": ", std::strerror(err));
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {  // makes the rename itself durable; best effort (some filesystems refuse)
-    ::fsync(dfd);
-    ::close(dfd);
+void write_all(int fd, std::string_view bytes, const std::string& tmp) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_errno(errno, "write", tmp);
+    bytes.remove_prefix(static_cast<size_t>(n));
   }
 }
 
 }  // namespace
+
+void write_file_atomically(const std::string& path, std::string_view bytes) {
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string pattern = dir + "/." + name + ".tmp-XXXXXX";
+  const int fd = ::mkstemp(pattern.data());
+  if (fd < 0) fail_errno(errno, "create a temporary file for", path);
+  TemporaryFile tmp(pattern);
+  try {
+    write_all(fd, bytes, tmp.path());
+    ::fchmod(fd, 0644);  // mkstemp's 0600 would make the file private by surprise
+    if (::fsync(fd) != 0) fail_errno(errno, "flush", tmp.path());
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) fail_errno(errno, "flush", tmp.path());
+  if (::rename(tmp.path().c_str(), path.c_str()) != 0) fail_errno(errno, "rename a temporary file onto", path);
+  tmp.release();
+  // The rename itself is durable only once the folder is synced; best effort (some filesystems refuse).
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
 
 std::string detail::checkpoint_checksum(const std::string& config, const StateDict& state) {
   return checksum(config, state);
@@ -251,7 +272,8 @@ void save_checkpoint(const Checkpoint& ck, const std::string& path) {
   root.insert(std::string("config"), config_text);
   root.insert(std::string("state"), state);
   root.insert(std::string("checksum"), checksum(config_text, cpu));
-  atomic_write(path, torch::pickle_save(root));
+  const std::vector<char> bytes = torch::pickle_save(root);
+  write_file_atomically(path, std::string_view(bytes.data(), bytes.size()));
 }
 
 // ---- reading -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace attnkit {
@@ -71,6 +72,14 @@ ColorOrder parse_color_order(const std::string& name, const std::string& field =
 inline std::ostream& operator<<(std::ostream& os, Resize v) { return os << to_string(v); }
 inline std::ostream& operator<<(std::ostream& os, Crop v) { return os << to_string(v); }
 inline std::ostream& operator<<(std::ostream& os, ColorOrder v) { return os << to_string(v); }
+
+/// Writes `bytes` to `path` so that a crash or a failure at any moment leaves either the previous
+/// file or the new one, never a torn one: the bytes go to a temporary file in the same folder
+/// (".NAME.tmp-XXXXXX"), which is fsynced (mode 0644), renamed over `path`, and the folder fsynced.
+/// On any failure the temporary file is removed, `path` is untouched, and c10::Error is thrown
+/// with a message naming the file ("cannot create a temporary file for PATH: ..."). Used by
+/// save_checkpoint and by the apps for everything they write.
+void write_file_atomically(const std::string& path, std::string_view bytes);
 
 /// How an image becomes the model's input tensor (applied by the apps, stored in checkpoints).
 struct Preprocessing {

@@ -4,12 +4,14 @@
 // (next to this test in build/bin), on PGM files written here by hand.
 //
 // The training code belongs to the program, not to the library: the test links the apps library.
+#include "common/csv.h"
+#include "common/dataset.h"
+#include "common/files.h"
 #include "train/augment.h"
 #include "train/csv.h"
 #include "train/data_source.h"
 #include "train/dataset.h"
 #include "train/idx.h"
-#include "train/io.h"
 #include "train/loader.h"
 
 #include "testing.h"
@@ -28,6 +30,7 @@
 
 namespace {
 namespace fs = std::filesystem;
+using namespace attnkit::common;
 using namespace attnkit::train;
 using ::testing::HasSubstr;
 

@@ -3,17 +3,19 @@
 // behaviour (one readable line, non-zero exit) through the attnkit binary next to this test.
 //
 // The training code belongs to the program, not to the library: the test links the apps library.
+#include "common/csv.h"
+#include "common/dataset.h"
+#include "common/device.h"
+#include "common/files.h"
+#include "common/progress.h"
 #include "train/augment.h"
 #include "train/csv.h"
 #include "train/data_source.h"
 #include "train/dataset.h"
-#include "train/device.h"
 #include "train/idx.h"
-#include "train/io.h"
 #include "train/loader.h"
 #include "train/metrics.h"
 #include "train/optim.h"
-#include "train/progress.h"
 #include "train/trainer.h"
 
 #include "testing.h"
@@ -30,6 +32,7 @@
 
 namespace {
 namespace fs = std::filesystem;
+using namespace attnkit::common;
 using namespace attnkit::train;
 using ::testing::HasSubstr;
 

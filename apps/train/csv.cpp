@@ -1,6 +1,7 @@
 #include "csv.h"
 
-#include "io.h"
+#include "common/csv.h"
+#include "common/files.h"
 
 #include <cmath>
 #include <sstream>
@@ -8,57 +9,10 @@
 
 namespace attnkit::train {
 
-std::vector<std::string> split_csv_line(const std::string& line) {
-  std::vector<std::string> fields;
-  std::string field;
-  bool quoted = false, was_quoted = false;
-  auto finish = [&] {
-    if (!was_quoted) {
-      const auto b = field.find_first_not_of(" \t");
-      const auto e = field.find_last_not_of(" \t\r");
-      field = b == std::string::npos ? "" : field.substr(b, e - b + 1);
-    }
-    fields.push_back(field);
-    field.clear();
-    was_quoted = false;
-  };
-  for (size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
-        field += '"';
-        ++i;
-      } else if (c == '"') {
-        quoted = false;
-      } else {
-        field += c;
-      }
-    } else if (c == '"') {
-      quoted = was_quoted = true;
-      field.clear();
-    } else if (c == ',') {
-      finish();
-    } else if (!(was_quoted && (c == ' ' || c == '\t' || c == '\r'))) {
-      field += c;
-    }
-  }
-  finish();
-  return fields;
-}
-
-bool is_integer(const std::string& text) {
-  size_t i = (!text.empty() && (text[0] == '-' || text[0] == '+')) ? 1 : 0;
-  if (i == text.size()) return false;
-  for (; i < text.size(); ++i) {
-    if (text[i] < '0' || text[i] > '9') return false;
-  }
-  return true;
-}
-
 Dataset read_pixel_csv(const std::string& path, const std::vector<std::string>& classes, int64_t channels,
                        int64_t height, int64_t width) {
   if (channels < 1) throw std::runtime_error("channels must be >= 1, got " + std::to_string(channels));
-  std::istringstream in(read_file(path));
+  std::istringstream in(common::read_file(path));
   std::string line;
   std::vector<uint8_t> pixels;
   std::vector<int64_t> labels;
@@ -67,8 +21,8 @@ Dataset read_pixel_csv(const std::string& path, const std::vector<std::string>& 
   while (std::getline(in, line)) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto fields = split_csv_line(line);
-    if (labels.empty() && values < 0 && !is_integer(fields[0])) continue;  // header row
+    const auto fields = common::split_csv_line(line);
+    if (labels.empty() && values < 0 && !common::is_integer(fields[0])) continue;  // header row
     const auto where = [&] { return path + ":" + std::to_string(line_no) + ": "; };
     if (values < 0) {
       values = static_cast<int64_t>(fields.size()) - 1;
@@ -88,7 +42,7 @@ Dataset read_pixel_csv(const std::string& path, const std::vector<std::string>& 
     if (static_cast<int64_t>(fields.size()) != values + 1) {
       throw std::runtime_error(where() + std::to_string(fields.size()) + " fields, expected " + std::to_string(values + 1));
     }
-    if (!is_integer(fields[0])) throw std::runtime_error(where() + "label '" + fields[0] + "' is not an integer");
+    if (!common::is_integer(fields[0])) throw std::runtime_error(where() + "label '" + fields[0] + "' is not an integer");
     const int64_t label = std::stoll(fields[0]);
     if (label < 0 || label >= static_cast<int64_t>(classes.size())) {
       throw std::runtime_error(where() + "label " + fields[0] + " is outside [0, " + std::to_string(classes.size()) + ")");
@@ -96,7 +50,7 @@ Dataset read_pixel_csv(const std::string& path, const std::vector<std::string>& 
     labels.push_back(label);
     for (size_t i = 1; i < fields.size(); ++i) {
       const auto& f = fields[i];
-      if (!is_integer(f) || f.size() > 4 || std::stoi(f) < 0 || std::stoi(f) > 255) {
+      if (!common::is_integer(f) || f.size() > 4 || std::stoi(f) < 0 || std::stoi(f) > 255) {
         throw std::runtime_error(where() + "pixel " + std::to_string(i - 1) + " = '" + f + "' is not an integer in [0, 255]");
       }
       pixels.push_back(static_cast<uint8_t>(std::stoi(f)));

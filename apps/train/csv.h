@@ -1,6 +1,6 @@
-// CSV data: split lines into fields, and read a CSV of pixels ("label,p0,p1,...", one image per
-// row, as Kaggle ships Fashion-MNIST) into a Dataset. A CSV of "path,label" rows needs an image
-// decoder and is read by vision/image_folder.h.
+// A CSV of pixels ("label,p0,p1,...", one image per row, as Kaggle ships Fashion-MNIST) read into a
+// Dataset (the line splitting is common/csv.h). A CSV of "path,label" rows needs an image decoder
+// and is read by vision/image_folder.h.
 #pragma once
 
 #include "dataset.h"
@@ -9,13 +9,6 @@
 #include <vector>
 
 namespace attnkit::train {
-
-/// The fields of one CSV line: commas separate, double quotes may enclose a field ("" is a quote),
-/// surrounding spaces and a trailing '\r' are dropped.
-std::vector<std::string> split_csv_line(const std::string& line);
-
-/// True when `text` is a whole decimal integer (optional sign).
-bool is_integer(const std::string& text);
 
 /// Reads "label,p0,...,pK-1" rows (pixels 0..255). An optional header row (first field not a number)
 /// is skipped. K must equal channels·height·width; with height = width = 0 the image is taken to be

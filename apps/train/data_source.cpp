@@ -2,7 +2,9 @@
 
 #include "csv.h"
 #include "idx.h"
-#include "io.h"
+
+#include "common/csv.h"
+#include "common/files.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -39,13 +41,13 @@ std::string resolve_format(const DataSpec& spec) {
   if (fs::is_directory(spec.path, ec)) return is_idx_dir(spec.path) ? "idx" : "folder";
   // A file: a CSV whose first data row starts with a number and has more than two fields holds
   // pixels; "path,label" rows hold image paths.
-  std::istringstream in(read_file(spec.path));
+  std::istringstream in(common::read_file(spec.path));
   std::string line;
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto fields = split_csv_line(line);
-    if (fields.size() > 2 && is_integer(fields[0])) return "pixel-csv";
-    if (fields.size() == 2 && !is_integer(fields[0])) {
+    const auto fields = common::split_csv_line(line);
+    if (fields.size() > 2 && common::is_integer(fields[0])) return "pixel-csv";
+    if (fields.size() == 2 && !common::is_integer(fields[0])) {
       // "label,pixel0" headers are pixel CSVs with one pixel, improbable; a path is never an integer.
       if (lower(fields[0]) == "label") return "pixel-csv";
       if (lower(fields[0]) == "path" || lower(fields[0]) == "file" || lower(fields[0]) == "filename") continue;

@@ -13,31 +13,9 @@
 
 namespace attnkit::train {
 
-/// Where the data is and how to read it.
-struct DataSpec {
-  /// A folder (IDX or ImageFolder) or a .csv file.
-  std::string path;
-  /// "auto", "idx", "folder", "pixel-csv" or "image-csv".
-  std::string format = "auto";
-  /// "train" or "test": which split of an IDX folder; ignored by the other formats.
-  std::string split = "train";
-  /// Class names ("fashion-mnist", "mnist", or "a,b,c") for formats that carry only numbers (IDX,
-  /// pixel CSV). Empty: fashion-mnist when the path mentions "fashion", else the digits.
-  std::string class_names;
-  /// Image size (height = width) images are resized to (ImageFolder/image CSV); 0 = the first
-  /// image's size. For a pixel CSV: the side of the square images (0 = inferred).
-  int64_t image_size = 0;
-  /// Channels (1 or 3) images are converted to; 0 = 1 if the first image is grayscale, else 3.
-  int64_t channels = 0;
-  /// Class order an image CSV/ImageFolder must follow (e.g. a checkpoint's); empty = discover.
-  std::vector<std::string> known_classes;
-};
-
-/// Decoders for the image formats, supplied by the program when it is built with OpenCV.
-struct ImageReaders {
-  std::function<Dataset(const DataSpec&)> folder;
-  std::function<Dataset(const DataSpec&)> csv;
-};
+// Where the data is, and the image decoders the program supplies: common/dataset.h.
+using common::DataSpec;
+using common::ImageReaders;
 
 /// The format `spec.format` resolves to for `spec.path` ("idx", "folder", "pixel-csv", "image-csv").
 std::string resolve_format(const DataSpec& spec);

@@ -1,6 +1,6 @@
 #include "idx.h"
 
-#include "io.h"
+#include "common/files.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -17,7 +17,7 @@ uint32_t big_endian32(const unsigned char* p) {
 }  // namespace
 
 torch::Tensor read_idx(const std::string& path) {
-  const std::string bytes = read_file(path);
+  const std::string bytes = common::read_file(path);
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   if (bytes.size() < 4 || p[0] != 0 || p[1] != 0) {
     throw std::runtime_error(path + ": not an IDX file (expected the magic bytes 00 00 <type> <dims>)");
@@ -82,14 +82,14 @@ Dataset read_idx_dataset(const std::string& images_path, const std::string& labe
 }
 
 bool is_idx_dir(const std::string& dir) {
-  return !find_maybe_gz(dir + "/train-images-idx3-ubyte").empty() || !find_maybe_gz(dir + "/t10k-images-idx3-ubyte").empty();
+  return !common::find_maybe_gz(dir + "/train-images-idx3-ubyte").empty() || !common::find_maybe_gz(dir + "/t10k-images-idx3-ubyte").empty();
 }
 
 Dataset read_idx_dir(const std::string& dir, const std::string& split, const std::vector<std::string>& classes) {
   if (split != "train" && split != "test") throw std::runtime_error("split '" + split + "': expected train or test");
   const std::string prefix = dir + "/" + (split == "train" ? "train" : "t10k");
-  const std::string images = find_maybe_gz(prefix + "-images-idx3-ubyte");
-  const std::string labels = find_maybe_gz(prefix + "-labels-idx1-ubyte");
+  const std::string images = common::find_maybe_gz(prefix + "-images-idx3-ubyte");
+  const std::string labels = common::find_maybe_gz(prefix + "-labels-idx1-ubyte");
   if (images.empty() || labels.empty()) {
     throw std::runtime_error(dir + ": no " + (images.empty() ? prefix + "-images-idx3-ubyte[.gz]" : prefix + "-labels-idx1-ubyte[.gz]") +
                              " (an MNIST-style folder has {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])");

@@ -1,9 +1,10 @@
 #include "trainer.h"
 
-#include "device.h"
-#include "io.h"
 #include "loader.h"
-#include "progress.h"
+
+#include "common/device.h"
+#include "common/files.h"
+#include "common/progress.h"
 
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/registry.h>
@@ -104,7 +105,7 @@ void save_state(const std::string& path, const TrainOptions& options, const Stat
     bytes.append(static_cast<const char*>(data), size);
     return size;
   });
-  write_file_atomic(path, bytes);
+  common::write_file_atomic(path, bytes);
 }
 
 void load_state(const std::string& path, const TrainOptions& options, State& s, torch::nn::Module& model,
@@ -158,7 +159,7 @@ void load_state(const std::string& path, const TrainOptions& options, State& s, 
 void write_metrics(const std::string& path, const std::vector<EpochRecord>& history) {
   std::string text;
   for (const auto& r : history) text += to_json_line(r) + "\n";
-  write_file_atomic(path, text);
+  common::write_file_atomic(path, text);
 }
 
 }  // namespace
@@ -190,7 +191,11 @@ std::vector<std::string> recipe_fingerprint(const TrainOptions& o) {
   return r;
 }
 
-TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const Dataset& val_data) {
+namespace {
+
+// ---- plan: everything a run needs, made (and every option checked) before the first step --------
+
+void check_options(const TrainOptions& o, const Dataset& train_data) {
   train_data.validate("training data");
   if (o.epochs < 1) throw std::runtime_error("--epochs must be >= 1, got " + std::to_string(o.epochs));
   if (o.batch_size < 1) throw std::runtime_error("--batch-size must be >= 1, got " + std::to_string(o.batch_size));
@@ -198,39 +203,26 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   if (o.weights_dtype != "float32" && o.weights_dtype != "float16" && o.weights_dtype != "bfloat16")
     throw std::runtime_error("--weights-dtype '" + o.weights_dtype + "': expected float32, float16 or bfloat16");
   if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw std::runtime_error("--label-smoothing must be in [0, 1)");
-  const torch::Device device(o.device);
-  const int64_t num_classes = static_cast<int64_t>(train_data.classes.size());
-  const bool has_val = val_data.size() > 0;
+}
 
-  // ---- model -------------------------------------------------------------------------------------
+/// The model for this data (classes and input channels from it), initialised from the seed.
+std::shared_ptr<Backbone> build_model_for(const TrainOptions& o, const Dataset& data, const torch::Device& device) {
   torch::manual_seed(o.seed);
   ModelConfig config = parse_model_name(o.model);
-  config.num_classes = num_classes;
-  config.in_channels = train_data.channels();
+  config.num_classes = static_cast<int64_t>(data.classes.size());
+  config.in_channels = data.channels();
   config.width = o.width;
   // The ImageNet stem (7×7/2 conv + max-pool) would shrink a 28 px image to 7 px before the first
   // stage; small images get the 3×3/1 stem.
-  if (config.family == ModelFamily::ResNet && std::max(train_data.height(), train_data.width()) < 64)
-    config.stem = Stem::Small;
+  if (config.family == ModelFamily::ResNet && std::max(data.height(), data.width()) < 64) config.stem = Stem::Small;
   auto model = build_model(config);
-  torch::nn::Module& module = model->module();
-  module.to(device);
-  if (o.channels_last) to_channels_last(module);
-  auto optimizer = make_optimizer(module, o.optimizer);
+  model->module().to(device);
+  if (o.channels_last) to_channels_last(model->module());
+  return model;
+}
 
-  // ---- data: the whole set goes to the device once ---------------------------------------------
-  const auto [mean, stdev] = channel_stats(train_data);
-  const Normalization norm{mean, stdev};
-  Preprocessing pre = Preprocessing::small(train_data.height(), mean, stdev);
-  pre.input_width = train_data.width();
-  pre.color_order = train_data.channels() == 1 ? ColorOrder::Gray : ColorOrder::RGB;
-  const auto train_images = train_data.images.to(device), train_labels = train_data.labels.to(device);
-  const auto val_images = has_val ? val_data.images.to(device) : torch::Tensor();
-  const auto val_labels = has_val ? val_data.labels.to(device) : torch::Tensor();
-
-  const int64_t n = train_data.size();
-  const bool drop_last = n >= o.batch_size;
-  const int64_t steps_per_epoch = drop_last ? n / o.batch_size : 1;
+/// The learning-rate schedule in optimiser steps; learning_rate(…, 0) rejects bad options now.
+ScheduleOptions schedule_in_steps(const TrainOptions& o, int64_t steps_per_epoch) {
   ScheduleOptions sched;
   sched.kind = o.schedule;
   sched.base_lr = o.optimizer.lr;
@@ -239,133 +231,230 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   sched.total_steps = o.epochs * steps_per_epoch;
   sched.gamma = o.lr_gamma;
   for (auto m : o.milestones) sched.milestones.push_back(m * steps_per_epoch);
-  learning_rate(sched, 0);  // validates the schedule options before any work
+  learning_rate(sched, 0);
+  return sched;
+}
 
-  // ---- files -------------------------------------------------------------------------------------
-  fs::create_directories(o.out_dir);
-  const std::string state_path = (fs::path(o.out_dir) / "train_state.pt").string();
-  const std::string best_path = (fs::path(o.out_dir) / "best.pt").string();
-  const std::string last_path = (fs::path(o.out_dir) / "last.pt").string();
-  const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
+struct RunFiles {
+  std::string state, best, last, metrics;
+};
+
+RunFiles run_files(const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  const auto in_out = [&](const char* name) { return (fs::path(out_dir) / name).string(); };
+  return {in_out("train_state.pt"), in_out("best.pt"), in_out("last.pt"), in_out("metrics.jsonl")};
+}
+
+/// One training run: the model, its optimiser, the data on the device and the files.
+struct Run {
+  const TrainOptions& o;
+  torch::Device device;
+  std::vector<std::string> classes;
+  std::shared_ptr<Backbone> model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  Normalization norm;
+  Preprocessing preprocessing;
+  // The whole data set goes to the device once.
+  torch::Tensor train_images, train_labels, val_images, val_labels;
+  bool drop_last = false;
+  ScheduleOptions schedule;
+  RunFiles files;
   State state;
+
+  bool has_val() const { return val_images.defined(); }
+  int64_t num_classes() const { return static_cast<int64_t>(classes.size()); }
+};
+
+/// A new run, or the state of the run in out_dir with --resume; never silently over an old one.
+void start_or_resume(Run& run) {
+  const auto& o = run.o;
   if (o.resume) {
-    if (!fs::exists(state_path)) throw std::runtime_error("--resume: no " + state_path + " (nothing to resume)");
-    load_state(state_path, o, state, module, *optimizer, device);
-    if (o.verbose) std::cerr << "resuming " << o.out_dir << " after epoch " << state.epoch << "/" << o.epochs << "\n";
-  } else if (fs::exists(state_path)) {
+    if (!fs::exists(run.files.state)) throw std::runtime_error("--resume: no " + run.files.state + " (nothing to resume)");
+    load_state(run.files.state, o, run.state, run.model->module(), *run.optimizer, run.device);
+    if (o.verbose) std::cerr << "resuming " << o.out_dir << " after epoch " << run.state.epoch << "/" << o.epochs << "\n";
+  } else if (fs::exists(run.files.state)) {
     throw std::runtime_error(o.out_dir + " already holds a training run (train_state.pt): pass --resume to continue it, "
                              "or choose another --out folder");
   }
+}
 
-  auto save_model = [&](const std::string& path, int64_t epoch) {
-    auto meta = o.metadata;
-    meta["epoch"] = std::to_string(epoch);
-    std::string recipe;
-    for (const auto& item : recipe_fingerprint(o)) recipe += (recipe.empty() ? "" : " ") + item;
-    meta["recipe"] = recipe;
-    Checkpoint ck = make_checkpoint(*model, train_data.classes, pre, meta);
-    const auto dtype = dtype_from_name(o.weights_dtype);
-    for (auto& [name, tensor] : ck.state)
-      tensor = (tensor.is_floating_point() ? tensor.to(dtype) : tensor).contiguous();
-    save_checkpoint(ck, path);
-  };
-
-  const auto forward = [&](const torch::Tensor& x) { return model->forward(x); };
-  const bool amp = o.amp == "bf16";
-  const auto loss_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
-  const int64_t last_epoch = o.stop_after > 0 ? std::min(o.epochs, state.epoch + o.stop_after) : o.epochs;
-
-  for (int64_t epoch = state.epoch; epoch < last_epoch; ++epoch) {
-    const auto t0 = std::chrono::steady_clock::now();
-    LoaderOptions lo;
-    lo.batch_size = o.batch_size;
-    lo.shuffle = true;
-    lo.drop_last = drop_last;
-    lo.train = true;
-    lo.augment = o.augment;
-    lo.norm = norm;
-    lo.seed = o.seed;
-    lo.epoch = epoch;
-    lo.prefetch = o.prefetch;
-    lo.channels_last = o.channels_last;
-    BatchLoader loader(train_images, train_labels, lo);
-    ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), loader.num_batches(), o.verbose);
-    module.train();
-    auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
-    auto correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device));
-    int64_t seen = 0, batches = 0;
-    double lr = 0;
-    while (auto batch = loader.next()) {
-      lr = learning_rate(sched, state.step);
-      set_learning_rate(*optimizer, lr);
-      torch::Tensor logits;
-      {
-        AutocastGuard autocast(device.type(), amp, at::kBFloat16);
-        logits = model->forward(batch->images);
-      }
-      const auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), batch->labels, loss_options);
-      optimizer->zero_grad(true);
-      loss.backward();
-      optimizer->step();
-      ++state.step;
-      ++batches;
-      const int64_t b = batch->labels.size(0);
-      seen += b;
-      {
-        torch::NoGradGuard no_grad;
-        loss_sum += loss.detach().to(torch::kDouble) * static_cast<double>(b);
-        correct += (logits.detach().argmax(1) == batch->labels).sum();
-      }
-      if (bar.due()) {
-        const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        bar.update(batches, loss_sum.item<double>() / seen, static_cast<double>(correct.item<int64_t>()) / seen, seen / el);
-      }
-    }
-    EpochRecord rec;
-    rec.epoch = epoch + 1;
-    rec.lr = lr;
-    rec.train_loss = loss_sum.item<double>() / static_cast<double>(std::max<int64_t>(seen, 1));
-    rec.train_acc = static_cast<double>(correct.item<int64_t>()) / static_cast<double>(std::max<int64_t>(seen, 1));
-    rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    rec.images_per_s = static_cast<double>(seen) / rec.seconds;
-    rec.val_loss = rec.val_acc = std::nan("");
-    if (!std::isfinite(rec.train_loss)) {
-      throw std::runtime_error("the training loss became " + fmt(rec.train_loss) + " in epoch " + std::to_string(epoch + 1) +
-                               " (try a lower --lr or more --warmup-epochs)");
-    }
-    if (has_val) {
-      module.eval();
-      AutocastGuard autocast(device.type(), amp, at::kBFloat16);
-      const auto r = evaluate(forward, val_images, val_labels, num_classes, norm, o.eval_batch_size, o.channels_last, o.hflip_tta);
-      rec.val_loss = r.loss;
-      rec.val_acc = accuracy_from_confusion(r.confusion).overall;
-    }
-    state.history.push_back(rec);
-    state.epoch = epoch + 1;
-    // Best by validation accuracy; without a validation set the last model is the one to keep.
-    const double score = has_val ? rec.val_acc : static_cast<double>(rec.epoch);
-    if (score > state.best_val_acc) {
-      state.best_val_acc = score;
-      state.best_epoch = rec.epoch;
-      save_model(best_path, rec.epoch);
-    }
-    save_model(last_path, rec.epoch);
-    write_metrics(metrics_path, state.history);
-    save_state(state_path, o, state, module, *optimizer);
-    std::ostringstream line;
-    line << std::fixed << "epoch " << rec.epoch << "/" << o.epochs << "  lr " << std::setprecision(5) << rec.lr << "  train loss "
-         << std::setprecision(4) << rec.train_loss << " acc " << std::setprecision(2) << 100 * rec.train_acc << "%";
-    if (has_val) line << "  val loss " << std::setprecision(4) << rec.val_loss << " acc " << std::setprecision(2) << 100 * rec.val_acc << "%";
-    line << "  " << std::setprecision(1) << rec.seconds << " s, " << std::setprecision(0) << rec.images_per_s << " img/s";
-    bar.finish(line.str());
+// The order of the steps is part of the determinism contract (same seed, same weights).
+void plan_run(Run& run, const Dataset& train_data, const Dataset& val_data) {
+  const auto& o = run.o;
+  run.model = build_model_for(o, train_data, run.device);
+  run.optimizer = make_optimizer(run.model->module(), o.optimizer);
+  const auto [mean, stdev] = channel_stats(train_data);
+  run.norm = {mean, stdev};
+  run.preprocessing = Preprocessing::small(train_data.height(), mean, stdev);
+  run.preprocessing.input_width = train_data.width();
+  run.preprocessing.color_order = train_data.channels() == 1 ? ColorOrder::Gray : ColorOrder::RGB;
+  run.train_images = train_data.images.to(run.device);
+  run.train_labels = train_data.labels.to(run.device);
+  if (val_data.size() > 0) {
+    run.val_images = val_data.images.to(run.device);
+    run.val_labels = val_data.labels.to(run.device);
   }
+  run.drop_last = train_data.size() >= o.batch_size;
+  run.schedule = schedule_in_steps(o, run.drop_last ? train_data.size() / o.batch_size : 1);
+  run.files = run_files(o.out_dir);
+  start_or_resume(run);
+}
+
+// ---- run: one epoch of steps, validation, the files ---------------------------------------------
+
+void save_model(const Run& run, const std::string& path, int64_t epoch) {
+  auto meta = run.o.metadata;
+  meta["epoch"] = std::to_string(epoch);
+  std::string recipe;
+  for (const auto& item : recipe_fingerprint(run.o)) recipe += (recipe.empty() ? "" : " ") + item;
+  meta["recipe"] = recipe;
+  Checkpoint ck = make_checkpoint(*run.model, run.classes, run.preprocessing, meta);
+  const auto dtype = common::dtype_from_name(run.o.weights_dtype);
+  for (auto& [name, tensor] : ck.state) tensor = (tensor.is_floating_point() ? tensor.to(dtype) : tensor).contiguous();
+  save_checkpoint(ck, path);
+}
+
+LoaderOptions training_loader_options(const Run& run, int64_t epoch) {
+  LoaderOptions lo;
+  lo.batch_size = run.o.batch_size;
+  lo.shuffle = true;
+  lo.drop_last = run.drop_last;
+  lo.train = true;
+  lo.augment = run.o.augment;
+  lo.norm = run.norm;
+  lo.seed = run.o.seed;
+  lo.epoch = epoch;
+  lo.prefetch = run.o.prefetch;
+  lo.channels_last = run.o.channels_last;
+  return lo;
+}
+
+/// Loss and correct predictions summed on the device: reading them back every step would make the
+/// host wait for the device; the bar reads them only when it redraws.
+struct RunningSums {
+  torch::Tensor loss, correct;
+  int64_t seen = 0, batches = 0;
+};
+
+double elapsed_s(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+/// One optimiser step on `batch`; returns its learning rate.
+double train_step(Run& run, const Batch& batch, RunningSums& sums) {
+  const double lr = learning_rate(run.schedule, run.state.step);
+  set_learning_rate(*run.optimizer, lr);
+  torch::Tensor logits;
+  {
+    AutocastGuard autocast(run.device.type(), run.o.amp == "bf16", at::kBFloat16);
+    logits = run.model->forward(batch.images);
+  }
+  const auto loss_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(run.o.label_smoothing);
+  const auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), batch.labels, loss_options);
+  run.optimizer->zero_grad(true);
+  loss.backward();
+  run.optimizer->step();
+  ++run.state.step;
+  ++sums.batches;
+  const int64_t b = batch.labels.size(0);
+  sums.seen += b;
+  torch::NoGradGuard no_grad;
+  sums.loss += loss.detach().to(torch::kDouble) * static_cast<double>(b);
+  sums.correct += (logits.detach().argmax(1) == batch.labels).sum();
+  return lr;
+}
+
+/// The training half of the epoch's record (lr, train loss and accuracy, time since t0, speed).
+EpochRecord train_epoch(Run& run, BatchLoader& loader, common::ProgressBar& bar, std::chrono::steady_clock::time_point t0) {
+  run.model->module().train();
+  const auto on_device = torch::TensorOptions().device(run.device);
+  RunningSums sums{torch::zeros({}, on_device.dtype(torch::kDouble)), torch::zeros({}, on_device.dtype(torch::kLong))};
+  EpochRecord rec;
+  while (auto batch = loader.next()) {
+    rec.lr = train_step(run, *batch, sums);
+    if (!bar.due()) continue;
+    const double seen = static_cast<double>(sums.seen);
+    bar.update(sums.batches, sums.loss.item<double>() / seen, static_cast<double>(sums.correct.item<int64_t>()) / seen,
+               seen / elapsed_s(t0));
+  }
+  const double seen = static_cast<double>(std::max<int64_t>(sums.seen, 1));
+  rec.train_loss = sums.loss.item<double>() / seen;
+  rec.train_acc = static_cast<double>(sums.correct.item<int64_t>()) / seen;
+  rec.seconds = elapsed_s(t0);
+  rec.images_per_s = static_cast<double>(sums.seen) / rec.seconds;
+  rec.val_loss = rec.val_acc = std::nan("");
+  return rec;
+}
+
+void validate_epoch(Run& run, EpochRecord& rec) {
+  run.model->module().eval();
+  AutocastGuard autocast(run.device.type(), run.o.amp == "bf16", at::kBFloat16);
+  const auto forward = [&](const torch::Tensor& x) { return run.model->forward(x); };
+  const auto r = evaluate(forward, run.val_images, run.val_labels, run.num_classes(), run.norm, run.o.eval_batch_size,
+                          run.o.channels_last, run.o.hflip_tta);
+  rec.val_loss = r.loss;
+  rec.val_acc = accuracy_from_confusion(r.confusion).overall;
+}
+
+/// Records the epoch and rewrites the files, so that a kill after this point loses nothing.
+void keep_epoch(Run& run, const EpochRecord& rec) {
+  auto& state = run.state;
+  state.history.push_back(rec);
+  state.epoch = rec.epoch;
+  // Best by validation accuracy; without a validation set the last model is the one to keep.
+  const double score = run.has_val() ? rec.val_acc : static_cast<double>(rec.epoch);
+  if (score > state.best_val_acc) {
+    state.best_val_acc = score;
+    state.best_epoch = rec.epoch;
+    save_model(run, run.files.best, rec.epoch);
+  }
+  save_model(run, run.files.last, rec.epoch);
+  write_metrics(run.files.metrics, state.history);
+  save_state(run.files.state, run.o, state, run.model->module(), *run.optimizer);
+}
+
+// ---- report --------------------------------------------------------------------------------------
+
+std::string epoch_line(const EpochRecord& rec, int64_t epochs, bool has_val) {
+  std::ostringstream line;
+  line << std::fixed << "epoch " << rec.epoch << "/" << epochs << "  lr " << std::setprecision(5) << rec.lr << "  train loss "
+       << std::setprecision(4) << rec.train_loss << " acc " << std::setprecision(2) << 100 * rec.train_acc << "%";
+  if (has_val) line << "  val loss " << std::setprecision(4) << rec.val_loss << " acc " << std::setprecision(2) << 100 * rec.val_acc << "%";
+  line << "  " << std::setprecision(1) << rec.seconds << " s, " << std::setprecision(0) << rec.images_per_s << " img/s";
+  return line.str();
+}
+
+void run_epoch(Run& run, int64_t epoch) {
+  const auto t0 = std::chrono::steady_clock::now();  // the epoch's time includes making its loader
+  BatchLoader loader(run.train_images, run.train_labels, training_loader_options(run, epoch));
+  common::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(run.o.epochs), loader.num_batches(),
+                          run.o.verbose);
+  EpochRecord rec = train_epoch(run, loader, bar, t0);
+  rec.epoch = epoch + 1;
+  if (!std::isfinite(rec.train_loss)) {
+    throw std::runtime_error("the training loss became " + fmt(rec.train_loss) + " in epoch " + std::to_string(rec.epoch) +
+                             " (try a lower --lr or more --warmup-epochs)");
+  }
+  if (run.has_val()) validate_epoch(run, rec);
+  keep_epoch(run, rec);
+  bar.finish(epoch_line(rec, run.o.epochs, run.has_val()));
+}
+
+}  // namespace
+
+TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const Dataset& val_data) {
+  check_options(o, train_data);
+  Run run{o, torch::Device(o.device), train_data.classes};
+  plan_run(run, train_data, val_data);
+  const int64_t last_epoch = o.stop_after > 0 ? std::min(o.epochs, run.state.epoch + o.stop_after) : o.epochs;
+  for (int64_t epoch = run.state.epoch; epoch < last_epoch; ++epoch) run_epoch(run, epoch);
 
   TrainResult result;
-  result.history = state.history;
-  result.best_epoch = state.best_epoch;
-  result.best_val_acc = has_val ? state.best_val_acc : std::nan("");
-  result.best_path = best_path;
-  result.last_path = last_path;
+  result.history = run.state.history;
+  result.best_epoch = run.state.best_epoch;
+  result.best_val_acc = run.has_val() ? run.state.best_val_acc : std::nan("");
+  result.best_path = run.files.best;
+  result.last_path = run.files.last;
   return result;
 }
 

@@ -3,8 +3,8 @@
 #include "image_list.h"
 #include "preprocess.h"
 
-#include "train/csv.h"
-#include "train/io.h"
+#include "common/csv.h"
+#include "common/files.h"
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -27,7 +27,7 @@ struct Item {
 };
 
 /// Decodes every item into one uint8 [N, C, S, S] tensor; unreadable files are skipped and reported.
-train::Dataset decode(const std::vector<Item>& items, const std::vector<std::string>& classes, const train::DataSpec& spec) {
+common::Dataset decode(const std::vector<Item>& items, const std::vector<std::string>& classes, const common::DataSpec& spec) {
   int64_t channels = spec.channels, size = spec.image_size;
   std::vector<std::string> skipped;
   std::vector<uint8_t> pixels;
@@ -70,13 +70,13 @@ train::Dataset decode(const std::vector<Item>& items, const std::vector<std::str
   }
   if (labels.empty()) throw std::runtime_error(spec.path + ": no readable image (" + std::to_string(items.size()) + " file(s) tried)");
   const auto n = static_cast<int64_t>(labels.size());
-  return train::Dataset{torch::from_blob(pixels.data(), {n, channels, size, size}, torch::kUInt8).clone(),
+  return common::Dataset{torch::from_blob(pixels.data(), {n, channels, size, size}, torch::kUInt8).clone(),
                         torch::tensor(labels, torch::kLong), classes};
 }
 
 }  // namespace
 
-train::Dataset read_image_folder(const train::DataSpec& spec) {
+common::Dataset read_image_folder(const common::DataSpec& spec) {
   std::vector<std::string> classes;
   for (const auto& entry : fs::directory_iterator(spec.path)) {
     if (entry.is_directory()) classes.push_back(entry.path().filename().string());
@@ -106,8 +106,8 @@ train::Dataset read_image_folder(const train::DataSpec& spec) {
   return decode(items, classes, spec);
 }
 
-train::Dataset read_image_csv(const train::DataSpec& spec) {
-  std::istringstream in(train::read_file(spec.path));
+common::Dataset read_image_csv(const common::DataSpec& spec) {
+  std::istringstream in(common::read_file(spec.path));
   const fs::path base = fs::path(spec.path).parent_path();
   std::vector<std::pair<std::string, std::string>> rows;
   std::string line;
@@ -115,20 +115,20 @@ train::Dataset read_image_csv(const train::DataSpec& spec) {
   while (std::getline(in, line)) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto f = train::split_csv_line(line);
+    const auto f = common::split_csv_line(line);
     if (f.size() != 2) {
       throw std::runtime_error(spec.path + ":" + std::to_string(line_no) + ": " + std::to_string(f.size()) + " fields, expected path,label");
     }
-    if (rows.empty() && (f[0] == "path" || f[0] == "file" || f[0] == "filename") && !train::is_integer(f[1])) continue;
+    if (rows.empty() && (f[0] == "path" || f[0] == "file" || f[0] == "filename") && !common::is_integer(f[1])) continue;
     const fs::path p(f[0]);
     rows.emplace_back(p.is_absolute() ? p.string() : (base / p).string(), f[1]);
   }
   if (rows.empty()) throw std::runtime_error(spec.path + ": no path,label rows");
   // Labels: all integers → indices (names from --classes or the indices themselves); otherwise
   // class names, in sorted order unless the model's order is given.
-  const bool numeric = std::all_of(rows.begin(), rows.end(), [](const auto& r) { return train::is_integer(r.second); });
+  const bool numeric = std::all_of(rows.begin(), rows.end(), [](const auto& r) { return common::is_integer(r.second); });
   std::vector<std::string> classes = spec.known_classes;
-  if (classes.empty() && !spec.class_names.empty()) classes = train::parse_class_names(spec.class_names);
+  if (classes.empty() && !spec.class_names.empty()) classes = common::parse_class_names(spec.class_names);
   std::vector<Item> items;
   if (numeric) {
     int64_t max_label = 0;
@@ -159,6 +159,6 @@ train::Dataset read_image_csv(const train::DataSpec& spec) {
   return decode(items, classes, spec);
 }
 
-train::ImageReaders opencv_image_readers() { return {read_image_folder, read_image_csv}; }
+common::ImageReaders opencv_image_readers() { return {read_image_folder, read_image_csv}; }
 
 }  // namespace attnkit::vision

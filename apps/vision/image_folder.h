@@ -6,18 +6,18 @@
 // are skipped; the count and the first few names go into one warning on stderr.
 #pragma once
 
-#include "train/data_source.h"
+#include "common/dataset.h"
 
 namespace attnkit::vision {
 
 /// ImageFolder tree at spec.path (see above). Throws std::runtime_error when the tree has no class
 /// folders or no readable image.
-train::Dataset read_image_folder(const train::DataSpec& spec);
+common::Dataset read_image_folder(const common::DataSpec& spec);
 
 /// CSV of path,label at spec.path (an optional header row "path,label" is skipped).
-train::Dataset read_image_csv(const train::DataSpec& spec);
+common::Dataset read_image_csv(const common::DataSpec& spec);
 
 /// Both readers, for train::load_dataset.
-train::ImageReaders opencv_image_readers();
+common::ImageReaders opencv_image_readers();
 
 }  // namespace attnkit::vision

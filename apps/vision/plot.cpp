@@ -77,7 +77,7 @@ void draw_panel(cv::Mat& img, const cv::Rect& area, const std::string& title,
 
 }  // namespace
 
-void plot_training_curves(const std::vector<train::EpochRecord>& history, const std::string& path) {
+void plot_training_curves(const std::vector<EpochPoint>& history, const std::string& path) {
   std::vector<double> tl, vl, ta, va;
   for (const auto& r : history) {
     tl.push_back(r.train_loss);

@@ -2,16 +2,22 @@
 // loss/accuracy curves per epoch, and a confusion matrix as a heat map with counts.
 #pragma once
 
-#include "train/metrics.h"
+#include <torch/types.h>
 
 #include <string>
 #include <vector>
 
 namespace attnkit::vision {
 
+/// The numbers of one epoch that the curves show (accuracies in [0, 1]; NaN = no validation).
+/// Its own type, so that drawing needs nothing from train/.
+struct EpochPoint {
+  double train_loss = 0, val_loss = 0, train_acc = 0, val_acc = 0;
+};
+
 /// Two panels side by side: loss (train, validation) and accuracy (train, validation) per epoch.
 /// Throws std::runtime_error when the file cannot be written.
-void plot_training_curves(const std::vector<train::EpochRecord>& history, const std::string& path);
+void plot_training_curves(const std::vector<EpochPoint>& history, const std::string& path);
 
 /// Confusion matrix [K, K] (rows = true class) as a heat map normalised per row, with the counts
 /// in the cells and the class names on the axes.

@@ -46,6 +46,58 @@ cv::Mat resize_to(const cv::Mat& img, int width, int height) {
   return out;
 }
 
+/// The resize step of `pre` (stretch, shorter side or none).
+cv::Mat resize_as(const cv::Mat& img, const Preprocessing& pre, int in_w, int in_h) {
+  if (pre.resize == Resize::Stretch) return resize_to(img, in_w, in_h);
+  if (pre.resize != Resize::ShorterSide) return img;
+  const int64_t s = pre.resize_size;
+  int64_t w = img.cols, h = img.rows;
+  if (w <= h) {  // torchvision: the long side is truncated, not rounded
+    h = static_cast<int64_t>(static_cast<double>(s) * h / w);
+    w = s;
+  } else {
+    w = static_cast<int64_t>(static_cast<double>(s) * w / h);
+    h = s;
+  }
+  return resize_to(img, static_cast<int>(w), static_cast<int>(h));
+}
+
+/// Crops (or checks) `img` to in_w × in_h; returns the crop's corner in `img`'s pixels, negative
+/// where torchvision's CenterCrop pads first (an image smaller than the crop).
+cv::Point center_crop(cv::Mat& img, const Preprocessing& pre, int in_w, int in_h) {
+  if (img.cols == in_w && img.rows == in_h) return {0, 0};
+  if (pre.crop != Crop::Center)
+    throw std::runtime_error("image is " + std::to_string(img.cols) + "x" + std::to_string(img.rows) +
+                             " after resizing but the model takes " + std::to_string(in_w) + "x" +
+                             std::to_string(in_h) + " and its preprocessing has no crop");
+  const int pad_w = std::max(0, in_w - img.cols), pad_h = std::max(0, in_h - img.rows);
+  const int pad_left = pad_w / 2, pad_top = pad_h / 2;
+  if (pad_w || pad_h)
+    cv::copyMakeBorder(img, img, pad_top, pad_h - pad_top, pad_left, pad_w - pad_left, cv::BORDER_CONSTANT, cv::Scalar::all(0));
+  const int crop_left = static_cast<int>(std::lround((img.cols - in_w) / 2.0));
+  const int crop_top = static_cast<int>(std::lround((img.rows - in_h) / 2.0));
+  img = img(cv::Rect(crop_left, crop_top, in_w, in_h));
+  return {crop_left - pad_left, crop_top - pad_top};
+}
+
+// HWC uint8 → normalised CHW float in one loop, in the float operations and order of
+// torchvision's ToTensor + Normalize ((v · scale − mean) / std, each rounded to float), so results
+// match it bit for bit. One plain loop rather than five ATen passes: `attnkit stream` prepares
+// frames while the inference thread's OpenMP team runs, and small parallel regions would fight it.
+torch::Tensor normalised_chw(const cv::Mat& img, const Preprocessing& pre, int64_t channels) {
+  auto tensor = torch::empty({channels, img.rows, img.cols}, torch::kFloat32);
+  float* dst = tensor.data_ptr<float>();
+  const auto scale = static_cast<float>(pre.pixel_scale);
+  for (int64_t c = 0; c < channels; ++c) {
+    const auto mean = static_cast<float>(pre.mean[c]), stdev = static_cast<float>(pre.std[c]);
+    for (int y = 0; y < img.rows; ++y) {
+      const uchar* row = img.ptr<uchar>(y);
+      for (int x = 0; x < img.cols; ++x) *dst++ = (static_cast<float>(row[x * channels + c]) * scale - mean) / stdev;
+    }
+  }
+  return tensor;
+}
+
 }  // namespace
 
 NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
@@ -60,67 +112,17 @@ NetworkInput prepare_input(const cv::Mat& bgr, const Preprocessing& pre) {
   cv::Mat img;
   if (pre.color_order == ColorOrder::Gray) cv::cvtColor(bgr, img, cv::COLOR_BGR2GRAY);
   else img = bgr;
-
-  // Resize; sx, sy map original pixels to resized pixels.
-  if (pre.resize == Resize::Stretch) {
-    img = resize_to(img, in_w, in_h);
-  } else if (pre.resize == Resize::ShorterSide) {
-    const int64_t s = pre.resize_size;
-    int64_t w = img.cols, h = img.rows;
-    if (w <= h) {  // torchvision: the long side is truncated, not rounded
-      h = static_cast<int64_t>(static_cast<double>(s) * h / w);
-      w = s;
-    } else {
-      w = static_cast<int64_t>(static_cast<double>(s) * w / h);
-      h = s;
-    }
-    img = resize_to(img, static_cast<int>(w), static_cast<int>(h));
-  }
+  img = resize_as(img, pre, in_w, in_h);
+  // sx, sy map original pixels to resized pixels.
   const double sx = static_cast<double>(img.cols) / bgr.cols, sy = static_cast<double>(img.rows) / bgr.rows;
-
-  // Crop (or check) to the input size; (left, top) is the crop's corner in resized pixels.
-  int left = 0, top = 0;
-  if (img.cols != in_w || img.rows != in_h) {
-    if (pre.crop != Crop::Center)
-      throw std::runtime_error("image is " + std::to_string(img.cols) + "x" + std::to_string(img.rows) +
-                               " after resizing but the model takes " + std::to_string(in_w) + "x" +
-                               std::to_string(in_h) + " and its preprocessing has no crop");
-    // torchvision CenterCrop: zero padding first when the image is smaller than the crop.
-    const int pad_w = std::max(0, in_w - img.cols), pad_h = std::max(0, in_h - img.rows);
-    int pad_left = 0, pad_top = 0;
-    if (pad_w || pad_h) {
-      pad_left = pad_w / 2;
-      pad_top = pad_h / 2;
-      cv::copyMakeBorder(img, img, pad_top, pad_h - pad_top, pad_left, pad_w - pad_left, cv::BORDER_CONSTANT, cv::Scalar::all(0));
-    }
-    const int crop_left = static_cast<int>(std::lround((img.cols - in_w) / 2.0));
-    const int crop_top = static_cast<int>(std::lround((img.rows - in_h) / 2.0));
-    img = img(cv::Rect(crop_left, crop_top, in_w, in_h));
-    left = crop_left - pad_left;
-    top = crop_top - pad_top;
-  }
+  const cv::Point corner = center_crop(img, pre, in_w, in_h);
 
   NetworkInput out;
   out.window.input_width = in_w;
   out.window.input_height = in_h;
-  out.window.region = cv::Rect2d(left / sx, top / sy, in_w / sx, in_h / sy);
-
+  out.window.region = cv::Rect2d(corner.x / sx, corner.y / sy, in_w / sx, in_h / sy);
   if (pre.color_order == ColorOrder::RGB) cv::cvtColor(img, img, cv::COLOR_BGR2RGB);
-
-  // HWC uint8 → normalised CHW float in one loop, in the float operations and order of
-  // torchvision's ToTensor + Normalize ((v · scale − mean) / std, each rounded to float), so results
-  // match it bit for bit. One plain loop rather than five ATen passes: `attnkit stream` prepares
-  // frames while the inference thread's OpenMP team runs, and small parallel regions would fight it.
-  out.tensor = torch::empty({channels, in_h, in_w}, torch::kFloat32);
-  float* dst = out.tensor.data_ptr<float>();
-  const auto scale = static_cast<float>(pre.pixel_scale);
-  for (int64_t c = 0; c < channels; ++c) {
-    const auto mean = static_cast<float>(pre.mean[c]), stdev = static_cast<float>(pre.std[c]);
-    for (int y = 0; y < in_h; ++y) {
-      const uchar* row = img.ptr<uchar>(y);
-      for (int x = 0; x < in_w; ++x) *dst++ = (static_cast<float>(row[x * channels + c]) * scale - mean) / stdev;
-    }
-  }
+  out.tensor = normalised_chw(img, pre, channels);
   return out;
 }
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 class ProgressBar {
  public:
@@ -34,4 +34,4 @@ class ProgressBar {
 /// "1:23" / "1:02:03" for a number of seconds.
 std::string format_duration(double seconds);
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

@@ -1,10 +1,11 @@
-// File helpers of the training code: whole-file reads that see through gzip, and atomic writes
-// (a kill at any moment leaves either the old file or the new one, never a torn one).
+// File helpers of the whole program (training data, classify's results, visualize's pictures,
+// stream's snapshots): whole-file reads that see through gzip, and atomic writes (a kill at any
+// moment leaves either the old file or the new one, never a torn one).
 #pragma once
 
 #include <string>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 /// The bytes of `path`; a gzip file (magic 1f 8b) is decompressed. Throws std::runtime_error naming
 /// the file when it cannot be opened, is not valid gzip, or when this build has no zlib.
@@ -14,10 +15,12 @@ std::string read_file(const std::string& path);
 bool is_gzip(const std::string& bytes);
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename over
-/// `path`, fsync of the folder. Throws std::runtime_error naming the file on any failure.
+/// `path`, fsync of the folder. The one implementation is the core library's
+/// attnkit::write_file_atomically (checkpoint.h); this only turns its c10::Error into the
+/// std::runtime_error every apps function throws. The message names the file.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
 /// `path` when it exists, else `path + ".gz"` when that exists, else "".
 std::string find_maybe_gz(const std::string& path);
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

@@ -1,4 +1,6 @@
-#include "io.h"
+#include "files.h"
+
+#include <attnkit/backbones/checkpoint.h>
 
 #include <cerrno>
 #include <cstring>
@@ -7,15 +9,11 @@
 #include <sstream>
 #include <stdexcept>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #ifdef ATTNKIT_HAVE_ZLIB
 #include <zlib.h>
 #endif
 
-namespace attnkit::train {
+namespace attnkit::common {
 namespace fs = std::filesystem;
 
 bool is_gzip(const std::string& bytes) {
@@ -82,44 +80,11 @@ std::string find_maybe_gz(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const fs::path target(path);
-  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string tmp = (dir / ("." + target.filename().string() + ".tmpXXXXXX")).string();
-  const int fd = mkstemp(tmp.data());
-  if (fd < 0) fail_errno("create a temporary file for", path);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      errno = err;
-      fail_errno("write", tmp);
-    }
-    done += static_cast<size_t>(n);
-  }
-  // mkstemp creates 0600; a checkpoint is an ordinary file.
-  ::fchmod(fd, 0644);
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    errno = err;
-    fail_errno("flush", tmp);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    errno = err;
-    fail_errno("rename a temporary file onto", path);
-  }
-  // The rename itself is durable only once the folder is synced.
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  try {
+    write_file_atomically(path, bytes);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(e.what_without_backtrace());
   }
 }
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

@@ -6,7 +6,7 @@
 
 #include <unistd.h>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 std::string format_duration(double seconds) {
   if (!(seconds >= 0) || seconds > 1e7) return "?";
@@ -56,4 +56,4 @@ void ProgressBar::finish(const std::string& line) {
   std::cerr << line << "\n" << std::flush;
 }
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

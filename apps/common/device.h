@@ -1,11 +1,12 @@
-// Device, dtype and thread set-up shared by the commands (train, eval, bench, stream).
+// Device, dtype and thread set-up shared by the commands (train, eval, bench, classify, visualize,
+// stream) and by the training loop.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 
 #include <string>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 /// "auto" → "cuda" when a CUDA device is available, else "cpu"; "cuda" without a device is an error.
 std::string resolve_device(const std::string& device);
@@ -22,4 +23,4 @@ void configure_threads(int threads);
 /// On CUDA: cuDNN autotuning (fixed shapes) and TF32 for the float32 matrix products.
 void configure_cuda_speed(const std::string& device);
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common

@@ -6,7 +6,7 @@
 
 #include <stdexcept>
 
-namespace attnkit::train {
+namespace attnkit::common {
 
 std::string resolve_device(const std::string& device) {
   if (device == "auto") return torch::cuda::is_available() ? "cuda" : "cpu";
@@ -45,4 +45,4 @@ void configure_cuda_speed(const std::string& device) {
   at::globalContext().setFloat32MatmulPrecision("high");
 }
 
-}  // namespace attnkit::train
+}  // namespace attnkit::common
