@@ -127,6 +127,8 @@ struct UsageError : std::runtime_error {
 
 struct ClassifyPlan {
   std::vector<std::string> files;
+  /// Inputs that could not be expanded (folders that cannot be listed): reported as failures.
+  std::vector<std::pair<std::string, std::string>> input_errors;
   std::string device_name;
   torch::Device device = torch::kCPU;
   Checkpoint info;
@@ -145,7 +147,7 @@ void check_output_file(const ClassifyArgs& a) {
   if (!a.overwrite) throw std::runtime_error("classify: \"" + a.output + "\" exists; pass --overwrite to replace it");
 }
 
-std::vector<std::string> image_files(const ClassifyArgs& a) {
+vision::ImageList image_files(const ClassifyArgs& a) {
   std::vector<std::string> inputs = a.paths;
   if (!a.list.empty()) {
     const auto listed = vision::read_list_file(a.list);
@@ -153,8 +155,8 @@ std::vector<std::string> image_files(const ClassifyArgs& a) {
   }
   const vision::ImageList found = vision::expand_inputs(inputs, {a.recursive});
   for (const auto& w : found.warnings) std::cerr << "attnkit classify: warning: " << w << "\n";
-  if (found.files.empty()) throw UsageError("no image files found in the inputs");
-  return found.files;
+  if (found.files.empty() && found.errors.empty()) throw UsageError("no image files found in the inputs");
+  return found;
 }
 
 void plan_model(const ClassifyArgs& a, ClassifyPlan& p) {
@@ -174,7 +176,9 @@ void plan_model(const ClassifyArgs& a, ClassifyPlan& p) {
 ClassifyPlan plan_classify(const ClassifyArgs& a) {
   check_output_file(a);
   ClassifyPlan p;
-  p.files = image_files(a);
+  vision::ImageList found = image_files(a);
+  p.files = std::move(found.files);
+  p.input_errors = std::move(found.errors);
   plan_model(a, p);
   return p;
 }
@@ -295,6 +299,12 @@ int run_classify(const ClassifyArgs& a, const CLI::App& cmd) {
   c10::InferenceMode inference;
   BatchClassifier classifier(plan, a.batch_size, writer, out, bar_wanted ? &bar : nullptr);
   vision::ImagePrefetcher images(plan.files, plan.info.preprocessing, static_cast<size_t>(2 * a.batch_size));
+  for (const auto& [path, error] : plan.input_errors) {  // one error row each, like unreadable files
+    vision::PreparedImage failed;
+    failed.path = path;
+    failed.error = error;
+    classifier.add(std::move(failed));
+  }
   while (auto item = images.next()) classifier.add(std::move(*item));
   classifier.flush();
   const double seconds = seconds_since(classifier.start());

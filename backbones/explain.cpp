@@ -255,6 +255,115 @@ torch::Device model_device(Backbone& model) {
   return torch::kCPU;
 }
 
+// ---- explain(): plan, one forward, one backward, the maps -------------------------------------------
+
+/// What each method needs: native maps → recording in their blocks; CAMs → the blocks' outputs
+/// kept (and, for the gradient methods, one backward pass to them).
+struct ExplainPlan {
+  std::vector<ExplainMethod> methods;         // Auto resolved
+  std::vector<std::vector<Request>> requests;  // per method: its layers
+  std::vector<bool> keep, record;              // per block
+  bool need_grad = false;
+};
+
+/// What the forward pass leaves for the maps.
+struct ForwardPass {
+  std::vector<torch::Tensor> kept;                    // per block: its output, where a CAM needs it
+  std::vector<std::optional<Position2d>> queries;     // per block: the query point on its map
+  torch::Tensor logits, targets;
+};
+
+void check_explain_args(const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
+                        const ExplainOptions& options, int64_t num_classes) {
+  TORCH_CHECK(!methods.empty(), "explain: no method given");
+  TORCH_CHECK(input.defined() && input.dim() == 4, "explain: expected an input of shape [N, C, H, W], got ",
+              input.defined() ? input.sizes() : torch::IntArrayRef{});
+  if (options.query_x >= 0 && options.query_y >= 0) {
+    TORCH_CHECK(options.query_x <= 1 && options.query_y <= 1, "explain: the query point must lie in [0, 1]², got (",
+                options.query_x, ", ", options.query_y, ")");
+  }
+  TORCH_CHECK(options.target >= -1 && options.target < num_classes, "explain: target class ", options.target,
+              " is outside [0, ", num_classes, ") (or -1 for each image's top-1)");
+}
+
+ExplainPlan plan_explain(Backbone& model, const Layout& layout, const std::vector<ExplainMethod>& methods,
+                         const ExplainOptions& options) {
+  ExplainPlan plan;
+  plan.keep.assign(layout.blocks.size(), false);
+  plan.record.assign(layout.blocks.size(), false);
+  for (auto m : methods) {
+    if (m == ExplainMethod::Auto) m = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
+    plan.methods.push_back(m);
+    plan.requests.push_back(resolve_layers(model, layout, m, options.layers));
+    for (const auto& r : plan.requests.back()) (m == ExplainMethod::Native ? plan.record : plan.keep)[r.block] = true;
+    plan.need_grad = plan.need_grad || is_gradient_method(m);
+  }
+  return plan;
+}
+
+/// One forward pass, block by block: records the planned blocks' maps (through `guard`) and keeps
+/// the planned outputs. Runs with gradients where the plan needs them.
+ForwardPass forward_blocks(Backbone& model, Layout& layout, const ExplainPlan& plan, const torch::Tensor& x,
+                           const ExplainOptions& options, RecordingGuard& guard) {
+  const bool query = options.query_x >= 0 && options.query_y >= 0;
+  ForwardPass f;
+  f.kept.resize(layout.blocks.size());
+  f.queries.resize(layout.blocks.size());
+  std::vector<torch::Tensor> stage_outputs;
+  auto y = model.forward_stem(x);
+  for (size_t i = 0; i < layout.blocks.size(); ++i) {
+    auto& b = layout.blocks[i];
+    if (plan.record[i]) {
+      // The map's size is the block's output size (its 3×3 convolution carries the stride).
+      const int64_t h = (y.size(2) - 1) / b.stride + 1, w = (y.size(3) - 1) / b.stride + 1;
+      if (query) f.queries[i] = Position2d(query_index(options.query_y, h), query_index(options.query_x, w));
+      guard.record(b, h, w, f.queries[i]);
+    }
+    y = b.module.forward(y);
+    if (plan.keep[i]) f.kept[i] = y;
+    if (layout.stage_last_block[b.stage] == i) stage_outputs.push_back(y);
+  }
+  f.logits = model.forward_head(stage_outputs);
+  f.targets = options.target >= 0
+                  ? torch::full({f.logits.size(0)}, options.target, torch::dtype(torch::kLong).device(f.logits.device()))
+                  : f.logits.detach().argmax(1);
+  return f;
+}
+
+/// One backward pass for every gradient method, to every kept activation at once: the gradient of
+/// the target's score per block (undefined where no gradient method asked).
+std::vector<torch::Tensor> target_gradients(const ExplainPlan& plan, const ForwardPass& f) {
+  std::vector<torch::Tensor> grads(f.kept.size());
+  std::vector<size_t> which;
+  std::vector<torch::Tensor> inputs;
+  for (size_t m = 0; m < plan.methods.size(); ++m) {
+    if (!is_gradient_method(plan.methods[m])) continue;
+    for (const auto& r : plan.requests[m]) {
+      if (std::find(which.begin(), which.end(), r.block) != which.end()) continue;
+      which.push_back(r.block);
+      inputs.push_back(f.kept[r.block]);
+    }
+  }
+  const auto score = f.logits.gather(1, f.targets.view({-1, 1})).sum();
+  const auto g = torch::autograd::grad({score}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+  for (size_t k = 0; k < which.size(); ++k) grads[which[k]] = g[k].defined() ? g[k] : torch::zeros_like(inputs[k]);
+  return grads;
+}
+
+torch::Tensor method_map(ExplainMethod method, const BlockInfo& b, const torch::Tensor& activation,
+                         const torch::Tensor& grad, const std::optional<Position2d>& query) {
+  switch (method) {
+    case ExplainMethod::Native: return native_map(b, query);
+    case ExplainMethod::GradCam: return grad_cam(activation, grad);
+    case ExplainMethod::GradCamPlusPlus: return grad_cam_plus_plus(activation, grad);
+    case ExplainMethod::LayerCam: return layer_cam(activation, grad);
+    case ExplainMethod::EigenCam: return eigen_cam(activation);
+    case ExplainMethod::Auto: break;
+  }
+  TORCH_CHECK(false, "explain: Auto was not resolved");
+}
+
 }  // namespace
 
 // ---- public ------------------------------------------------------------------------------------
@@ -267,105 +376,35 @@ std::vector<std::string> explainable_layers(Backbone& model, ExplainMethod metho
   return layer_names(layout, method == ExplainMethod::Native);
 }
 
-std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods_in,
+std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
                                  const ExplainOptions& options) {
-  TORCH_CHECK(!methods_in.empty(), "explain: no method given");
-  TORCH_CHECK(input.defined() && input.dim() == 4, "explain: expected an input of shape [N, C, H, W], got ",
-              input.defined() ? input.sizes() : torch::IntArrayRef{});
-  const bool query = options.query_x >= 0 && options.query_y >= 0;
-  if (query) {
-    TORCH_CHECK(options.query_x <= 1 && options.query_y <= 1, "explain: the query point must lie in [0, 1]², got (",
-                options.query_x, ", ", options.query_y, ")");
-  }
+  check_explain_args(input, methods, options, model.config().num_classes);
   auto layout = describe(model);
-  std::vector<ExplainMethod> methods = methods_in;
-  for (auto& m : methods)
-    if (m == ExplainMethod::Auto) m = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
+  const ExplainPlan plan = plan_explain(model, layout, methods, options);
 
-  // What each method needs: native → recording in its blocks; CAMs → the blocks' outputs.
-  std::vector<std::vector<Request>> requests;
-  std::vector<bool> keep(layout.blocks.size(), false), record(layout.blocks.size(), false);
-  bool need_grad = false;
-  for (auto m : methods) {
-    requests.push_back(resolve_layers(model, layout, m, options.layers));
-    for (const auto& r : requests.back()) (m == ExplainMethod::Native ? record : keep)[r.block] = true;
-    need_grad = need_grad || is_gradient_method(m);
-  }
-  const int64_t num_classes = model.config().num_classes;
-  TORCH_CHECK(options.target >= -1 && options.target < num_classes, "explain: target class ", options.target,
-              " is outside [0, ", num_classes, ") (or -1 for each image's top-1)");
-
-  // One forward pass, block by block.
-  const auto device = model_device(model);
-  RecordingGuard guard;
+  RecordingGuard guard;  // the recorded maps stay readable until the maps below are made
   std::optional<torch::NoGradGuard> no_grad;
   std::optional<torch::AutoGradMode> grad_on;
-  auto x = input.to(device).detach();
-  if (need_grad) {
+  auto x = input.to(model_device(model)).detach();
+  if (plan.need_grad) {
     grad_on.emplace(true);
-    // Gradients reach the activations even when the parameters are frozen.
-    x.requires_grad_(true);
+    x.requires_grad_(true);  // gradients reach the activations even when the parameters are frozen
   } else {
     no_grad.emplace();
   }
-  std::vector<torch::Tensor> kept(layout.blocks.size()), stage_outputs;
-  std::vector<std::optional<Position2d>> queries(layout.blocks.size());  // the query point on each map
-  auto y = model.forward_stem(x);
-  for (size_t i = 0; i < layout.blocks.size(); ++i) {
-    auto& b = layout.blocks[i];
-    if (record[i]) {
-      // The map's size is the block's output size (its 3×3 convolution carries the stride).
-      const int64_t h = (y.size(2) - 1) / b.stride + 1, w = (y.size(3) - 1) / b.stride + 1;
-      if (query) queries[i] = Position2d(query_index(options.query_y, h), query_index(options.query_x, w));
-      guard.record(b, h, w, queries[i]);
-    }
-    y = b.module.forward(y);
-    if (keep[i]) kept[i] = y;
-    if (layout.stage_last_block[b.stage] == i) stage_outputs.push_back(y);
-  }
-  const auto logits = model.forward_head(stage_outputs);
-  const auto targets = options.target >= 0 ? torch::full({logits.size(0)}, options.target, torch::dtype(torch::kLong).device(logits.device()))
-                                           : logits.detach().argmax(1);
-
-  // One backward pass for every gradient method, to every kept activation at once.
-  std::vector<torch::Tensor> grads(layout.blocks.size());
-  if (need_grad) {
-    std::vector<size_t> which;
-    std::vector<torch::Tensor> inputs;
-    for (size_t m = 0; m < methods.size(); ++m) {
-      if (!is_gradient_method(methods[m])) continue;
-      for (const auto& r : requests[m]) {
-        if (std::find(which.begin(), which.end(), r.block) != which.end()) continue;
-        which.push_back(r.block);
-        inputs.push_back(kept[r.block]);
-      }
-    }
-    const auto score = logits.gather(1, targets.view({-1, 1})).sum();
-    const auto g = torch::autograd::grad({score}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
-                                         /*allow_unused=*/true);
-    for (size_t k = 0; k < which.size(); ++k) grads[which[k]] = g[k].defined() ? g[k] : torch::zeros_like(inputs[k]);
-  }
+  const ForwardPass f = forward_blocks(model, layout, plan, x, options, guard);
+  const auto grads = plan.need_grad ? target_gradients(plan, f) : std::vector<torch::Tensor>(f.kept.size());
 
   torch::NoGradGuard maps_without_grad;
   std::vector<Explanation> out;
-  for (size_t m = 0; m < methods.size(); ++m) {
+  for (size_t m = 0; m < plan.methods.size(); ++m) {
     Explanation e;
-    e.logits = logits.detach();
-    e.targets = targets;
-    e.method = methods[m];
-    for (const auto& r : requests[m]) {
-      const auto& b = layout.blocks[r.block];
-      const auto a = kept[r.block].defined() ? kept[r.block].detach() : torch::Tensor();
-      const auto& g = grads[r.block];
-      torch::Tensor map;
-      switch (methods[m]) {
-        case ExplainMethod::Native: map = native_map(b, queries[r.block]); break;
-        case ExplainMethod::GradCam: map = grad_cam(a, g); break;
-        case ExplainMethod::GradCamPlusPlus: map = grad_cam_plus_plus(a, g); break;
-        case ExplainMethod::LayerCam: map = layer_cam(a, g); break;
-        case ExplainMethod::EigenCam: map = eigen_cam(a); break;
-        case ExplainMethod::Auto: TORCH_CHECK(false, "explain: Auto was not resolved");
-      }
+    e.logits = f.logits.detach();
+    e.targets = f.targets;
+    e.method = plan.methods[m];
+    for (const auto& r : plan.requests[m]) {
+      const auto activation = f.kept[r.block].defined() ? f.kept[r.block].detach() : torch::Tensor();
+      auto map = method_map(e.method, layout.blocks[r.block], activation, grads[r.block], f.queries[r.block]);
       if (options.normalize) map = normalize01(map);
       e.maps.push_back({r.label, map.to(torch::kFloat).contiguous()});
     }

@@ -32,6 +32,20 @@ attnkit_cli_test(NAME cli.classify_corrupt_png WORKING_DIRECTORY ${_ck}
   COMMAND attnkit_cli classify corrupt/bad.png ${_samples}/0001-pullover.png --format json EXIT 1 MATCH
   "^{\"path\":\"corrupt/bad.png\",\"error\":\"cannot decode the image[^\n]*\"}\n{\"path\":\"[^\"]*0001-pullover.png\",\"top\":\\[{\"label\":\"Pullover\",\"index\":2,\"prob\":[^\n]*\nclassify: 2 images, 1 failed")
 
+# Not a regular file: a FIFO named like an image is refused at once (it used to block classify
+# forever, and the good file after it was never classified).
+attnkit_cli_test(NAME cli.classify_fifo_is_an_error_not_a_hang WORKING_DIRECTORY ${_ck}
+  SETUP "rm -rf fifo && mkdir fifo && mkfifo fifo/pipe.png"
+  COMMAND attnkit_cli classify fifo/pipe.png ${_samples}/0000-ankle-boot.png EXIT 1 MATCH
+  "^fifo/pipe.png: error: is not a regular file[^\n]*\n[^\n]*0000-ankle-boot.png +Ankle boot [^\n]*\nclassify: 2 images, 1 failed")
+set_tests_properties(cli.classify_fifo_is_an_error_not_a_hang PROPERTIES TIMEOUT 120)
+# A JPEG cut in half decodes (libjpeg pads it and only warns): it must be an error for that file,
+# while the complete JPEG it was cut from is classified.
+attnkit_cli_test(NAME cli.classify_truncated_jpeg WORKING_DIRECTORY ${_ck}
+  SETUP "rm -rf jpeg && mkdir jpeg && ffmpeg -loglevel error -y -i ${_samples}/0000-ankle-boot.png -q:v 2 jpeg/full.jpg && head -c $(( $(stat -c %s jpeg/full.jpg) / 2 )) jpeg/full.jpg > jpeg/cut.jpg"
+  COMMAND attnkit_cli classify jpeg/cut.jpg jpeg/full.jpg EXIT 1 MATCH
+  "^jpeg/cut.jpg: error: the JPEG is cut short[^\n]*\n[^\n]*full.jpg +Ankle boot [^\n]*\nclassify: 2 images, 1 failed")
+
 # ---- usage errors: exit code 2 ---------------------------------------------------------------------
 attnkit_cli_test(NAME cli.classify_no_inputs COMMAND attnkit_cli classify EXIT 2 MATCH "give at least one PATH or --list FILE")
 attnkit_cli_test(NAME cli.classify_folder_without_images WORKING_DIRECTORY ${_ck}

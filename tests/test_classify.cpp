@@ -57,6 +57,21 @@ TEST(classify_inputs, RecursiveDescends) {
                                       p(root / "sub" / "deeper" / "d.bmp")));
 }
 
+// A folder that cannot be listed is an error for that input (the old code listed it as empty: a
+// warning, and exit 0); the other inputs are still expanded.
+TEST(classify_inputs, UnreadableFolderIsAnErrorAndTheRestGoOn) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads every folder: permissions cannot be tested";
+  const auto root = make_tree("unreadable");
+  std::filesystem::permissions(root / "sub", std::filesystem::perms::none);
+  const auto list = expand_inputs({p(root / "sub"), p(root / "b.png")});
+  std::filesystem::permissions(root / "sub", std::filesystem::perms::owner_all);
+  EXPECT_THAT(list.files, ElementsAre(p(root / "b.png")));
+  ASSERT_EQ(list.errors.size(), 1u);
+  EXPECT_EQ(list.errors[0].first, p(root / "sub"));
+  EXPECT_THAT(list.errors[0].second, HasSubstr("cannot list the folder"));
+  EXPECT_TRUE(list.warnings.empty());
+}
+
 TEST(classify_inputs, FilesKeepTheirOrderAndMissingFilesAreKept) {
   const auto root = make_tree("files");
   // Named files are kept whatever their extension (the command reports what it cannot decode).

@@ -28,6 +28,10 @@ bool is_pattern(const std::string& s) { return s.find_first_of("*?[") != std::st
 std::vector<std::string> list_folder(const fs::path& dir, bool recursive) {
   std::vector<std::string> files;
   std::error_code ec;
+  // The folder itself must open: skip_permission_denied below would turn an unreadable folder into
+  // an empty one (and so a warning and success instead of an error).
+  fs::directory_iterator probe(dir, ec);
+  if (ec) throw std::runtime_error("cannot list the folder: " + ec.message());
   const auto keep = [&](const fs::directory_entry& entry) {
     std::error_code fec;
     if (entry.is_regular_file(fec) && is_image_name(entry.path())) files.push_back(entry.path().string());
@@ -39,7 +43,7 @@ std::vector<std::string> list_folder(const fs::path& dir, bool recursive) {
     fs::directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
     for (; !ec && it != end; it.increment(ec)) keep(*it);
   }
-  if (ec) throw std::runtime_error(dir.string() + ": cannot list the folder: " + ec.message());
+  if (ec) throw std::runtime_error("cannot list the folder: " + ec.message());
   std::sort(files.begin(), files.end());
   return files;
 }
@@ -74,7 +78,13 @@ ImageList expand_inputs(const std::vector<std::string>& inputs, const ImageListO
       add(path);
       return true;
     }
-    const auto files = list_folder(path, options.recursive);
+    std::vector<std::string> files;
+    try {
+      files = list_folder(path, options.recursive);
+    } catch (const std::runtime_error& e) {
+      list.errors.emplace_back(path, e.what());
+      return true;  // reported as an error, not also as "no image files"
+    }
     for (const auto& f : files) add(f);
     return !files.empty();
   };

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace attnkit::vision {
@@ -24,6 +25,9 @@ struct ImageList {
   std::vector<std::string> files;
   /// One line per input that gave nothing: "PATTERN: no file matches", "DIR: no image files".
   std::vector<std::string> warnings;
+  /// Inputs that could not be expanded (a folder that cannot be listed): the path and why. The
+  /// caller reports each as a failed input and goes on with the files.
+  std::vector<std::pair<std::string, std::string>> errors;
 };
 
 /// Expands each input in turn:
@@ -33,8 +37,8 @@ struct ImageList {
 ///    each match then treated as if it had been named (files kept, folders expanded), the way the
 ///    shell would have expanded it;
 ///  - anything else is a file, kept whatever its extension (even when it does not exist).
-/// A path seen before (same lexically normal form) is dropped. Throws std::runtime_error when a
-/// folder cannot be listed.
+/// A path seen before (same lexically normal form) is dropped. A folder that cannot be listed goes
+/// to `errors`; the other inputs are still expanded.
 ImageList expand_inputs(const std::vector<std::string>& inputs, const ImageListOptions& options = {});
 
 /// The entries of a list file, one per line: blank lines and lines starting with '#' are skipped,

@@ -3,7 +3,14 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -11,13 +18,75 @@
 
 namespace attnkit::vision {
 
+namespace {
+
+// Larger than any image a model here is fed; refusing it keeps a stray huge file from being read
+// whole into memory.
+constexpr off_t kMaxImageBytes = off_t{1} << 30;
+
+/// The bytes of the regular file `path`. Opened non-blocking and checked with fstat on the open
+/// descriptor: a FIFO, socket or device named like an image is refused instead of blocking the
+/// program, and nothing can swap the file between the check and the read.
+std::vector<uchar> read_regular_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    throw std::runtime_error(path + (err == ENOENT ? std::string(": no such file") : ": cannot open: " + std::string(std::strerror(err))));
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw std::runtime_error(path + ": is a folder, not an image");
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error(path + ": is not a regular file (a FIFO, socket or device), not an image");
+  if (st.st_size > kMaxImageBytes) throw std::runtime_error(path + ": " + std::to_string(st.st_size) + " bytes is too large for an image");
+  std::vector<uchar> bytes(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::runtime_error(path + ": read error: " + std::strerror(errno));
+    if (n == 0) break;  // the file shrank while being read
+    got += static_cast<size_t>(n);
+  }
+  bytes.resize(got);
+  return bytes;
+}
+
+/// For a JPEG, whether its main image reaches its end-of-image marker. libjpeg decodes a file cut
+/// short by padding it with grey (it only warns, "Premature end of JPEG file"), so OpenCV returns an
+/// image; the markers show the cut. Segments up to each start-of-scan are walked by their lengths,
+/// entropy-coded data by its markers (0xFF is stuffed as FF 00 there, RSTn are inside the scan);
+/// bytes after the end marker (e.g. an appended motion-photo video) are allowed.
+bool jpeg_is_complete(const std::vector<uchar>& b) {
+  size_t i = 2;  // after SOI
+  while (i + 4 <= b.size()) {
+    if (b[i] != 0xFF) return false;
+    const uchar marker = b[i + 1];
+    if (marker == 0xD9) return true;                           // EOI
+    if (marker == 0xFF) { ++i; continue; }                     // fill byte
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }  // no length
+    const size_t len = (static_cast<size_t>(b[i + 2]) << 8) | b[i + 3];
+    if (len < 2 || i + 2 + len > b.size()) return false;
+    i += 2 + len;
+    if (marker != 0xDA) continue;                              // not a start of scan
+    // Entropy-coded data up to the next real marker.
+    while (i + 1 < b.size() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(b[i + 1] >= 0xD0 && b[i + 1] <= 0xD7))) ++i;
+  }
+  return i + 2 <= b.size() && b[i] == 0xFF && b[i + 1] == 0xD9;
+}
+
+}  // namespace
+
 cv::Mat read_image(const std::string& path, int* file_channels) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) throw std::runtime_error(path + ": no such file");
-  if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(path + ": is a folder, not an image");
+  const std::vector<uchar> bytes = read_regular_file(path);
+  if (bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8 && !jpeg_is_complete(bytes))
+    throw std::runtime_error(path + ": the JPEG is cut short (truncated or damaged file)");
   cv::Mat img;
   try {
-    img = cv::imread(path, cv::IMREAD_UNCHANGED);
+    if (!bytes.empty()) img = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception&) {
     img.release();  // OpenCV throws on some corrupt files instead of returning an empty Mat
   }

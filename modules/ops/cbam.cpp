@@ -9,6 +9,7 @@
 #include <attnkit/modules/ops/cbam.h>
 
 #include "detail/cbam_args.h"
+#include "detail/device_check.h"
 
 #include <torch/library.h>
 
@@ -25,6 +26,14 @@ bool has_fused_kernels(const at::Device& device) {
 
 at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual) {
   TORCH_CHECK(x.defined(), "attnkit::cbam: x is undefined");
+  detail::check_same_device("attnkit::cbam", x, "x",
+                            {{&w.fc1_weight, "fc1_weight"}, {&w.fc1_bias, "fc1_bias"}, {&w.fc2_weight, "fc2_weight"},
+                             {&w.fc2_bias, "fc2_bias"}, {&w.spatial_weight, "spatial_weight"},
+                             {&w.spatial_bias, "spatial_bias"}, {&w.bn_weight, "bn_weight"}, {&w.bn_bias, "bn_bias"},
+                             {&w.bn_running_mean, "bn_running_mean"}, {&w.bn_running_var, "bn_running_var"},
+                             {&w.eca_weight, "eca_weight"}, {&residual, "residual"}});
+  TORCH_CHECK(has_fused_kernels(x.device()), "attnkit::cbam: no fused kernel for device ", x.device(),
+              " in this build; use the module's composite implementation");
   return detail::call_cbam<at::Tensor>("attnkit::cbam", detail::CbamArgs{x, w, cfg, residual});
 }
 

@@ -9,6 +9,7 @@
 #include <attnkit/modules/ops/neighborhood_attention.h>
 
 #include <attnkit/modules/ops/cbam.h>
+#include "detail/device_check.h"
 #include "detail/neighborhood_attention_passes.h"
 
 #include <ATen/ATen.h>
@@ -20,6 +21,9 @@ namespace {
 using at::Tensor;
 using detail::OptTensor;
 constexpr const char* kOp = "attnkit::neighborhood_attention";
+constexpr const char* kNoKernel =
+    " but attnkit has no kernel for this op on that device in this build (CPU, and CUDA where compiled in; "
+    "LocalAttention2d runs its composite path elsewhere)";
 
 OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
@@ -35,6 +39,8 @@ at::Tensor neighborhood_attention(const at::Tensor& q, const at::Tensor& k, cons
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::neighborhood_attention", "").typed<Signature>();
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
+  detail::check_same_device(kOp, q, "q", {{&k, "k"}, {&v, "v"}, {&rpb, "rpb"}});
+  TORCH_CHECK(has_neighborhood_attention_kernel(q.device()), kOp, ": q is on ", q.device(), kNoKernel);
   return op.call(q, k, v, optional(rpb), kernel_size, dilation, scale);
 }
 
@@ -44,6 +50,8 @@ at::Tensor neighborhood_attention_qkv(const at::Tensor& qkv, int64_t heads, cons
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::neighborhood_attention_qkv", "").typed<Signature>();
   TORCH_CHECK(qkv.defined(), kOp, "_qkv: qkv must be defined");
+  detail::check_same_device(kOp, qkv, "qkv", {{&rpb, "rpb"}});
+  TORCH_CHECK(has_neighborhood_attention_kernel(qkv.device()), kOp, "_qkv: qkv is on ", qkv.device(), kNoKernel);
   return op.call(qkv, heads, optional(rpb), kernel_size, dilation, scale);
 }
 

@@ -9,6 +9,7 @@
 #include <attnkit/modules/ops/relpos_attention.h>
 
 #include <attnkit/modules/ops/cbam.h>
+#include "detail/device_check.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -25,6 +26,9 @@ at::Tensor relpos_attention(const at::Tensor& q, const at::Tensor& k, const at::
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::relpos_attention", "").typed<Signature>();
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), "attnkit::relpos_attention: q, k and v must be defined");
+  detail::check_same_device("attnkit::relpos_attention", q, "q", {{&k, "k"}, {&v, "v"}, {&table, "table"}});
+  TORCH_CHECK(has_relpos_attention_kernel(q.device()), "attnkit::relpos_attention: no kernel for q on device ",
+              q.device(), " in this build; SelfAttention2d uses its composite implementation there");
   return op.call(q, k, v, table.defined() ? std::optional<at::Tensor>(table) : std::nullopt, height, width, scale);
 }
 
