@@ -3,6 +3,7 @@
 #include "commands.h"
 
 #include <attnkit/attnkit.h>
+#include <attnkit/backbones/import_check.h>
 
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@ struct ImportArgs {
   std::string layout = "auto";
   std::string out;
   bool strict = false;
+  ImportPolicy policy;
   bool overwrite = false;
 };
 
@@ -54,7 +56,9 @@ int run_import(const ImportArgs& a) {
   const std::string name = a.arch + (a.attention.empty() ? "" : "-" + a.attention);
   auto model = make_model(name, num_classes, in_channels);
   const ImportReport report = load_state_dict(model->module(), state, a.strict);
-  std::cerr << "import: " << name << " from " << a.input << " (layout " << layout << "): " << report.summary() << "\n";
+  check_import(report, a.policy, "\"" + a.input + "\"");
+  std::cerr << "import: " << name << " from " << a.input << " (layout " << layout << "): " << report.summary()
+            << (report.missing.empty() ? "" : "; the missing tensors keep their initialisation") << "\n";
   if (classes.empty())
     for (int64_t i = 0; i < model->config().num_classes; ++i) classes.push_back("class " + std::to_string(i));
   // torchvision/timm ImageNet models expect their ImageNet preprocessing.
@@ -83,7 +87,15 @@ Runner add_import_command(CLI::App& cli) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--layout", a->layout, "Key layout of the file: auto, or one of the importer's layouts")
       ->capture_default_str();
-  cmd->add_flag("--strict", a->strict, "Fail on any missing or unexpected key (default: report them)");
+  cmd->add_flag("--strict", a->strict,
+                "Fail on any missing or unexpected key, attention blocks included (default: the attention "
+                "blocks' tensors may be missing and keep their initialisation; anything else is an error unless "
+                "--allow-missing / --allow-unexpected)");
+  cmd->add_flag("--allow-missing", a->policy.allow_missing,
+                "Import even when tensors the model needs outside its attention blocks are missing from the "
+                "file (they keep their initialisation)");
+  cmd->add_flag("--allow-unexpected", a->policy.allow_unexpected,
+                "Import even when the file holds tensors the model has no place for (they are ignored)");
   cmd->add_option("--out", a->out, "attnkit checkpoint to write (atomically)")->required();
   cmd->add_flag("--overwrite", a->overwrite, "Replace --out if it exists");
   return [cmd, a]() -> int { return cmd->parsed() ? run_import(*a) : -1; };

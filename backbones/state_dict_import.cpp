@@ -1,4 +1,5 @@
 #include <attnkit/backbones/state_dict_import.h>
+#include <attnkit/backbones/import_check.h>
 
 #include "detail/torch_archive.h"
 
@@ -10,6 +11,7 @@
 #include <unordered_map>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -543,18 +545,87 @@ StateDict map_state_dict(const StateDict& state, const std::string& layout_in) {
 
 // ---- loading -------------------------------------------------------------------------------------
 
+namespace {
+
+/// The module pattern a key belongs to: every number becomes "*", and the key is cut after an
+/// attention block ("layer3.5.attn.fc1.weight" → "layer*.*.attn.*") or at its tensor's name
+/// ("layer1.0.conv1.weight" → "layer*.*.conv1.*").
+std::string key_group(const std::string& key) {
+  std::vector<std::string> names;
+  std::istringstream parts(key);
+  for (std::string part; std::getline(parts, part, '.');) {
+    std::string masked;
+    for (size_t i = 0; i < part.size(); ++i) {
+      if (!std::isdigit(static_cast<unsigned char>(part[i]))) masked += part[i];
+      else if (i == 0 || !std::isdigit(static_cast<unsigned char>(part[i - 1]))) masked += '*';
+    }
+    names.push_back(masked);
+  }
+  std::string out;
+  for (size_t i = 0; i + 1 < names.size(); ++i) {
+    out += names[i] + ".";
+    if (names[i] == "attn") break;
+  }
+  return out + "*";
+}
+
+/// A few names as they are; more as the first few and their groups with counts, so that 80
+/// missing attention keys read as one line ("a, b, c, ... (all in layer*.*.attn.*)").
+std::string describe_keys(const std::vector<std::string>& names) {
+  constexpr size_t kListed = 5, kFirst = 3, kGroups = 6;
+  std::ostringstream s;
+  const size_t listed = names.size() <= kListed ? names.size() : kFirst;
+  for (size_t i = 0; i < listed; ++i) s << (i ? ", " : "") << names[i];
+  if (listed == names.size()) return s.str();
+  std::vector<std::pair<std::string, size_t>> groups;  // in order of first appearance
+  for (const auto& n : names) {
+    const std::string g = key_group(n);
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& e) { return e.first == g; });
+    if (it == groups.end()) groups.emplace_back(g, 1);
+    else ++it->second;
+  }
+  s << ", ... (";
+  if (groups.size() == 1) {
+    s << "all in " << groups[0].first;
+  } else {
+    for (size_t i = 0; i < groups.size() && i < kGroups; ++i)
+      s << (i ? ", " : "") << groups[i].first << ": " << groups[i].second;
+    if (groups.size() > kGroups) s << ", ...";
+  }
+  s << ")";
+  return s.str();
+}
+
+}  // namespace
+
+bool is_attention_key(const std::string& key) {
+  return key.rfind("attn.", 0) == 0 || key.find(".attn.") != std::string::npos;
+}
+
 std::string ImportReport::summary() const {
   std::ostringstream s;
   s << loaded.size() << " tensors loaded";
   auto list = [&](const char* what, const std::vector<std::string>& names) {
     s << "; " << names.size() << " " << what;
-    if (names.empty()) return;
-    s << ": ";
-    for (size_t i = 0; i < names.size(); ++i) s << (i ? ", " : "") << names[i];
+    if (!names.empty()) s << ": " << describe_keys(names);
   };
   list("missing", missing);
   list("unexpected", unexpected);
   return s.str();
+}
+
+void check_import(const ImportReport& report, const ImportPolicy& policy, const std::string& what) {
+  TORCH_CHECK(!report.loaded.empty(), "import: no tensor of ", what,
+              " matches the model (wrong architecture or key layout?): ", report.summary());
+  std::vector<std::string> needed;  // missing keys outside the attention blocks
+  for (const auto& k : report.missing)
+    if (!is_attention_key(k)) needed.push_back(k);
+  TORCH_CHECK(policy.allow_missing || needed.empty(), "import: ", what, " lacks ", needed.size(),
+              " tensors the model needs (", describe_keys(needed),
+              "); pass --allow-missing to keep them at their initialisation");
+  TORCH_CHECK(policy.allow_unexpected || report.unexpected.empty(), "import: ", what, " has ",
+              report.unexpected.size(), " tensors the model has no place for (", describe_keys(report.unexpected),
+              "); pass --allow-unexpected to ignore them");
 }
 
 namespace {
@@ -586,6 +657,9 @@ ImportReport load_state_dict(torch::nn::Module& module, const StateDict& state, 
     }
     const auto& src = it->second;
     TORCH_CHECK(src.defined(), "load_state_dict: \"", name, "\" is an undefined tensor");
+    // Copying a complex tensor into a real one would keep the real part with only a warning.
+    TORCH_CHECK(!src.is_complex() || dst.is_complex(), "load_state_dict: \"", name, "\" is complex (",
+                src.scalar_type(), ") but the model's tensor is real (", dst.scalar_type(), ")");
     if (src.sizes() != dst.sizes()) {
       TORCH_CHECK(same_but_trailing_ones(src.sizes(), dst.sizes()), "load_state_dict: shape mismatch for \"", name,
                   "\": the state dict has ", src.sizes(), ", the model expects ", dst.sizes());

@@ -1,6 +1,7 @@
 // attnkit checkpoints (round trip, atomic write, corrupt/truncated/mismatched files) and the
 // state-dict importer (missing/unexpected keys, shape mismatches, key maps, safetensors).
 #include <attnkit/attnkit.h>
+#include <attnkit/backbones/import_check.h>
 #include <attnkit/backbones/backbones.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -422,6 +423,46 @@ TEST(StateDictImport, MissingUnexpectedAndShapeMismatch) {
   EXPECT_THAT(error_of([&] { load_state_dict(*model, state); }),
               HasSubstr("shape mismatch for \"conv1.weight\": the state dict has [8, 3, 5, 5], the model expects [8, 3, 3, 3]"));
   EXPECT_TRUE(model->conv1->weight.equal(conv_before));
+}
+
+// What attnkit import refuses (check_import): nothing matched, needed tensors missing, tensors left
+// over; and what it allows: the attention blocks of a model missing from a plain model's weights.
+TEST(StateDictImport, ImportIsStrictAboutMeaning) {
+  auto plain = small_model();
+  auto with_cbam = small_model("cbam");
+  StateDict state;
+  for (const auto& p : plain->named_parameters()) state[p.key()] = p.value().detach().clone();
+  for (const auto& b : plain->named_buffers()) state[b.key()] = b.value().detach().clone();
+
+  // Into the CBAM model: only attention tensors are missing; allowed, and summarised as one group.
+  auto report = load_state_dict(*with_cbam, state);
+  ASSERT_GT(report.missing.size(), 5u);
+  EXPECT_NO_THROW(check_import(report, {}, "w.pt"));
+  EXPECT_THAT(report.summary(), HasSubstr("80 missing: layer1.0.attn.")) << report.summary();
+  EXPECT_THAT(report.summary(), HasSubstr(", ... (all in layer*.*.attn.*); 0 unexpected"));
+
+  // A needed tensor missing, or one left over: errors unless allowed.
+  StateDict partial = state;
+  partial.erase("layer1.0.conv1.weight");
+  report = load_state_dict(*plain, partial);
+  EXPECT_THAT(error_of([&] { check_import(report, {}, "w.pt"); }),
+              HasSubstr("lacks 1 tensors the model needs (layer1.0.conv1.weight); pass --allow-missing"));
+  EXPECT_NO_THROW(check_import(report, {/*allow_missing=*/true, false}, "w.pt"));
+  StateDict extra = state;
+  extra["head.extra"] = torch::zeros({2});
+  report = load_state_dict(*plain, extra);
+  EXPECT_THAT(error_of([&] { check_import(report, {}, "w.pt"); }),
+              HasSubstr("has 1 tensors the model has no place for (head.extra); pass --allow-unexpected"));
+  EXPECT_NO_THROW(check_import(report, {false, /*allow_unexpected=*/true}, "w.pt"));
+
+  // Nothing matched: always an error (it would write a randomly initialised model).
+  report = load_state_dict(*plain, StateDict{{"encoder.weight", torch::zeros({3})}});
+  EXPECT_THAT(error_of([&] { check_import(report, {true, true}, "w.pt"); }), HasSubstr("no tensor of w.pt matches"));
+
+  // Complex weights are not silently cast to real.
+  StateDict complex = state;
+  complex["fc.bias"] = torch::zeros(state["fc.bias"].sizes(), torch::kComplexFloat);
+  EXPECT_THAT(error_of([&] { load_state_dict(*plain, complex); }), HasSubstr("\"fc.bias\" is complex"));
 }
 
 TEST(StateDictImport, LinearAndOneByOneConvWeightsInterchange) {

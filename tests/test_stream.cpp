@@ -2,6 +2,7 @@
 // batches, --source parsing, image-folder and video-file sources, the capture thread, the video
 // writer's codecs and temporary-then-rename file, and the frame analyser's batches and precision. The whole program is tested by
 // tests/cli_stream.cmake. Like test_data, this links the apps library.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #ifndef ATTNKIT_HAVE_OPENCV
@@ -224,6 +225,27 @@ TEST(Writer, EveryExtensionRoundTripsThroughTheFileSource) {
     int n = 0;
     for (cv::Mat f; src.read(f);) ++n;
     EXPECT_EQ(n, 21) << ext;
+  }
+}
+
+// A finished video proves itself before it replaces anything (what a full disk leaves, OpenCV
+// does not report): whole files pass, files cut short do not.
+TEST(Writer, AVideoCutShortFailsTheFinishedFileCheck) {
+  const auto dir = scratch("damaged_video");
+  for (const std::string ext : {".mp4", ".avi", ".mkv"}) {
+    const std::string path = (dir / ("clip" + ext)).string();
+    {
+      attnkit::vision::VideoFileWriter w(path, {64, 48}, 25);
+      for (int i = 0; i < 40; ++i) w.write(synthetic_frame(i));
+    }
+    EXPECT_EQ(attnkit::vision::check_video_file(path, 40), "") << ext;
+    EXPECT_THAT(attnkit::vision::check_video_file(path, 400), ::testing::HasSubstr("frames written")) << ext;
+    const std::string cut = (dir / ("cut" + ext)).string();
+    fs::copy_file(path, cut, fs::copy_options::overwrite_existing);
+    fs::resize_file(cut, fs::file_size(path) / 3);
+    EXPECT_NE(attnkit::vision::check_video_file(cut, 40), "") << ext << ": a third of the file passed";
+    fs::resize_file(cut, 64);
+    EXPECT_NE(attnkit::vision::check_video_file(cut, 40), "") << ext << ": 64 bytes passed";
   }
 }
 

@@ -1,5 +1,7 @@
 #include "plot.h"
 
+#include "common/files.h"
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -7,6 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace attnkit::vision {
 namespace {
@@ -19,14 +23,18 @@ std::string label(double v, const char* format) {
   return buf;
 }
 
+/// Encodes in memory and writes atomically: a full disk or a kill leaves the previous picture (the
+/// training curves of a resumed run, eval's --png) in place, never a truncated one.
 void write_png(const cv::Mat& img, const std::string& path) {
+  std::vector<uchar> png;
   bool ok = false;
   try {
-    ok = cv::imwrite(path, img);
+    ok = cv::imencode(".png", img, png);
   } catch (const cv::Exception&) {
     ok = false;
   }
-  if (!ok) throw std::runtime_error("cannot write " + path);
+  if (!ok) throw std::runtime_error("cannot encode the picture for " + path);
+  common::write_file_atomic(path, std::string(png.begin(), png.end()));
 }
 
 /// One panel: `series` (name, colour, values per epoch; NaN = absent) in the rectangle `area`.

@@ -1,4 +1,8 @@
 #include "video_writer.h"
+#include <opencv2/videoio.hpp>
+#include <cstring>
+#include <cerrno>
+#include <fcntl.h>
 
 #include <opencv2/imgproc.hpp>
 
@@ -74,6 +78,36 @@ void VideoFileWriter::write(const cv::Mat& bgr) {
   ++frames_;
 }
 
+std::string check_video_file(const std::string& path, int64_t frames_written) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::string("the finished video is gone: ") + std::strerror(errno);
+  const bool synced = ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!synced) return std::string("cannot flush the video to disk: ") + std::strerror(err);
+  cv::VideoCapture check;
+  try {
+    check.open(path, cv::CAP_FFMPEG);
+  } catch (const cv::Exception&) {
+  }
+  if (!check.isOpened()) return "the finished video cannot be read back (disk full, or the encoder failed)";
+  // Containers that store no frame count estimate it from the duration: allow for rounding.
+  const double counted = check.get(cv::CAP_PROP_FRAME_COUNT);
+  if (counted > 0 && counted < 0.9 * static_cast<double>(frames_written) - 1)
+    return "the finished video holds " + std::to_string(static_cast<long long>(counted)) + " of the " +
+           std::to_string(frames_written) + " frames written (disk full?)";
+  cv::Mat frame;
+  if (!check.read(frame) || frame.empty()) return "the finished video has no readable frame (disk full?)";
+  // The count can come from a header written first (AVI) or be an estimate (Matroska): the last
+  // frame written must be there too.
+  if (frames_written > 1) {
+    check.set(cv::CAP_PROP_POS_FRAMES, static_cast<double>(frames_written - 1));
+    if (!check.read(frame) || frame.empty())
+      return "the finished video ends before its last frame (" + std::to_string(frames_written) + " written; disk full?)";
+  }
+  return "";
+}
+
 void VideoFileWriter::finish() {
   if (finished_) return;
   finished_ = true;
@@ -82,6 +116,14 @@ void VideoFileWriter::finish() {
   if (frames_ == 0) {
     fs::remove(temp_, ec);
     return;
+  }
+  // OpenCV reports no write error (a full disk gives a truncated file and a silent release()), so
+  // the finished file must prove itself before it replaces anything: flushed to disk, and opened
+  // again with (about) the frames written. Otherwise it is removed and the previous video stays.
+  const std::string problem = check_video_file(temp_, frames_);
+  if (!problem.empty()) {
+    fs::remove(temp_, ec);
+    throw std::runtime_error(path_ + ": " + problem + "; the previous file (if any) is left as it was");
   }
   fs::rename(temp_, path_, ec);
   if (ec) throw std::runtime_error(path_ + ": cannot rename the finished video from " + temp_ + ": " + ec.message());

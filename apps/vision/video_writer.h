@@ -21,6 +21,12 @@ const std::vector<std::string>& video_extensions();
 /// extensions otherwise.
 int fourcc_for(const std::string& path);
 
+/// Why the video file at `path`, just finished with `frames_written` frames, must not replace a
+/// previous one ("" when it is good): it is flushed to disk, then opened again and must hold about
+/// that many frames and a readable first frame. OpenCV reports no write error (a full disk gives a
+/// truncated file and a silent release()), so this is the only proof the file is whole.
+std::string check_video_file(const std::string& path, int64_t frames_written);
+
 class VideoFileWriter {
  public:
   /// Opens the encoder on a temporary file beside `path` for frames of `size` at `fps`. Throws
@@ -33,8 +39,10 @@ class VideoFileWriter {
 
   /// Appends a BGR frame (resized to the video's size when it differs).
   void write(const cv::Mat& bgr);
-  /// Releases the encoder and renames the temporary file to the final path (removes it when no
-  /// frame was written). Throws std::runtime_error when the rename fails.
+  /// Releases the encoder, checks the finished file (flushed, readable back, about the frames
+  /// written) and renames it over the final path; removes it when no frame was written. Throws
+  /// std::runtime_error when the check or the rename fails, removing the temporary file and
+  /// leaving any previous file at `path` untouched.
   void finish();
 
   const std::string& path() const { return path_; }
