@@ -152,6 +152,21 @@ TEST(Idx, GzipFilesReadLikePlainOnes) {
   write_bytes(dir / "cut.gz", raw.substr(0, raw.size() / 2));
   EXPECT_THAT(expect_runtime_error([&] { read_idx((dir / "cut.gz").string()); }), HasSubstr("corrupt or truncated gzip file"));
 }
+
+// A small gzip file that inflates far past what its IDX header declares (a bomb, or a damaged
+// file) is refused once the declared size is passed, not after inflating everything: memory stays
+// bounded by the header's claim.
+TEST(Idx, GzipInflatingPastTheDeclaredSizeIsRefusedEarly) {
+  const auto dir = temp_dir("idx_bomb");
+  const std::string header = idx_bytes(0x08, {10, 10}, "");  // declares 100 bytes of data
+  write_gz(dir / "bomb.gz", header + std::string(size_t{64} << 20, '\0'));
+  EXPECT_LT(fs::file_size(dir / "bomb.gz"), size_t{1} << 20);
+  EXPECT_THAT(expect_runtime_error([&] { read_idx((dir / "bomb.gz").string()); }),
+              HasSubstr("inflates to more than the 112 bytes expected"));
+  // The same for a plain file longer than its header says.
+  write_bytes(dir / "long", header + std::string(1000, 'x'));
+  EXPECT_THAT(expect_runtime_error([&] { read_idx((dir / "long").string()); }), HasSubstr("more than the 112 expected"));
+}
 #else
 TEST(Idx, GzipWithoutZlibIsAClearError) {
   const auto dir = temp_dir("idx_gz");

@@ -2,6 +2,7 @@
 
 #include <attnkit/backbones/checkpoint.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -23,18 +24,26 @@ bool is_gzip(const std::string& bytes) {
 
 namespace {
 
-std::string gunzip(const std::string& in, const std::string& path) {
+/// The decompressed bytes of gzip data `in`, at most `limit`: with `stop_at_limit` the first
+/// `limit` bytes (a header); otherwise more than `limit` is an error, found without inflating the
+/// rest (an 8 MB file can inflate to gigabytes).
+std::string gunzip(const std::string& in, const std::string& path, size_t limit, bool stop_at_limit) {
 #ifdef ATTNKIT_HAVE_ZLIB
   z_stream zs{};
   // 16 + MAX_WBITS: expect a gzip header and trailer (CRC-32 and size are checked by zlib).
   if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw std::runtime_error(path + ": zlib initialisation failed");
   std::string out;
-  out.resize(std::max<size_t>(in.size() * 4, 1 << 16));
+  // One byte past the limit shows that the data goes on.
+  const size_t cap = limit == std::string::npos ? limit : limit + 1;
+  out.resize(std::min(std::max<size_t>(in.size() * 4, 1 << 16), cap));
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
   zs.avail_in = static_cast<uInt>(in.size());
   int rc = Z_OK;
   while (true) {
-    if (zs.total_out == out.size()) out.resize(out.size() * 2);
+    if (zs.total_out == out.size()) {
+      if (out.size() >= cap) break;
+      out.resize(std::min(out.size() * 2, cap));
+    }
     zs.next_out = reinterpret_cast<Bytef*>(&out[zs.total_out]);
     zs.avail_out = static_cast<uInt>(std::min<size_t>(out.size() - zs.total_out, 1u << 30));
     rc = inflate(&zs, Z_NO_FLUSH);
@@ -45,13 +54,18 @@ std::string gunzip(const std::string& in, const std::string& path) {
   const size_t produced = zs.total_out;
   const std::string msg = zs.msg ? zs.msg : "";
   inflateEnd(&zs);
-  if (rc != Z_STREAM_END) {
+  if (produced > limit) {
+    if (stop_at_limit) return out.substr(0, limit);
+    throw std::runtime_error(path + ": inflates to more than the " + std::to_string(limit) +
+                             " bytes expected (damaged, or a different file)");
+  }
+  if (rc != Z_STREAM_END && !(stop_at_limit && produced == limit)) {
     throw std::runtime_error(path + ": corrupt or truncated gzip file" + (msg.empty() ? "" : " (" + msg + ")"));
   }
   out.resize(produced);
   return out;
 #else
-  (void)in;
+  (void)in, (void)limit, (void)stop_at_limit;
   throw std::runtime_error(path + ": is gzip-compressed and this attnkit was built without zlib; "
                            "decompress it first (gunzip -k " + path + ")");
 #endif
@@ -63,13 +77,28 @@ std::string gunzip(const std::string& in, const std::string& path) {
 
 }  // namespace
 
-std::string read_file(const std::string& path) {
+std::string read_file(const std::string& path, size_t max_bytes) {
   std::ifstream file(path, std::ios::binary);
   if (!file) fail_errno("open", path);
   std::ostringstream buffer;
   buffer << file.rdbuf();
   std::string bytes = buffer.str();
-  return is_gzip(bytes) ? gunzip(bytes, path) : bytes;
+  if (is_gzip(bytes)) return gunzip(bytes, path, max_bytes, /*stop_at_limit=*/false);
+  if (bytes.size() > max_bytes)
+    throw std::runtime_error(path + ": " + std::to_string(bytes.size()) + " bytes, more than the " +
+                             std::to_string(max_bytes) + " expected");
+  return bytes;
+}
+
+std::string read_file_head(const std::string& path, size_t n) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) fail_errno("open", path);
+  std::ostringstream buffer;
+  buffer << file.rdbuf();
+  std::string bytes = buffer.str();
+  if (is_gzip(bytes)) return gunzip(bytes, path, n, /*stop_at_limit=*/true);
+  bytes.resize(std::min(bytes.size(), n));
+  return bytes;
 }
 
 std::string find_maybe_gz(const std::string& path) {

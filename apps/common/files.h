@@ -8,8 +8,13 @@
 namespace attnkit::common {
 
 /// The bytes of `path`; a gzip file (magic 1f 8b) is decompressed. Throws std::runtime_error naming
-/// the file when it cannot be opened, is not valid gzip, or when this build has no zlib.
-std::string read_file(const std::string& path);
+/// the file when it cannot be opened, is not valid gzip, holds (or inflates to) more than
+/// `max_bytes` — found without inflating the rest — or when this build has no zlib.
+std::string read_file(const std::string& path, size_t max_bytes = std::string::npos);
+
+/// The first `n` bytes of `path` (decompressed when gzip), or all of them when it is shorter: a
+/// header to size the whole read by.
+std::string read_file_head(const std::string& path, size_t n);
 
 /// True when `bytes` starts with the gzip magic.
 bool is_gzip(const std::string& bytes);

@@ -16,8 +16,30 @@ uint32_t big_endian32(const unsigned char* p) {
 
 }  // namespace
 
+/// The byte size the IDX header at the start of `path` declares (header + data), so that the
+/// whole read can be bounded by it: a small gzip file that inflates to gigabytes is refused after
+/// the declared size, not after the gigabytes.
+size_t declared_idx_size(const std::string& path) {
+  const std::string head = common::read_file_head(path, 4 + 4 * 4);
+  const auto* p = reinterpret_cast<const unsigned char*>(head.data());
+  if (head.size() < 4 || p[0] != 0 || p[1] != 0 || p[3] < 1 || p[3] > 4) return head.size();  // read_idx says why
+  const size_t header = 4 + 4 * static_cast<size_t>(p[3]);
+  if (head.size() < header) return head.size();
+  const size_t item = p[2] == 0x0B ? 2 : (p[2] == 0x0C || p[2] == 0x0D) ? 4 : p[2] == 0x0E ? 8 : 1;
+  // Far above any dataset this program trains on; also keeps the product below overflow.
+  constexpr size_t kMaxIdxBytes = size_t{1} << 40;
+  size_t bytes = item;
+  for (int d = 0; d < p[3]; ++d) {
+    const size_t n = big_endian32(p + 4 + 4 * d);
+    if (n != 0 && bytes > kMaxIdxBytes / n)
+      throw std::runtime_error(path + ": the IDX header declares more than " + std::to_string(kMaxIdxBytes) + " bytes of data");
+    bytes *= n;
+  }
+  return header + bytes;
+}
+
 torch::Tensor read_idx(const std::string& path) {
-  const std::string bytes = common::read_file(path);
+  const std::string bytes = common::read_file(path, declared_idx_size(path));
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   if (bytes.size() < 4 || p[0] != 0 || p[1] != 0) {
     throw std::runtime_error(path + ": not an IDX file (expected the magic bytes 00 00 <type> <dims>)");
