@@ -77,28 +77,29 @@ std::string gunzip(const std::string& in, const std::string& path, size_t limit,
 
 }  // namespace
 
-std::string read_file(const std::string& path, size_t max_bytes) {
+std::string read_raw_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) fail_errno("open", path);
   std::ostringstream buffer;
   buffer << file.rdbuf();
-  std::string bytes = buffer.str();
-  if (is_gzip(bytes)) return gunzip(bytes, path, max_bytes, /*stop_at_limit=*/false);
-  if (bytes.size() > max_bytes)
-    throw std::runtime_error(path + ": " + std::to_string(bytes.size()) + " bytes, more than the " +
-                             std::to_string(max_bytes) + " expected");
-  return bytes;
+  return buffer.str();
 }
 
-std::string read_file_head(const std::string& path, size_t n) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) fail_errno("open", path);
-  std::ostringstream buffer;
-  buffer << file.rdbuf();
-  std::string bytes = buffer.str();
-  if (is_gzip(bytes)) return gunzip(bytes, path, n, /*stop_at_limit=*/true);
-  bytes.resize(std::min(bytes.size(), n));
-  return bytes;
+std::string contents_of(const std::string& raw, const std::string& path, size_t max_bytes) {
+  if (is_gzip(raw)) return gunzip(raw, path, max_bytes, /*stop_at_limit=*/false);
+  if (raw.size() > max_bytes)
+    throw std::runtime_error(path + ": " + std::to_string(raw.size()) + " bytes, more than the " +
+                             std::to_string(max_bytes) + " expected");
+  return raw;
+}
+
+std::string head_of(const std::string& raw, const std::string& path, size_t n) {
+  if (is_gzip(raw)) return gunzip(raw, path, n, /*stop_at_limit=*/true);
+  return raw.substr(0, n);
+}
+
+std::string read_file(const std::string& path, size_t max_bytes) {
+  return contents_of(read_raw_file(path), path, max_bytes);
 }
 
 std::string find_maybe_gz(const std::string& path) {

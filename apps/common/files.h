@@ -12,9 +12,12 @@ namespace attnkit::common {
 /// `max_bytes` — found without inflating the rest — or when this build has no zlib.
 std::string read_file(const std::string& path, size_t max_bytes = std::string::npos);
 
-/// The first `n` bytes of `path` (decompressed when gzip), or all of them when it is shorter: a
-/// header to size the whole read by.
-std::string read_file_head(const std::string& path, size_t n);
+/// read_file in steps, for readers that size the whole read by a header: the file's bytes as
+/// stored (read once), their first `n` decompressed bytes (all of them when shorter), and all of
+/// them, at most `max_bytes` (the errors of read_file). `path` names the file in errors.
+std::string read_raw_file(const std::string& path);
+std::string head_of(const std::string& raw, const std::string& path, size_t n);
+std::string contents_of(const std::string& raw, const std::string& path, size_t max_bytes);
 
 /// True when `bytes` starts with the gzip magic.
 bool is_gzip(const std::string& bytes);

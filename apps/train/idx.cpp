@@ -16,11 +16,11 @@ uint32_t big_endian32(const unsigned char* p) {
 
 }  // namespace
 
-/// The byte size the IDX header at the start of `path` declares (header + data), so that the
-/// whole read can be bounded by it: a small gzip file that inflates to gigabytes is refused after
-/// the declared size, not after the gigabytes.
-size_t declared_idx_size(const std::string& path) {
-  const std::string head = common::read_file_head(path, 4 + 4 * 4);
+/// The byte size the IDX header at the start of `raw` (the file as stored) declares (header +
+/// data), so that the whole read can be bounded by it: a small gzip file that inflates to gigabytes
+/// is refused after the declared size, not after the gigabytes.
+size_t declared_idx_size(const std::string& raw, const std::string& path) {
+  const std::string head = common::head_of(raw, path, 4 + 4 * 4);
   const auto* p = reinterpret_cast<const unsigned char*>(head.data());
   if (head.size() < 4 || p[0] != 0 || p[1] != 0 || p[3] < 1 || p[3] > 4) return head.size();  // read_idx says why
   const size_t header = 4 + 4 * static_cast<size_t>(p[3]);
@@ -39,7 +39,8 @@ size_t declared_idx_size(const std::string& path) {
 }
 
 torch::Tensor read_idx(const std::string& path) {
-  const std::string bytes = common::read_file(path, declared_idx_size(path));
+  const std::string raw = common::read_raw_file(path);
+  const std::string bytes = common::contents_of(raw, path, declared_idx_size(raw, path));
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   if (bytes.size() < 4 || p[0] != 0 || p[1] != 0) {
     throw std::runtime_error(path + ": not an IDX file (expected the magic bytes 00 00 <type> <dims>)");

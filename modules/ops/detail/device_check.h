@@ -12,10 +12,6 @@
 #include <initializer_list>
 #include <utility>
 
-namespace attnkit::ops {
-bool has_fused_kernels(const at::Device& device);
-}
-
 namespace attnkit::ops::detail {
 
 /// Each defined tensor of `others` must be on `first`'s device ("<op>: k is on meta but q is on
