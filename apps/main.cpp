@@ -2,6 +2,7 @@
 // main() only parses; each subcommand lives in its own file. Every error becomes one readable line
 // on stderr and a non-zero exit code.
 #include "commands.h"
+#include "common/files.h"
 
 #include <attnkit/attnkit.h>
 #ifdef ATTNKIT_HAVE_OPENCV
@@ -37,6 +38,8 @@ std::string version_line() {
 
 int main(int argc, char** argv) {
   using namespace attnkit::app;
+  // Ctrl-C or a kill mid-write leaves no temporary file behind.
+  attnkit::common::remove_unfinished_files_on_termination();
   CLI::App cli{"attnkit: attention blocks for CNNs on LibTorch.\n"
                "Classify images, train and evaluate models, draw attention heatmaps, benchmark the kernels.",
                "attnkit"};

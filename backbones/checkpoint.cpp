@@ -2,6 +2,7 @@
 
 #include "detail/torch_archive.h"
 #include <attnkit/backbones/named_enum.h>
+#include <attnkit/backbones/unfinished_file.h>
 
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
@@ -119,20 +120,6 @@ E enum_field(const json& obj, const char* key, const std::string& where, const s
 
 namespace {
 
-/// Removes the temporary file unless release() was called: every failure path cleans up alike.
-class TemporaryFile {
- public:
-  explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
-  ~TemporaryFile() {
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-  void release() { path_.clear(); }
-
- private:
-  std::string path_;
-};
-
 /// c10::Error "cannot <what> <path>: <errno text>" (the wording the apps have always printed).
 [[noreturn]] void fail_errno(int err, const std::string& what, const std::string& path) {
   C10_THROW_ERROR(Error, c10::str("cannot ", what, " ", path, ": ", std::strerror(err)));
@@ -152,11 +139,11 @@ void write_all(int fd, std::string_view bytes, const std::string& tmp) {
 void write_file_atomically(const std::string& path, std::string_view bytes) {
   const auto slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  std::string pattern = dir + "/." + name + ".tmp-XXXXXX";
+  remove_stale_unfinished_files(path, "tmp");  // left by a writer that was killed (SIGKILL, power cut)
+  std::string pattern = unfinished_name_prefix(path, "tmp") + "XXXXXX";
   const int fd = ::mkstemp(pattern.data());
   if (fd < 0) fail_errno(errno, "create a temporary file for", path);
-  TemporaryFile tmp(pattern);
+  UnfinishedFile tmp(pattern);  // removed on any failure below, and by a SIGINT/SIGTERM handler
   try {
     write_all(fd, bytes, tmp.path());
     ::fchmod(fd, 0644);  // mkstemp's 0600 would make the file private by surprise
@@ -167,7 +154,7 @@ void write_file_atomically(const std::string& path, std::string_view bytes) {
   }
   if (::close(fd) != 0) fail_errno(errno, "flush", tmp.path());
   if (::rename(tmp.path().c_str(), path.c_str()) != 0) fail_errno(errno, "rename a temporary file onto", path);
-  tmp.release();
+  tmp.keep();
   // The rename itself is durable only once the folder is synced; best effort (some filesystems refuse).
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {

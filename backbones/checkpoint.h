@@ -75,9 +75,11 @@ inline std::ostream& operator<<(std::ostream& os, ColorOrder v) { return os << t
 
 /// Writes `bytes` to `path` so that a crash or a failure at any moment leaves either the previous
 /// file or the new one, never a torn one: the bytes go to a temporary file in the same folder
-/// (".NAME.tmp-XXXXXX"), which is fsynced (mode 0644), renamed over `path`, and the folder fsynced.
-/// On any failure the temporary file is removed, `path` is untouched, and c10::Error is thrown
-/// with a message naming the file ("cannot create a temporary file for PATH: ..."). Used by
+/// (".NAME.tmp-PID-XXXXXX"), which is fsynced (mode 0644), renamed over `path`, and the folder
+/// fsynced. On any failure the temporary file is removed, and on SIGINT/SIGTERM too when the program's
+/// handler calls remove_unfinished_files() (unfinished_file.h); one left by a killed writer is removed
+/// by the next write to `path`. On failure `path` is untouched and c10::Error is thrown with a
+/// message naming the file ("cannot create a temporary file for PATH: ..."). Used by
 /// save_checkpoint and by the apps for everything they write.
 void write_file_atomically(const std::string& path, std::string_view bytes);
 

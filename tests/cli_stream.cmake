@@ -26,12 +26,15 @@ if(NOT CMAKE_SCRIPT_MODE_FILE)
   attnkit_stream_test(gstreamer gstreamer)
   attnkit_stream_test(window_xvfb window)
   attnkit_stream_test(sigint sigint)
+  attnkit_stream_test(sigterm sigterm)
   attnkit_stream_test(window_keys window_keys)
   set_tests_properties(cli.stream_video_to_avi cli.stream_video_to_mp4 cli.stream_video_to_mkv cli.stream_truncated_video
     PROPERTIES FIXTURES_REQUIRED stream_clip)
   set_tests_properties(cli.stream_window_xvfb PROPERTIES FIXTURES_REQUIRED stream_frames)
   attnkit_stream_test(missing_file bad_input "-DARGS=--source|/nonexistent/clip.avi" "-DEXPECT=no such file")
   attnkit_stream_test(absent_camera bad_input "-DARGS=--source|9" "-DEXPECT=cannot open camera 9")
+  attnkit_stream_test(bad_pipeline bad_input "-DARGS=--source|nosuchelement ! appsink"
+    "-DEXPECT=cannot open the GStreamer pipeline")
   attnkit_stream_test(corrupt_video bad_input "-DARGS=--source|${PROJECT_SOURCE_DIR}/README.md" "-DEXPECT=cannot open as a video")
   attnkit_stream_test(unwritable_output bad_input "-DARGS=--source|${_work}/frames|--output|/nonexistent-folder/out.avi"
     "-DEXPECT=cannot write the video here")
@@ -87,6 +90,15 @@ endfunction()
 macro(skip_without_gstreamer)
   if(err MATCHES "cannot open the GStreamer pipeline")
     message("SKIPPED: this OpenCV has no GStreamer (or the test elements are missing)")
+    return()
+  endif()
+endmacro()
+
+# timeout(1), which sends the signals of the signal tests, into TIMEOUT; skips the test without it.
+macro(require_timeout)
+  find_program(TIMEOUT timeout)
+  if(NOT TIMEOUT)
+    message("SKIPPED: no timeout(1) to send the signal")
     return()
   endif()
 endmacro()
@@ -172,11 +184,7 @@ elseif(STEP STREQUAL "gstreamer")
 
 elseif(STEP STREQUAL "sigint")
   # A live pipeline that never ends, stopped by SIGINT after 3 s: a clean end and a playable video.
-  find_program(TIMEOUT timeout)
-  if(NOT TIMEOUT)
-    message("SKIPPED: no timeout(1) to send SIGINT")
-    return()
-  endif()
+  require_timeout()
   file(REMOVE ${WORK}/interrupted.avi)
   execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
                           --no-display --output ${WORK}/interrupted.avi --json
@@ -188,6 +196,23 @@ elseif(STEP STREQUAL "sigint")
   summary(frames frames)
   expect("interrupted" interrupted STREQUAL "ON" OR interrupted STREQUAL "true")
   expect_video(${WORK}/interrupted.avi ${frames})
+
+elseif(STEP STREQUAL "sigterm")
+  # The same endless pipeline killed by SIGTERM after 4 s: the program dies as SIGTERM says
+  # (128 + 15) and leaves neither the video nor its temporary file behind.
+  require_timeout()
+  set(dir ${WORK}/sigterm)
+  file(REMOVE_RECURSE ${dir})
+  file(MAKE_DIRECTORY ${dir})
+  execute_process(COMMAND ${TIMEOUT} --preserve-status -s TERM 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
+                          --no-display --output ${dir}/killed.avi --json
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")
+  skip_without_gstreamer()
+  expect("exit code 143 (SIGTERM) after SIGTERM" rc EQUAL 143)
+  file(GLOB left RELATIVE ${dir} ${dir}/* ${dir}/.*)
+  list(LENGTH left n_left)
+  expect("nothing left in the output folder (found: ${left})" n_left EQUAL 0)
 
 elseif(STEP STREQUAL "window")
   find_program(XVFB_RUN xvfb-run)

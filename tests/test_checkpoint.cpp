@@ -25,31 +25,7 @@ namespace {
 
 using attnkit::testing::error_of;
 
-/// A fresh folder under the build tree's temp area, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/attnkit_ckpt_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    for (const auto& f : files()) std::remove((path_ + "/" + f).c_str());
-    ::rmdir(path_.c_str());
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  std::vector<std::string> files() const {
-    std::vector<std::string> out;
-    if (DIR* d = ::opendir(path_.c_str())) {
-      while (auto* e = ::readdir(d))
-        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") out.push_back(e->d_name);
-      ::closedir(d);
-    }
-    return out;
-  }
-
- private:
-  std::string path_;
-};
+using attnkit::testing::TempDir;
 
 std::vector<char> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -8,6 +8,7 @@
 #ifndef ATTNKIT_HAVE_OPENCV
 TEST(Stream, NeedsOpenCV) { GTEST_SKIP() << "attnkit was configured without OpenCV: no stream command"; }
 #else
+#include "common/stderr_capture.h"
 #include "vision/frame_pipeline.h"
 #include "vision/heatmap.h"
 #include "vision/image_list.h"
@@ -192,6 +193,39 @@ TEST(Source, MissingFileEmptyFolderAndAbsentCameraFailWithOneLine) {
   }
   EXPECT_THROW(VideoSource(parse_source(scratch("empty").string())), std::runtime_error);
   EXPECT_THROW(VideoSource(parse_source("/dev/video99")), std::runtime_error);
+}
+
+// GStreamer prints a bad pipeline as GLib warnings of its own; they end up in our one line, and
+// nothing else reaches stderr.
+TEST(Source, ABadGStreamerPipelineIsOneLineAndNothingElseOnStderr) {
+  using attnkit::vision::VideoSource;
+  using attnkit::vision::parse_source;
+  for (const std::string pipeline : {"nosuchelement ! appsink", "videotestsrc ! ! appsink"}) {
+    ::testing::internal::CaptureStderr();
+    std::string message;
+    try {
+      VideoSource s(parse_source(pipeline));
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    const std::string leaked = ::testing::internal::GetCapturedStderr();
+    EXPECT_THAT(message, ::testing::HasSubstr("cannot open the GStreamer pipeline \"" + pipeline + "\"")) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_EQ(leaked, "") << pipeline;
+  }
+}
+
+TEST(Source, LibraryMessagesBecomeOneLine) {
+  using attnkit::common::one_line_summary;
+  EXPECT_EQ(one_line_summary(""), "");
+  EXPECT_EQ(one_line_summary("\n\n"), "");
+  EXPECT_EQ(one_line_summary("\n(attnkit:6659): GLib-GObject-WARNING **: 10:55:56.932: invalid cast from 'A' to 'B'\n\n"
+                             "(attnkit:6659): GStreamer-CRITICAL **: 10:55:56.932: gst_iterator_next: assertion failed\n"),
+            "GLib-GObject-WARNING: invalid cast from 'A' to 'B' (1 more message)");
+  EXPECT_EQ(one_line_summary("[ WARN:0@0.340] global ./modules/videoio/src/cap_gstreamer.cpp (1226) open OpenCV | "
+                             "GStreamer warning: cannot find appsink in manual pipeline\n"),
+            "cannot find appsink in manual pipeline");
+  EXPECT_EQ(one_line_summary("plain words\n"), "plain words");
 }
 
 TEST(Writer, CodecByExtension) {

@@ -5,7 +5,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <dirent.h>
+#include <unistd.h>
+#include <vector>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -239,6 +243,37 @@ inline std::string error_of(const std::function<void()>& f) {
 }
 
 /// Whether CUDA tests can run here.
+/// A fresh folder under /tmp, removed with its files (not subfolders) at the end of the scope.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "attnkit_test") {
+    std::string pattern = "/tmp/" + tag + "_XXXXXX";
+    path_ = ::mkdtemp(pattern.data());
+  }
+  ~TempDir() {
+    for (const auto& f : files()) ::unlink(file(f).c_str());
+    ::rmdir(path_.c_str());
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  /// Every entry's name, hidden ones included, sorted.
+  std::vector<std::string> files() const {
+    std::vector<std::string> out;
+    if (DIR* d = ::opendir(path_.c_str())) {
+      while (auto* e = ::readdir(d))
+        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") out.push_back(e->d_name);
+      ::closedir(d);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
 inline bool cuda_available() { return torch::cuda::is_available(); }
 
 }  // namespace attnkit::testing

@@ -1,9 +1,11 @@
 #include "files.h"
 
 #include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/unfinished_file.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +18,27 @@
 
 namespace attnkit::common {
 namespace fs = std::filesystem;
+
+namespace {
+/// Async-signal-safe: unlink over a fixed table, then the signal's default action. The signal is
+/// blocked while its handler runs, so the raise() is delivered, with the default back, on return.
+extern "C" void remove_unfinished_files_and_die(int signal_number) {
+  remove_unfinished_files();
+  std::signal(signal_number, SIG_DFL);
+  std::raise(signal_number);
+}
+}  // namespace
+
+void remove_unfinished_files_on_termination() {
+  for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction current {};
+    if (::sigaction(signal_number, nullptr, &current) != 0 || current.sa_handler == SIG_IGN) continue;
+    struct sigaction handler {};
+    handler.sa_handler = remove_unfinished_files_and_die;
+    sigemptyset(&handler.sa_mask);
+    ::sigaction(signal_number, &handler, nullptr);
+  }
+}
 
 bool is_gzip(const std::string& bytes) {
   return bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0x1f &&

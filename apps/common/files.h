@@ -28,6 +28,13 @@ bool is_gzip(const std::string& bytes);
 /// std::runtime_error every apps function throws. The message names the file.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+/// Installs handlers so that SIGINT, SIGTERM and SIGHUP remove the program's unfinished files
+/// (attnkit::remove_unfinished_files: atomic writes' temporaries, videos being encoded) and then
+/// end the program as the signal would have (the shell still sees 130/143). A signal the caller
+/// ignores (nohup's SIGHUP) stays ignored; a command that handles SIGINT itself (stream: stop like
+/// the q key) installs its own handler over this one for its run.
+void remove_unfinished_files_on_termination();
+
 /// `path` when it exists, else `path + ".gz"` when that exists, else "".
 std::string find_maybe_gz(const std::string& path);
 

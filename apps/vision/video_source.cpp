@@ -1,5 +1,6 @@
 #include "video_source.h"
 
+#include "common/stderr_capture.h"
 #include "image_list.h"
 #include "preprocess.h"
 
@@ -95,15 +96,28 @@ VideoSource::VideoSource(const SourceSpec& spec, const CaptureRequest& request) 
       if (!capture_.open(spec.text, cv::CAP_FFMPEG) || !capture_.isOpened())
         throw std::runtime_error(spec.text + ": cannot open as a video (corrupt, or a format this OpenCV cannot decode)");
       break;
-    case SourceKind::Pipeline:
-      if (!capture_.open(spec.text, cv::CAP_GSTREAMER) || !capture_.isOpened())
+    case SourceKind::Pipeline: {
+      // GStreamer reports a bad pipeline as several GLib lines of its own: they become part of
+      // our one line.
+      common::StderrCapture library_messages;
+      const bool opened = capture_.open(spec.text, cv::CAP_GSTREAMER) && capture_.isOpened();
+      const std::string said = common::one_line_summary(library_messages.finish());
+      if (!opened)
         throw std::runtime_error("cannot open the GStreamer pipeline \"" + spec.text +
-                                 "\" (a missing element, a syntax error, or an OpenCV without GStreamer)");
+                                 "\" (a missing element, a syntax error, or an OpenCV without GStreamer)" +
+                                 (said.empty() ? "" : "; GStreamer says: " + said));
       break;
+    }
     case SourceKind::Camera:
     case SourceKind::Device: {
-      const bool opened = spec.kind == SourceKind::Camera ? capture_.open(spec.index, cv::CAP_ANY) : capture_.open(spec.text, cv::CAP_V4L2);
-      if (!opened || !capture_.isOpened())
+      // CAP_ANY may try GStreamer, whose GLib assertions about a missing camera say nothing ours
+      // does not: they are dropped.
+      common::StderrCapture library_messages;
+      const bool opened =
+          (spec.kind == SourceKind::Camera ? capture_.open(spec.index, cv::CAP_ANY) : capture_.open(spec.text, cv::CAP_V4L2)) &&
+          capture_.isOpened();
+      library_messages.finish();
+      if (!opened)
         throw std::runtime_error("cannot open " + name() + ": no such camera, or it is busy or not accessible");
       if (request.width > 0) capture_.set(cv::CAP_PROP_FRAME_WIDTH, request.width);
       if (request.height > 0) capture_.set(cv::CAP_PROP_FRAME_HEIGHT, request.height);

@@ -52,9 +52,10 @@ VideoFileWriter::VideoFileWriter(const std::string& path, cv::Size size, double 
   std::error_code ec;
   if (fs::is_directory(p, ec)) throw std::runtime_error(path + ": is a folder, not a video file name");
   // Same folder (so the rename is atomic) and same extension (so FFmpeg picks the same container).
-  temp_ = (p.parent_path() / ("." + p.stem().string() + ".partial-" + std::to_string(::getpid()) + p.extension().string())).string();
-  if (!writer_.open(temp_, cv::CAP_FFMPEG, fourcc, fps > 0 ? fps : 25.0, size_, true) || !writer_.isOpened()) {
-    fs::remove(temp_, ec);
+  // A run killed outright (SIGKILL, power cut) left its temporary behind: the next one removes it.
+  remove_stale_unfinished_files(path, "partial");
+  temp_ = UnfinishedFile(unfinished_name_prefix(path, "partial") + "video" + p.extension().string());
+  if (!writer_.open(temp_.path(), cv::CAP_FFMPEG, fourcc, fps > 0 ? fps : 25.0, size_, true) || !writer_.isOpened()) {
     throw std::runtime_error(path + ": cannot write the video here (missing or read-only folder, or no encoder for this format)");
   }
 }
@@ -114,19 +115,21 @@ void VideoFileWriter::finish() {
   writer_.release();  // writes the trailer/index: the file is complete from here
   std::error_code ec;
   if (frames_ == 0) {
-    fs::remove(temp_, ec);
+    temp_ = UnfinishedFile();  // removes it
     return;
   }
   // OpenCV reports no write error (a full disk gives a truncated file and a silent release()), so
   // the finished file must prove itself before it replaces anything: flushed to disk, and opened
   // again with (about) the frames written. Otherwise it is removed and the previous video stays.
-  const std::string problem = check_video_file(temp_, frames_);
+  const std::string problem = check_video_file(temp_.path(), frames_);
   if (!problem.empty()) {
-    fs::remove(temp_, ec);
+    temp_ = UnfinishedFile();  // removes it
     throw std::runtime_error(path_ + ": " + problem + "; the previous file (if any) is left as it was");
   }
-  fs::rename(temp_, path_, ec);
-  if (ec) throw std::runtime_error(path_ + ": cannot rename the finished video from " + temp_ + ": " + ec.message());
+  const std::string finished = temp_.path();
+  fs::rename(finished, path_, ec);
+  temp_.keep();  // renamed, or left under its temporary name for the user to rescue
+  if (ec) throw std::runtime_error(path_ + ": cannot rename the finished video from " + finished + ": " + ec.message());
 }
 
 }  // namespace attnkit::vision

@@ -2,8 +2,11 @@
 // frames go to a temporary file next to it (same extension, so the same container) and finish()
 // releases the encoder (writing the container's index) and renames it to FILE. A stream that fails
 // mid-way still calls finish(), so what was written up to the last good frame gets the final name;
-// only a process killed outright leaves the temporary file, never a torn FILE.
+// SIGINT/SIGTERM remove the temporary file (the program's handler, unfinished_file.h); a process
+// killed outright leaves it, never a torn FILE, and the next writer of FILE removes it.
 #pragma once
+
+#include <attnkit/backbones/unfinished_file.h>
 
 #include <opencv2/core.hpp>
 #include <opencv2/videoio.hpp>
@@ -49,7 +52,8 @@ class VideoFileWriter {
   int64_t frames() const { return frames_; }
 
  private:
-  std::string path_, temp_;
+  std::string path_;
+  UnfinishedFile temp_;  // ".NAME.partial-PID-video.EXT" beside path_
   cv::Size size_;
   cv::VideoWriter writer_;
   int64_t frames_ = 0;
