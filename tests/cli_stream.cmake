@@ -94,13 +94,19 @@ macro(skip_without_gstreamer)
   endif()
 endmacro()
 
-# timeout(1), which sends the signals of the signal tests, into TIMEOUT; skips the test without it.
-macro(require_timeout)
+# Streams the endless live test pipeline into `video` and sends `signal` (INT, TERM) after 4 s;
+# sets rc, out and err. Skips the test without timeout(1), which sends the signal, or GStreamer.
+macro(stream_live_until signal video)
   find_program(TIMEOUT timeout)
   if(NOT TIMEOUT)
-    message("SKIPPED: no timeout(1) to send the signal")
+    message("SKIPPED: no timeout(1) to send SIG${signal}")
     return()
   endif()
+  execute_process(COMMAND ${TIMEOUT} --preserve-status -s ${signal} 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
+                          --no-display --output ${video} --json
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")
+  skip_without_gstreamer()
 endmacro()
 
 if(STEP STREQUAL "frames")
@@ -184,13 +190,8 @@ elseif(STEP STREQUAL "gstreamer")
 
 elseif(STEP STREQUAL "sigint")
   # A live pipeline that never ends, stopped by SIGINT after 3 s: a clean end and a playable video.
-  require_timeout()
   file(REMOVE ${WORK}/interrupted.avi)
-  execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
-                          --no-display --output ${WORK}/interrupted.avi --json
-                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")
-  skip_without_gstreamer()
+  stream_live_until(INT ${WORK}/interrupted.avi)
   expect("exit code 0 after SIGINT" rc EQUAL 0)
   summary(interrupted interrupted)
   summary(frames frames)
@@ -200,15 +201,10 @@ elseif(STEP STREQUAL "sigint")
 elseif(STEP STREQUAL "sigterm")
   # The same endless pipeline killed by SIGTERM after 4 s: the program dies as SIGTERM says
   # (128 + 15) and leaves neither the video nor its temporary file behind.
-  require_timeout()
   set(dir ${WORK}/sigterm)
   file(REMOVE_RECURSE ${dir})
   file(MAKE_DIRECTORY ${dir})
-  execute_process(COMMAND ${TIMEOUT} --preserve-status -s TERM 4 ${ATTNKIT} stream --source "videotestsrc is-live=true ! ${pipeline_caps}"
-                          --no-display --output ${dir}/killed.avi --json
-                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  message(STATUS "rc ${rc}\nstdout: ${out}\nstderr: ${err}")
-  skip_without_gstreamer()
+  stream_live_until(TERM ${dir}/killed.avi)
   expect("exit code 143 (SIGTERM) after SIGTERM" rc EQUAL 143)
   file(GLOB left RELATIVE ${dir} ${dir}/* ${dir}/.*)
   list(LENGTH left n_left)

@@ -25,7 +25,7 @@
 namespace {
 
 
-using Folder = attnkit::testing::TempDir;
+using attnkit::testing::TempDir;
 
 void touch(const std::string& path, int age_seconds = 0) {
   std::ofstream(path) << "x";
@@ -85,7 +85,7 @@ int run_child_and_signal(const std::string& listed, const std::string& kept, con
 }  // namespace
 
 TEST(UnfinishedFile, DestructorRemovesKeepKeepsMoveTransfers) {
-  Folder dir;
+  TempDir dir;
   touch(dir.file("a"));
   touch(dir.file("b"));
   touch(dir.file("c"));
@@ -112,7 +112,7 @@ TEST(UnfinishedFile, DestructorRemovesKeepKeepsMoveTransfers) {
 }
 
 TEST(UnfinishedFile, RemoveUnfinishedFilesRemovesOnlyLiveOnes) {
-  Folder dir;
+  TempDir dir;
   touch(dir.file("live"));
   touch(dir.file("kept"));
   attnkit::UnfinishedFile live(dir.file("live"));
@@ -124,7 +124,7 @@ TEST(UnfinishedFile, RemoveUnfinishedFilesRemovesOnlyLiveOnes) {
 
 TEST(UnfinishedFile, TerminationSignalsRemoveThemAndEndTheProcessAsTheSignalSays) {
   for (const int signal_number : {SIGTERM, SIGINT, SIGHUP}) {
-    Folder dir;
+    TempDir dir;
     const int status = run_child_and_signal(dir.file(".out.tmp-1-abc"), dir.file("kept"), {signal_number});
     ASSERT_TRUE(WIFSIGNALED(status)) << strsignal(signal_number) << ": status " << status;
     EXPECT_EQ(WTERMSIG(status), signal_number);  // the shell still sees 128 + the signal
@@ -134,7 +134,7 @@ TEST(UnfinishedFile, TerminationSignalsRemoveThemAndEndTheProcessAsTheSignalSays
 
 TEST(UnfinishedFile, AnIgnoredSignalStaysIgnored) {
   // nohup ignores SIGHUP: the handlers must not turn it back into a way to die.
-  Folder dir;
+  TempDir dir;
   const int status = run_child_and_signal(dir.file("unfinished"), dir.file("kept"), {SIGHUP, SIGTERM},
                                           [] { std::signal(SIGHUP, SIG_IGN); });
   ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status;
@@ -143,7 +143,7 @@ TEST(UnfinishedFile, AnIgnoredSignalStaysIgnored) {
 }
 
 TEST(UnfinishedFile, AtomicWritesNameTheirWriterAndRemoveWhatADeadOneLeft) {
-  Folder dir;
+  TempDir dir;
   const std::string target = dir.file("model.attnkit");
   EXPECT_EQ(attnkit::unfinished_name_prefix(target, "tmp"),
             dir.file(".model.attnkit.tmp-" + std::to_string(::getpid()) + "-"));
