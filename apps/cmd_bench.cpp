@@ -244,9 +244,18 @@ std::vector<Impl> resnet_impls(const std::string& op, const torch::Tensor& x, co
   auto plain = build("", Implementation::Auto);
   auto composite = build(args.attention, Implementation::Composite);
   auto fused = build(args.attention, Implementation::Fused);
-  return {{"none", [plain, x]() { return plain->forward(x); }, false},
-          {"composite", [composite, x]() { return composite->forward(x); }, false},
-          {"fused", [fused, x]() { return fused->forward(x); }, false}};
+  std::vector<Impl> impls = {{"none", [plain, x]() { return plain->forward(x); }, false},
+                             {"composite", [composite, x]() { return composite->forward(x); }, false},
+                             {"fused", [fused, x]() { return fused->forward(x); }, false}};
+  // The inference path (InferenceModel: folded, prepacked, channels-last) of the same two networks.
+  if (x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kDouble) {
+    const auto options = InferenceOptions().dtype(x.scalar_type());
+    auto frozen = std::make_shared<InferenceModel>(fused, options);
+    auto frozen_plain = std::make_shared<InferenceModel>(plain, options);
+    impls.push_back({"inference", [frozen, x]() { return frozen->forward(x); }, false});
+    impls.push_back({"inference-none", [frozen_plain, x]() { return frozen_plain->forward(x); }, false});
+  }
+  return impls;
 }
 
 // ---- plan: the device, and per op its input and what to time ----------------------------------------
@@ -359,7 +368,9 @@ std::vector<nlohmann::json> result_rows(const OpCase& c, const std::string& pass
     if (t.count("composite") && name != "composite" && name != "copy") row["vs_composite"] = t["composite"].median_ms / timing.median_ms;
     if (name != "copy") row["x_copy"] = timing.median_ms / t["copy"].median_ms;
     if (t.count("sdpa") && name != "copy") row["x_sdpa"] = timing.median_ms / t["sdpa"].median_ms;
-    if (resnet && t.count("none") && name != "none" && name != "copy") row["vs_none"] = timing.median_ms / t["none"].median_ms;
+    // x none: against the same path without attention (eager: none; inference: inference-none).
+    const std::string plain = name.rfind("inference", 0) == 0 ? "inference-none" : "none";
+    if (resnet && t.count(plain) && name != plain && name != "copy") row["vs_none"] = timing.median_ms / t[plain].median_ms;
     rows.push_back(row);
   }
   return rows;
@@ -394,7 +405,11 @@ void print_legend() {
   std::cout << "\nforward: inference (eval mode, no autograd); backward: forward+backward in training mode.\n"
                "speed-up: composite median / this median (fused and other rows).\n"
                "x copy: this median / the median of copying the input once (read + write).\n"
-               "x none (resnets): this median / the median of the same network without attention.\n"
+               "x none (resnets): this median / the median of the same network without attention (for inference,\n"
+               "  inference-none: the same path without attention).\n"
+               "resnets: none, composite, fused = the eager module (no attention; attention on ATen ops; on the\n"
+               "  fused ops); inference, inference-none = InferenceModel (BatchNorm folded, weights prepacked for\n"
+               "  oneDNN, conv + bias + ReLU / + add + ReLU fused, channels-last) with and without attention.\n"
                "x sdpa: this median / the median of ATen's scaled_dot_product_attention (op self).\n"
                "peak MB (CPU): peak tensor storage allocated during one run beyond what was live before it, counted\n"
                "at LibTorch's CPU allocator (outputs, saved tensors, gradients and oneDNN buffers included).\n"

@@ -9,11 +9,13 @@
 #include "bundled.h"
 
 #include "common/device.h"
+#include "common/precision.h"
 #include "common/files.h"
 #include "common/progress.h"
 #include "vision/image_list.h"
 #include "vision/prefetch.h"
 
+#include <attnkit/backbones/inference_model.h>
 #include <attnkit/backbones/checkpoint.h>
 
 #include <nlohmann/json.hpp>
@@ -37,6 +39,8 @@ struct ClassifyArgs {
   int64_t top_k = 5;
   int64_t batch_size = 32;
   std::string device = "auto";
+  std::string precision = "auto";
+  bool eager = false;
   int threads = 0;
   std::string format = "table";
   std::string output;
@@ -133,6 +137,9 @@ struct ClassifyPlan {
   torch::Device device = torch::kCPU;
   Checkpoint info;
   std::shared_ptr<Backbone> model;
+  common::Precision precision;
+  /// The inference path frozen from `model`; null with --eager (or float16, which it does not run).
+  std::shared_ptr<InferenceModel> frozen;
   /// The checkpoint's class names, padded with indices ("7") where it has fewer.
   std::vector<std::string> classes;
   /// Classes shown per image: --top-k, at most the model's class count.
@@ -165,8 +172,11 @@ void plan_model(const ClassifyArgs& a, ClassifyPlan& p) {
   common::configure_cuda_speed(p.device_name);
   p.device = torch::Device(p.device_name);
   p.model = load_checkpoint(weights_or_bundled(a.weights), &p.info);
-  p.model->module().to(p.device);
+  p.precision = common::resolve_precision(a.precision, p.device);
+  p.model->module().to(p.device, p.precision.dtype);
   p.model->module().eval();
+  if (!a.eager && p.precision.dtype != torch::kHalf)
+    p.frozen = std::make_shared<InferenceModel>(p.model, InferenceOptions().dtype(p.precision.dtype));
   const int64_t num_classes = p.info.config.num_classes;
   p.classes = p.info.class_names;
   for (auto k = static_cast<int64_t>(p.classes.size()); k < num_classes; ++k) p.classes.push_back(std::to_string(k));
@@ -224,7 +234,8 @@ class BatchClassifier {
     for (const auto& p : pending_)
       if (p.error.empty()) inputs.push_back(p.input.tensor);
     if (inputs.empty()) return {torch::empty({0, plan_.k}, torch::kFloat64), torch::empty({0, plan_.k}, torch::kLong)};
-    const auto logits = plan_.model->forward(torch::stack(inputs).to(plan_.device));
+    const auto batch = torch::stack(inputs).to(plan_.device, plan_.precision.dtype);
+    const auto logits = plan_.frozen ? plan_.frozen->forward(batch) : plan_.model->forward(batch);
     auto [p, i] = torch::softmax(logits.to(torch::kFloat32), 1).topk(plan_.k, 1);
     return {p.to(torch::kCPU, torch::kFloat64).contiguous(), i.to(torch::kCPU).contiguous()};
   }
@@ -268,10 +279,11 @@ class BatchClassifier {
 // ---- report ---------------------------------------------------------------------------------------
 
 std::string summary_line(const ClassifyArgs& a, const ClassifyPlan& plan, const ClassifyCounts& c, double seconds) {
-  char summary[192];
-  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, batch %lld, first batch %.2f s)",
+  char summary[384];
+  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, %s, %s, batch %lld, first batch %.2f s)",
                 c.done, c.done == 1 ? "" : "s", c.failed, static_cast<double>(c.done) / seconds, 1000.0 * seconds / static_cast<double>(c.done),
-                plan.device_name.c_str(), static_cast<long long>(a.batch_size), c.first_batch_s);
+                plan.device_name.c_str(), plan.precision.description.c_str(), plan.frozen ? "inference path" : "eager",
+                static_cast<long long>(a.batch_size), c.first_batch_s);
   return summary + (a.output.empty() ? std::string() : "; results in " + a.output);
 }
 
@@ -342,6 +354,9 @@ Runner add_classify_command(CLI::App& cli) {
   cmd->add_option("--device", a->device, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")->check(CLI::Range(0, 1024))->capture_default_str();
+  cmd->add_option("--precision", a->precision, common::kPrecisionHelp)
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_flag("--eager", a->eager, common::kEagerHelp);
   cmd->add_option("--format", a->format, "Output format: table, json (JSON lines) or csv")
       ->check(CLI::IsMember({"table", "json", "csv"}))->capture_default_str();
   cmd->add_option("--output,-o", a->output, "Write the results to this regular file (atomically, at the end) instead of stdout");

@@ -11,6 +11,7 @@
 #include "bundled.h"
 
 #include "common/device.h"
+#include "common/precision.h"
 #include "common/files.h"
 #include "vision/bounded_queue.h"
 #include "vision/frame_pipeline.h"
@@ -67,6 +68,7 @@ struct StreamArgs {
   int threads = 0;
   int batch = 0;
   std::string precision = "auto";
+  bool eager = false;
   bool json = false;
 };
 
@@ -139,7 +141,7 @@ struct StreamPlan {
   bool display = false;
   int colormap = 0;
   Checkpoint info;
-  torch::ScalarType dtype = torch::kFloat32;
+  common::Precision precision;
   std::unique_ptr<vision::FrameAnalyzer> analyzer;
   vision::ViewChoice first_view;
   std::unique_ptr<vision::VideoSource> source;
@@ -155,16 +157,6 @@ void silence_library_logs() {
   ::setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
 }
 
-/// --precision auto: bfloat16 where it is fast on this device, else float32.
-torch::ScalarType network_dtype(const std::string& precision, const torch::Device& device) {
-  const torch::ScalarType dtype =
-      precision != "auto" ? common::dtype_from_name(precision)
-                          : (vision::reduced_precision_is_fast(device, torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
-  if (dtype == torch::kHalf && device.is_cpu())
-    throw std::runtime_error("--precision float16 needs --device cuda (CPU convolutions have no fast float16 path); use bfloat16");
-  return dtype;
-}
-
 void check_layer(const vision::FrameAnalyzer& analyzer, const vision::ViewChoice& view) {
   const auto valid_layers = analyzer.layers(view.method);
   if (std::find(valid_layers.begin(), valid_layers.end(), view.layer) != valid_layers.end()) return;
@@ -176,8 +168,8 @@ void check_layer(const vision::FrameAnalyzer& analyzer, const vision::ViewChoice
 void plan_model(const StreamArgs& a, StreamPlan& plan) {
   auto model = load_checkpoint(weights_or_bundled(a.weights), &plan.info);
   const torch::Device device(plan.device_name);
-  plan.dtype = network_dtype(a.precision, device);
-  plan.analyzer = std::make_unique<vision::FrameAnalyzer>(model, plan.info, device, plan.dtype);
+  plan.precision = common::resolve_precision(a.precision, device);
+  plan.analyzer = std::make_unique<vision::FrameAnalyzer>(model, plan.info, device, plan.precision.dtype, !a.eager);
   plan.first_view = {plan.analyzer->resolve(explain_method_from_name(a.method)), a.layer};
   check_layer(*plan.analyzer, plan.first_view);
 }
@@ -211,7 +203,9 @@ StreamPlan plan_stream(const StreamArgs& a) {
 void print_plan(const StreamPlan& plan, std::ostream& info_out) {
   info_out << "source: " << plan.source->name() << ": " << vision::describe(plan.source->mode()) << "\n"
            << "model: " << plan.info.config.name() << ", " << explain_method_name(plan.first_view.method) << " maps, "
-           << plan.device_name << ", " << common::dtype_name(plan.dtype) << ", batch " << plan.batch << "\n"
+           << plan.device_name << ", " << plan.precision.description << ", "
+           << (plan.analyzer->inference_path(plan.first_view.method) ? "inference path" : "eager (autograd)") << ", batch "
+           << plan.batch << "\n"
            << std::flush;
 }
 
@@ -493,10 +487,10 @@ Runner add_stream_command(CLI::App& cli) {
   cmd->add_option("--batch", a->batch,
                   "Frames per forward pass (0 = auto: 8 for files and folders, 1 for live sources, where batching adds latency)")
       ->check(CLI::Range(0, 256))->capture_default_str();
-  cmd->add_option("--precision", a->precision,
-                  "Arithmetic of the network: float32, bfloat16, float16 (CUDA only), or auto = bfloat16 on CUDA and on "
-                  "CPUs with AMX-BF16 (2-3x faster convolutions), else float32. Maps and labels may differ slightly from float32")
+  cmd->add_option("--precision", a->precision, common::kPrecisionHelp)
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_flag("--eager", a->eager, std::string(common::kEagerHelp) + ". Without it, native and eigencam maps come from "
+                "the inference path; the gradient CAMs always run the module (they need autograd)");
   cmd->add_flag("--json", a->json, "Print the summary as one JSON object on stdout (other messages go to stderr)");
   return [cmd, a]() -> int { return cmd->parsed() ? run_stream(*a) : -1; };
 }

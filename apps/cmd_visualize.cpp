@@ -10,10 +10,12 @@
 #include "bundled.h"
 
 #include "common/device.h"
+#include "common/precision.h"
 #include "common/files.h"
 #include "vision/heatmap.h"
 #include "vision/preprocess.h"
 
+#include <attnkit/backbones/inference_model.h>
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/explain.h>
 
@@ -50,6 +52,8 @@ struct VisualizeArgs {
   bool no_overlay = false;
   int display_size = 256;
   std::string device = "auto";
+  std::string precision = "auto";
+  bool eager = false;
   int threads = 0;
 };
 
@@ -153,6 +157,13 @@ class Visualizer {
     for (int64_t k = static_cast<int64_t>(classes_.size()); k < info_.config.num_classes; ++k) classes_.push_back(std::to_string(k));
     colormap_ = vision::colormap_from_name(a.colormap);
     choose_methods();
+    const auto precision = common::resolve_precision(a.precision, torch::Device(device_name));
+    const bool gradient_free = std::all_of(methods_.begin(), methods_.end(), [](ExplainMethod m) {
+      return m == ExplainMethod::Native || m == ExplainMethod::EigenCam;
+    });
+    // One forward pass serves every method: the inference path when none of them needs a gradient.
+    if (gradient_free && !a.eager && precision.dtype != torch::kHalf)
+      frozen_ = std::make_unique<InferenceModel>(model_, InferenceOptions().dtype(precision.dtype));
     if (!a.target.empty()) options_.target = parse_target(a.target, classes_);
     if (!a.query.empty()) std::tie(options_.query_x, options_.query_y) = parse_query(a.query);
     options_.layers = a.layers;
@@ -160,7 +171,8 @@ class Visualizer {
     fs::create_directories(a.out, ec);
     if (!fs::is_directory(a.out)) throw std::runtime_error("--out \"" + a.out + "\": cannot create the folder");
     std::cout << "model: " << a.weights << " (" << info_.config.name() << ", " << classes_.size() << " classes) on "
-              << device_name << "; methods:";
+              << device_name << ", " << (frozen_ ? "inference path, " + precision.description : "eager (autograd), float32")
+              << "; methods:";
     for (auto m : methods_) std::cout << " " << explain_method_name(m);
     std::cout << "\n";
   }
@@ -232,7 +244,8 @@ class Visualizer {
   Prediction predict(const vision::NetworkInput& input) const {
     Prediction p;
     const auto t0 = std::chrono::steady_clock::now();
-    p.explanations = explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
+    p.explanations = frozen_ ? explain(*frozen_, input.tensor.unsqueeze(0), methods_, options_)
+                             : explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
     const auto& first = p.explanations.front();
     const auto probs = torch::softmax(first.logits.to(torch::kCPU, torch::kDouble), 1)[0];
     p.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -308,6 +321,8 @@ class Visualizer {
   VisualizeArgs& a_;
   Checkpoint info_;
   std::shared_ptr<Backbone> model_;
+  /// The frozen network when every method is gradient-free (native, eigencam) and --eager is off.
+  std::unique_ptr<InferenceModel> frozen_;
   std::vector<std::string> classes_;
   std::vector<ExplainMethod> methods_;
   ExplainOptions options_;
@@ -363,6 +378,10 @@ Runner add_visualize_command(CLI::App& cli) {
       ->check(CLI::Range(1, 8192))->capture_default_str();
   cmd->add_option("--device", a->device, "auto (CUDA when available), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")->check(CLI::Range(0, 1024))->capture_default_str();
+  cmd->add_option("--precision", a->precision, std::string(common::kPrecisionHelp) +
+                  ". Applies to the inference path (native and eigencam alone); the gradient CAMs run in float32")
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_flag("--eager", a->eager, std::string(common::kEagerHelp) + ". The gradient CAMs always run the module");
   cmd->footer(
       "Examples:\n"
       "  attnkit visualize weights/samples/0000-ankle-boot.png                    # bundled model, Grad-CAM\n"

@@ -5,6 +5,7 @@
 #include <attnkit/backbones/cifar_resnet.h>
 #include <attnkit/backbones/explain.h>
 #include <attnkit/backbones/import_check.h>
+#include <attnkit/backbones/inference_model.h>
 #include <attnkit/backbones/model_config.h>
 #include <attnkit/backbones/registry.h>
 #include <attnkit/backbones/resnet.h>

@@ -1,4 +1,5 @@
 #include <attnkit/backbones/explain.h>
+#include <attnkit/backbones/inference_model.h>
 #include <attnkit/modules/attention_map.h>
 
 #include <ATen/ops/linalg_svd.h>
@@ -301,16 +302,36 @@ ExplainPlan plan_explain(Backbone& model, const Layout& layout, const std::vecto
   return plan;
 }
 
+/// How one forward pass runs block by block: on the module (autograd, the reference) or on an
+/// InferenceModel's frozen network (the same attention modules, so the same recorded maps).
+struct BlockRunner {
+  std::function<torch::Tensor(const torch::Tensor&)> stem;
+  std::function<torch::Tensor(size_t, const torch::Tensor&)> block;
+  std::function<torch::Tensor(const std::vector<torch::Tensor>&)> head;
+};
+
+BlockRunner module_runner(Backbone& model, Layout& layout) {
+  return {[&model](const torch::Tensor& x) { return model.forward_stem(x); },
+          [&layout](size_t i, const torch::Tensor& y) { return layout.blocks[i].module.forward(y); },
+          [&model](const std::vector<torch::Tensor>& stages) { return model.forward_head(stages); }};
+}
+
+BlockRunner inference_runner(InferenceModel& model) {
+  return {[&model](const torch::Tensor& x) { return model.forward_stem(x); },
+          [&model](size_t i, const torch::Tensor& y) { return model.forward_block(i, y); },
+          [&model](const std::vector<torch::Tensor>& stages) { return model.forward_head(stages.back()); }};
+}
+
 /// One forward pass, block by block: records the planned blocks' maps (through `guard`) and keeps
 /// the planned outputs. Runs with gradients where the plan needs them.
-ForwardPass forward_blocks(Backbone& model, Layout& layout, const ExplainPlan& plan, const torch::Tensor& x,
+ForwardPass forward_blocks(const BlockRunner& run, Layout& layout, const ExplainPlan& plan, const torch::Tensor& x,
                            const ExplainOptions& options, RecordingGuard& guard) {
   const bool query = options.query_x >= 0 && options.query_y >= 0;
   ForwardPass f;
   f.kept.resize(layout.blocks.size());
   f.queries.resize(layout.blocks.size());
   std::vector<torch::Tensor> stage_outputs;
-  auto y = model.forward_stem(x);
+  auto y = run.stem(x);
   for (size_t i = 0; i < layout.blocks.size(); ++i) {
     auto& b = layout.blocks[i];
     if (plan.record[i]) {
@@ -319,11 +340,11 @@ ForwardPass forward_blocks(Backbone& model, Layout& layout, const ExplainPlan& p
       if (query) f.queries[i] = Position2d(query_index(options.query_y, h), query_index(options.query_x, w));
       guard.record(b, h, w, f.queries[i]);
     }
-    y = b.module.forward(y);
+    y = run.block(i, y);
     if (plan.keep[i]) f.kept[i] = y;
     if (layout.stage_last_block[b.stage] == i) stage_outputs.push_back(y);
   }
-  f.logits = model.forward_head(stage_outputs);
+  f.logits = run.head(stage_outputs);
   f.targets = options.target >= 0
                   ? torch::full({f.logits.size(0)}, options.target, torch::dtype(torch::kLong).device(f.logits.device()))
                   : f.logits.detach().argmax(1);
@@ -376,8 +397,12 @@ std::vector<std::string> explainable_layers(Backbone& model, ExplainMethod metho
   return layer_names(layout, method == ExplainMethod::Native);
 }
 
-std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
-                                 const ExplainOptions& options) {
+namespace {
+
+/// explain() on `model`'s layout with its forward pass run by `runner` (made from the layout).
+std::vector<Explanation> explain_with(Backbone& model, const std::function<BlockRunner(Layout&)>& runner,
+                                      const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
+                                      const ExplainOptions& options) {
   check_explain_args(input, methods, options, model.config().num_classes);
   auto layout = describe(model);
   const ExplainPlan plan = plan_explain(model, layout, methods, options);
@@ -392,7 +417,7 @@ std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, co
   } else {
     no_grad.emplace();
   }
-  const ForwardPass f = forward_blocks(model, layout, plan, x, options, guard);
+  const ForwardPass f = forward_blocks(runner(layout), layout, plan, x, options, guard);
   const auto grads = plan.need_grad ? target_gradients(plan, f) : std::vector<torch::Tensor>(f.kept.size());
 
   torch::NoGradGuard maps_without_grad;
@@ -411,6 +436,28 @@ std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, co
     out.push_back(std::move(e));
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
+                                 const ExplainOptions& options) {
+  return explain_with(model, [&model](Layout& layout) { return module_runner(model, layout); }, input, methods, options);
+}
+
+std::vector<Explanation> explain(InferenceModel& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
+                                 const ExplainOptions& options) {
+  const auto layout = describe(model.model());
+  for (auto m : methods) {
+    if (m == ExplainMethod::Auto) m = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
+    TORCH_CHECK(!is_gradient_method(m), "explain: ", explain_method_name(m), " needs gradients, which the inference "
+                "path does not compute; run it on the module (explain(model.model(), ...))");
+  }
+  return explain_with(model.model(), [&model](Layout&) { return inference_runner(model); }, input, methods, options);
+}
+
+Explanation explain(InferenceModel& model, const torch::Tensor& input, const ExplainOptions& options) {
+  return std::move(explain(model, input, std::vector<ExplainMethod>{options.method}, options).front());
 }
 
 Explanation explain(Backbone& model, const torch::Tensor& input, const ExplainOptions& options) {

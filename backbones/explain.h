@@ -51,6 +51,8 @@
 
 namespace attnkit {
 
+class InferenceModel;
+
 enum class ExplainMethod { Auto, Native, GradCam, GradCamPlusPlus, LayerCam, EigenCam };
 
 /// "auto", "native", "gradcam", "gradcam++", "layercam", "eigencam".
@@ -103,6 +105,14 @@ Explanation explain(Backbone& model, const torch::Tensor& input, const ExplainOp
 /// ignored, the rest applies to every method.
 std::vector<Explanation> explain(Backbone& model, const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
                                  const ExplainOptions& options = {});
+
+/// The same from the inference path (InferenceModel): the forward pass runs on the frozen network,
+/// whose attention modules are the model's own, so native maps are recorded there; Eigen-CAM reads its
+/// channels-last activations. Gradient methods (Grad-CAM, Grad-CAM++, LayerCAM) are an error: they
+/// need autograd, so run them on model.model().
+Explanation explain(InferenceModel& model, const torch::Tensor& input, const ExplainOptions& options = {});
+std::vector<Explanation> explain(InferenceModel& model, const torch::Tensor& input,
+                                 const std::vector<ExplainMethod>& methods, const ExplainOptions& options = {});
 
 /// Whether any block of `model` records a spatial attention map (what Auto checks).
 bool has_spatial_attention(Backbone& model);

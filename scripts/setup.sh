@@ -3,6 +3,7 @@
 # Idempotent: a second run with everything present only checks, and takes seconds.
 #
 #   scripts/setup.sh            # Debian packages + Python venv with torch/torchvision/timm
+#                               # (+ onnxruntime/openvino/onnx/onnxscript for scripts/bench_peers.py)
 #
 # Environment:
 #   ATTNKIT_VENV     where the Python environment lives (default ~/.cache/attnkit/venv).
@@ -14,6 +15,11 @@ VENV="${ATTNKIT_VENV:-$HOME/.cache/attnkit/venv}"
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 TIMM_VERSION=1.0.31
+# Benchmark peers, for scripts/bench_peers.py only (onnxscript: torch.onnx.export's exporter needs it).
+ONNXRUNTIME_VERSION=1.32.0
+OPENVINO_VERSION=2026.4.1
+ONNX_VERSION=1.23.2
+ONNXSCRIPT_VERSION=0.7.2
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -57,17 +63,25 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
 fi
-want="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION timm==$TIMM_VERSION"
-have=$("$VENV/bin/python" - <<'PY' 2>/dev/null || true
-import importlib.metadata as m
-print(" ".join(f"{p}=={m.version(p)}" for p in ("torch", "torchvision", "timm")))
+PIP_PINS=("torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "timm==$TIMM_VERSION"
+          "onnxruntime==$ONNXRUNTIME_VERSION" "openvino==$OPENVINO_VERSION" "onnx==$ONNX_VERSION"
+          "onnxscript==$ONNXSCRIPT_VERSION")
+want="${PIP_PINS[*]}"
+# What the venv has of the same packages, in the same order ("name==missing" for an absent one).
+have=$("$VENV/bin/python" - "${PIP_PINS[@]%%==*}" <<'PY' 2>/dev/null || true
+import importlib.metadata as m, sys
+def version(p):
+    try:
+        return m.version(p)
+    except m.PackageNotFoundError:
+        return "missing"
+print(" ".join(f"{p}=={version(p)}" for p in sys.argv[1:]))
 PY
 )
 if [[ "$have" != "$want" ]]; then
   say "installing into $VENV: $want (a few GB on first run)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-      "timm==$TIMM_VERSION" numpy safetensors
+  "$VENV/bin/python" -m pip install --quiet "${PIP_PINS[@]}" numpy safetensors
 else
   say "Python environment: $want present"
 fi

@@ -14,7 +14,7 @@ attnkit_cli_test(NAME cli.classify_help COMMAND attnkit_cli classify --help MATC
 
 # The bundled samples with the bundled model: a table line per file and the summary line.
 attnkit_cli_test(NAME cli.classify_samples_table COMMAND attnkit_cli classify ${_samples} --top-k 3 MATCH
-  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image \\([a-z]+, batch 32, first batch [0-9.]+ s\\)")
+  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image \\([a-z]+, (float32|bfloat16) \\(auto: [^)]+\\), inference path, batch 32, first batch [0-9.]+ s\\)")
 
 # PATHs first, then the --list entries (relative to the list's folder, comments skipped); a quoted
 # glob pattern is expanded by attnkit.

@@ -384,6 +384,46 @@ TEST(Analyzer, Bfloat16KeepsTheLabelsOfFloat32) {
   }
 }
 
+attnkit::vision::FrameAnalyzer analyzer_for(const std::string& weights, torch::ScalarType dtype, bool inference_path) {
+  attnkit::Checkpoint info;
+  auto model = attnkit::load_checkpoint(std::string(ATTNKIT_SOURCE_DIR) + "/weights/" + weights, &info);
+  return attnkit::vision::FrameAnalyzer(model, info, torch::Device(torch::kCPU), dtype, inference_path);
+}
+
+TEST(Analyzer, TheInferencePathGivesTheEagerLabelsAndNativeMaps) {
+  // The bundled CBAM model: native maps recorded on the inference path against the module's own.
+  const auto frames = sample_frames();
+  auto eager = analyzer_for("fashion-mnist-resnet20-cbam-w1.attnkit", torch::kFloat32, false);
+  auto frozen = analyzer_for("fashion-mnist-resnet20-cbam-w1.attnkit", torch::kFloat32, true);
+  const attnkit::vision::ViewChoice view{attnkit::ExplainMethod::Native, ""};
+  ASSERT_TRUE(frozen.inference_path(view.method));
+  ASSERT_FALSE(eager.inference_path(view.method));
+  EXPECT_FALSE(frozen.inference_path(attnkit::ExplainMethod::GradCam));  // gradients: the module
+  const auto a = eager.analyze(frames, view), b = frozen.analyze(frames, view);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].label, b[i].label) << i;
+    // Two float32 computations of a softmax over 10 logits: far below a printed percent.
+    EXPECT_NEAR(a[i].probability, b[i].probability, 1e-4) << i;
+    // Maps in [0, 1], normalised per image: float32 rounding, amplified at most by the normalisation's
+    // range (the gates span a good part of (0, 1) on these images).
+    EXPECT_TRUE(torch::allclose(a[i].map, b[i].map, 0, 1e-3)) << i;
+  }
+}
+
+TEST(Analyzer, Bfloat16OnTheInferencePathKeepsTheTopClassOfEverySample) {
+  // The bundled default model: bfloat16 on the inference path against float32 eager, top-1 on every
+  // bundled sample (Grad-CAM runs the module; Eigen-CAM runs the inference path).
+  const auto frames = sample_frames();
+  auto reference = analyzer_for("fashion-mnist-resnet20x4.attnkit", torch::kFloat32, false);
+  auto bf16 = analyzer_for("fashion-mnist-resnet20x4.attnkit", torch::kBFloat16, true);
+  const attnkit::vision::ViewChoice view{attnkit::ExplainMethod::EigenCam, ""};
+  ASSERT_TRUE(bf16.inference_path(view.method));
+  const auto a = reference.analyze(frames, view), b = bf16.analyze(frames, view);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].label, b[i].label) << i;
+}
+
 TEST(Analyzer, ReducedPrecisionIsOnlyCalledFastWhereItIs) {
   using attnkit::vision::reduced_precision_is_fast;
   EXPECT_FALSE(reduced_precision_is_fast(torch::Device(torch::kCPU), torch::kFloat16));

@@ -34,17 +34,16 @@ torch::Tensor combine_maps(const std::vector<torch::Tensor>& maps) {
 
 bool reduced_precision_is_fast(const torch::Device& device, torch::ScalarType dtype) {
   if (device.is_cuda()) return dtype == torch::kBFloat16 || dtype == torch::kFloat16;
-  if (dtype != torch::kBFloat16) return false;
-  const auto caps = at::cpu::get_cpu_capabilities();
-  const auto it = caps.find("amx_bf16");
-  return it != caps.end() && it->second.isBool() && it->second.toBool();
+  return dtype == torch::kBFloat16 && bfloat16_is_fast(device);
 }
 
 FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& info, const torch::Device& device,
-                             torch::ScalarType dtype)
+                             torch::ScalarType dtype, bool inference_path)
     : model_(std::move(model)), info_(info), device_(device), dtype_(dtype) {
   model_->module().to(device_, dtype_);
   model_->module().eval();
+  if (inference_path && dtype_ != torch::kHalf)
+    frozen_ = std::make_unique<InferenceModel>(model_, InferenceOptions().dtype(dtype_));
   for (ExplainMethod m : {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam,
                           ExplainMethod::EigenCam}) {
     if (m != ExplainMethod::Native || has_spatial_attention(*model_)) methods_.push_back(m);
@@ -55,6 +54,11 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
     list.push_back("");
     for (auto& l : explainable_layers(*model_, m)) list.push_back(std::move(l));
   }
+}
+
+bool FrameAnalyzer::inference_path(ExplainMethod method) const {
+  method = resolve(method);
+  return frozen_ && (method == ExplainMethod::Native || method == ExplainMethod::EigenCam);
 }
 
 ExplainMethod FrameAnalyzer::resolve(ExplainMethod requested) const {
@@ -99,7 +103,7 @@ std::vector<Analysis> FrameAnalyzer::analyze(std::vector<Frame> frames, const Vi
   ExplainOptions opts;
   opts.method = view.method;
   if (!view.layer.empty()) opts.layers = {view.layer};
-  const auto e = explain(*model_, batch, opts);
+  const auto e = inference_path(view.method) ? explain(*frozen_, batch, opts) : explain(*model_, batch, opts);
   std::vector<torch::Tensor> maps;
   for (const auto& lm : e.maps) maps.push_back(lm.map);
   const auto map = maps.empty() ? torch::Tensor() : combine_maps(maps).to(torch::kCPU, torch::kFloat32).contiguous();

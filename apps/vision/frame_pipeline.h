@@ -10,6 +10,7 @@
 
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/explain.h>
+#include <attnkit/backbones/inference_model.h>
 
 #include <opencv2/core.hpp>
 #include <torch/types.h>
@@ -46,9 +47,13 @@ struct Analysis {
 class FrameAnalyzer {
  public:
   /// `model` is moved to `device`, converted to `dtype` (float32, or bfloat16/float16 for speed:
-  /// see reduced_precision_is_fast) and put in eval mode.
+  /// see reduced_precision_is_fast) and put in eval mode. With `inference_path`, the methods that need
+  /// no gradient (native, eigencam) run on an InferenceModel frozen from it (float16 excepted).
   FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& info, const torch::Device& device,
-                torch::ScalarType dtype = torch::kFloat32);
+                torch::ScalarType dtype = torch::kFloat32, bool inference_path = true);
+
+  /// Whether `method`'s maps come from the inference path (else from the module, with autograd).
+  bool inference_path(ExplainMethod method) const;
 
   /// Analyses `frames` as one batch: one forward (and one backward for the gradient CAMs) for all of
   /// them, which keeps the cores busier than one frame at a time. The result has one Analysis per
@@ -67,6 +72,8 @@ class FrameAnalyzer {
 
  private:
   std::shared_ptr<Backbone> model_;
+  /// The frozen network for the gradient-free methods; null with inference_path off.
+  std::unique_ptr<InferenceModel> frozen_;
   Checkpoint info_;
   torch::Device device_;
   torch::ScalarType dtype_;
@@ -97,8 +104,7 @@ class HeatmapRenderer {
 };
 
 /// True when `dtype` (bfloat16 or float16) runs the model's convolutions markedly faster than float32
-/// on `device`: on CUDA; on a CPU, bfloat16 where it has AMX-BF16 tiles (oneDNN's bf16 convolutions
-/// use them). The choice of `--precision auto`.
+/// on `device`: on CUDA; on a CPU, bfloat16 where it has AVX512-BF16 or AMX-BF16 (bfloat16_is_fast).
 bool reduced_precision_is_fast(const torch::Device& device, torch::ScalarType dtype);
 
 /// Average of several [N, h, w] maps in [0, 1] at the finest map's resolution, min-max normalised
