@@ -85,7 +85,18 @@ struct FrozenNetwork {
   /// autocast (attnkit's ops compute in float32 on bfloat16 maps; ATen's linear/conv are cast).
   bool autocast_attention = false;
   bool prepacked = false;
+  /// The input shape (N, H, W) oneDNN's weight layouts were chosen for; empty when not prepacked
+  /// (any shape is as fast). Another shape runs correctly but may reorder weights on every call
+  /// (3× the time of a 1×1 convolution at batch 8 with batch-1 layouts, measured), so forward()
+  /// freezes again for it.
+  std::vector<int64_t> packed_for;
   WeightsFingerprint weights;
+  bool serves(const std::vector<int64_t>& shape) const { return packed_for.empty() || shape.empty() || packed_for == shape; }
+};
+
+/// The frozen networks of one InferenceModel, newest first: one per input shape seen recently.
+struct FrozenCache {
+  std::vector<std::shared_ptr<const FrozenNetwork>> nets;
 };
 
 }  // namespace detail
@@ -185,7 +196,9 @@ FrozenBlock freeze_block(const std::shared_ptr<torch::nn::Module>& module, Nomin
   return b;
 }
 
-std::shared_ptr<const FrozenNetwork> freeze(Backbone& model, const InferenceOptions& options) {
+/// Freezes `model` with oneDNN's layouts chosen for inputs of `shape` (N, H, W; empty: the family's
+/// usual input, batch 1).
+std::shared_ptr<const FrozenNetwork> freeze(Backbone& model, const InferenceOptions& options, std::vector<int64_t> shape_nhw) {
   auto* core = dynamic_cast<ResNetCore*>(&model);
   TORCH_CHECK(core != nullptr, "InferenceModel: only the ResNet families (ResNet, CifarResNet) can be frozen");
   auto& module = model.module();
@@ -207,9 +220,11 @@ std::shared_ptr<const FrozenNetwork> freeze(Backbone& model, const InferenceOpti
   net->weights = detail::fingerprint(module);
   const auto config = model.config();
   const bool imagenet_stem = config.stem == Stem::ImageNet && config.family == ModelFamily::ResNet;
-  // oneDNN picks a weight layout per input shape; any shape runs with it. The nominal size is the
-  // family's usual input (224 px ImageNet, 32 px CIFAR-sized).
-  NominalShape shape{{1, config.in_channels, imagenet_stem ? 224 : 32, imagenet_stem ? 224 : 32}};
+  // oneDNN picks a weight layout per input shape; any shape runs with it. Without a shape: the
+  // family's usual input (224 px ImageNet, 32 px CIFAR-sized), batch 1.
+  if (shape_nhw.empty()) shape_nhw = {1, imagenet_stem ? 224 : 32, imagenet_stem ? 224 : 32};
+  if (net->prepacked) net->packed_for = shape_nhw;
+  NominalShape shape{{shape_nhw[0], config.in_channels, shape_nhw[1], shape_nhw[2]}};
   net->stem.emplace(*core->conv1, core->bn1.get(), dtype, net->device, options.prepack(), shape.size);
   net->max_pool = imagenet_stem;
   shape.size = shape.after(*net->stem);
@@ -288,10 +303,19 @@ torch::Tensor run_head(const FrozenNetwork& net, const torch::Tensor& last) {
 
 // ---- InferenceModel -------------------------------------------------------------------------------
 
+namespace {
+/// How many input shapes one InferenceModel keeps frozen networks for (the oldest is dropped).
+constexpr size_t kShapesKept = 4;
+
+std::vector<int64_t> shape_of(const torch::Tensor& x) { return {x.size(0), x.size(2), x.size(3)}; }
+}  // namespace
+
 InferenceModel::InferenceModel(std::shared_ptr<Backbone> model, const InferenceOptions& options)
     : model_(std::move(model)), options_(options), freeze_mutex_(std::make_unique<std::mutex>()) {
   TORCH_CHECK(model_ != nullptr, "InferenceModel: model is null");
-  frozen_ = freeze(*model_, options_);
+  auto cache = std::make_shared<detail::FrozenCache>();
+  cache->nets.push_back(freeze(*model_, options_, {}));
+  frozen_ = std::move(cache);
 }
 
 InferenceModel::~InferenceModel() = default;
@@ -303,50 +327,62 @@ void InferenceModel::check_eval_mode() const {
               "freezing; call model->module().eval() (frozen BatchNorm uses running statistics)");
 }
 
-std::shared_ptr<const detail::FrozenNetwork> InferenceModel::current() {
+std::shared_ptr<const detail::FrozenNetwork> InferenceModel::current(const std::vector<int64_t>& shape) {
   check_eval_mode();
-  auto net = std::atomic_load(&frozen_);
-  if (net->weights == detail::fingerprint(model_->module())) return net;
+  const auto weights = detail::fingerprint(model_->module());
+  const auto find = [&](const detail::FrozenCache& cache) -> std::shared_ptr<const FrozenNetwork> {
+    for (const auto& net : cache.nets)
+      if (net->weights == weights && net->serves(shape)) return net;
+    return nullptr;
+  };
+  if (auto net = find(*std::atomic_load(&frozen_))) return net;
   std::lock_guard<std::mutex> lock(*freeze_mutex_);
-  net = std::atomic_load(&frozen_);
-  if (net->weights == detail::fingerprint(model_->module())) return net;  // another thread re-froze
-  net = freeze(*model_, options_);
-  std::atomic_store(&frozen_, net);
+  const auto cache = std::atomic_load(&frozen_);
+  if (auto net = find(*cache)) return net;  // another thread froze it meanwhile
+  auto updated = std::make_shared<detail::FrozenCache>();
+  auto net = freeze(*model_, options_, shape);
+  updated->nets.push_back(net);
+  // Networks of other shapes stay while the weights they were made from are still the model's.
+  for (const auto& old : cache->nets)
+    if (old->weights == weights && updated->nets.size() < kShapesKept) updated->nets.push_back(old);
+  std::atomic_store(&frozen_, std::shared_ptr<const detail::FrozenCache>(std::move(updated)));
   return net;
 }
 
 void InferenceModel::refreeze() {
   std::lock_guard<std::mutex> lock(*freeze_mutex_);
-  std::atomic_store(&frozen_, freeze(*model_, options_));
+  auto cache = std::make_shared<detail::FrozenCache>();
+  cache->nets.push_back(freeze(*model_, options_, {}));
+  std::atomic_store(&frozen_, std::shared_ptr<const detail::FrozenCache>(std::move(cache)));
 }
 
-bool InferenceModel::prepacked() const { return std::atomic_load(&frozen_)->prepacked; }
+bool InferenceModel::prepacked() const { return std::atomic_load(&frozen_)->nets.front()->prepacked; }
 
-size_t InferenceModel::num_blocks() const { return std::atomic_load(&frozen_)->blocks.size(); }
+size_t InferenceModel::num_blocks() const { return std::atomic_load(&frozen_)->nets.front()->blocks.size(); }
 
 torch::Tensor InferenceModel::forward(const torch::Tensor& x) {
   detail::check_image_input(x, model_->config().in_channels, "InferenceModel");
-  const auto net = current();
+  const auto net = current(shape_of(x));
   torch::NoGradGuard no_grad;
   return run_head(*net, run_features(*net, x).back());
 }
 
 std::vector<torch::Tensor> InferenceModel::features(const torch::Tensor& x) {
   detail::check_image_input(x, model_->config().in_channels, "InferenceModel");
-  const auto net = current();
+  const auto net = current(shape_of(x));
   torch::NoGradGuard no_grad;
   return run_features(*net, x);
 }
 
 torch::Tensor InferenceModel::forward_stem(const torch::Tensor& x) {
   detail::check_image_input(x, model_->config().in_channels, "InferenceModel");
-  const auto net = current();
+  const auto net = current(shape_of(x));
   torch::NoGradGuard no_grad;
   return run_stem(*net, x);
 }
 
 torch::Tensor InferenceModel::forward_block(size_t index, const torch::Tensor& y) {
-  const auto net = current();
+  const auto net = current({});
   TORCH_CHECK(index < net->blocks.size(), "InferenceModel::forward_block: index ", index, " out of range (the model has ",
               net->blocks.size(), " blocks)");
   torch::NoGradGuard no_grad;
@@ -354,7 +390,7 @@ torch::Tensor InferenceModel::forward_block(size_t index, const torch::Tensor& y
 }
 
 torch::Tensor InferenceModel::forward_head(const torch::Tensor& last_stage_output) {
-  const auto net = current();
+  const auto net = current({});
   TORCH_CHECK(last_stage_output.dim() == 4 && last_stage_output.size(1) == net->fc_weight.size(1),
               "InferenceModel::forward_head: expected the last stage's output [N, ", net->fc_weight.size(1),
               ", H, W], got ", last_stage_output.sizes());

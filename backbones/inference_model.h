@@ -21,6 +21,10 @@
 // (freezing folds the running statistics); a model in training mode is an error, at construction
 // and at every call.
 //
+// oneDNN chooses weight layouts per input shape, so the weights are packed for the shape (batch,
+// height, width) of the inputs forward() sees: a new shape is frozen once more (the last 4 shapes are
+// kept).
+//
 // Thread safety: forward() and features() may be called from several threads at once on one
 // InferenceModel (the frozen weights are immutable and shared; a re-freeze swaps them atomically).
 // Recording attention maps (explain) is per module and is not meant to run concurrently.
@@ -64,6 +68,7 @@ struct InferenceOptions {
 
 namespace detail {
 struct FrozenNetwork;
+struct FrozenCache;
 }
 
 class InferenceModel {
@@ -84,7 +89,8 @@ class InferenceModel {
   // block of forward_stem(x) is forward(x).
   /// conv1 + bn1 + ReLU (+ max-pool for the ImageNet stem), channels-last in options().dtype.
   torch::Tensor forward_stem(const torch::Tensor& x);
-  /// Residual block `index` (0 .. num_blocks()-1, stage by stage, as model->stages() lists them).
+  /// Residual block `index` (0 .. num_blocks()-1, stage by stage, as model->stages() lists them), on
+  /// the newest frozen network (any of them computes the same; forward_stem() freezes for its input).
   /// Does not write into `y`.
   torch::Tensor forward_block(size_t index, const torch::Tensor& y);
   /// Global average pool of the last stage's output and fc: the logits.
@@ -100,14 +106,15 @@ class InferenceModel {
   bool prepacked() const;
 
  private:
-  /// The frozen network for the model's current weights, re-frozen first when they changed.
-  std::shared_ptr<const detail::FrozenNetwork> current();
+  /// The frozen network for the model's current weights and inputs of `shape` (N, H, W; empty: any),
+  /// frozen first when there is none.
+  std::shared_ptr<const detail::FrozenNetwork> current(const std::vector<int64_t>& shape);
   void check_eval_mode() const;
 
   std::shared_ptr<Backbone> model_;
   InferenceOptions options_;
   std::unique_ptr<std::mutex> freeze_mutex_;
-  std::shared_ptr<const detail::FrozenNetwork> frozen_;  // read and swapped with std::atomic_load/store
+  std::shared_ptr<const detail::FrozenCache> frozen_;  // read and swapped with std::atomic_load/store
 };
 
 }  // namespace attnkit

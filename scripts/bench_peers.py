@@ -580,6 +580,18 @@ def main(argv=None):
     def put(precision, runtime, model, batch, cell):
         results[(precision, runtime, model, batch)] = cell
 
+    # attnkit first, in its own process, before any ONNX Runtime or OpenVINO session exists: their
+    # worker threads (spinning after each run) would otherwise share the cores with it.
+    for name in args.models:
+        for batch in args.batch:
+            for precision in precisions:
+                key = (name.partition("-")[0], batch, precision)
+                if key not in attnkit_runs:
+                    attnkit_runs[key] = run_attnkit(binary, key[0], batch, precision, args)
+                    if attnkit_runs[key][1]:
+                        log(f"ERROR: {attnkit_runs[key][1]}")
+                        failures += 1
+
     for name in args.models:
         log(f"{name}: building the PyTorch model")
         model = build_model(name)
