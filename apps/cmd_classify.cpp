@@ -175,8 +175,7 @@ void plan_model(const ClassifyArgs& a, ClassifyPlan& p) {
   p.precision = common::resolve_precision(a.precision, p.device);
   p.model->module().to(p.device, p.precision.dtype);
   p.model->module().eval();
-  if (!a.eager && p.precision.dtype != torch::kHalf)
-    p.frozen = std::make_shared<InferenceModel>(p.model, InferenceOptions().dtype(p.precision.dtype));
+  p.frozen = common::inference_path(p.model, p.precision.dtype, a.eager);
   const int64_t num_classes = p.info.config.num_classes;
   p.classes = p.info.class_names;
   for (auto k = static_cast<int64_t>(p.classes.size()); k < num_classes; ++k) p.classes.push_back(std::to_string(k));

@@ -105,8 +105,7 @@ train::EvalResult run_evaluation(const EvalArgs& a, EvalPlan& p) {
   p.precision = common::resolve_precision(a.precision, p.device);
   p.model->module().to(p.device, p.precision.dtype);
   p.model->module().eval();
-  if (!a.eager && p.precision.dtype != torch::kHalf)
-    p.frozen = std::make_shared<InferenceModel>(p.model, InferenceOptions().dtype(p.precision.dtype));
+  p.frozen = common::inference_path(p.model, p.precision.dtype, a.eager);
   std::cerr << "eval: " << p.info.config.name() << " on " << p.device.str() << ", " << p.precision.description << ", "
             << (p.frozen ? "inference path" : "eager") << "\n";
   const auto images = p.dataset.images.to(p.device), labels = p.dataset.labels.to(p.device);

@@ -162,8 +162,7 @@ class Visualizer {
       return m == ExplainMethod::Native || m == ExplainMethod::EigenCam;
     });
     // One forward pass serves every method: the inference path when none of them needs a gradient.
-    if (gradient_free && !a.eager && precision.dtype != torch::kHalf)
-      frozen_ = std::make_unique<InferenceModel>(model_, InferenceOptions().dtype(precision.dtype));
+    frozen_ = common::inference_path(model_, precision.dtype, a.eager || !gradient_free);
     if (!a.target.empty()) options_.target = parse_target(a.target, classes_);
     if (!a.query.empty()) std::tie(options_.query_x, options_.query_y) = parse_query(a.query);
     options_.layers = a.layers;
@@ -322,7 +321,7 @@ class Visualizer {
   Checkpoint info_;
   std::shared_ptr<Backbone> model_;
   /// The frozen network when every method is gradient-free (native, eigencam) and --eager is off.
-  std::unique_ptr<InferenceModel> frozen_;
+  std::shared_ptr<InferenceModel> frozen_;
   std::vector<std::string> classes_;
   std::vector<ExplainMethod> methods_;
   ExplainOptions options_;

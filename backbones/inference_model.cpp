@@ -161,17 +161,21 @@ FrozenBlock freeze_block(const std::shared_ptr<torch::nn::Module>& module, Nomin
     return FrozenConv(*c, bn.get(), dtype, device, prepack, in);
   };
   const std::vector<int64_t> input = shape.size;
+  // Each convolution is packed for its own input: the previous one's output, followed through `shape`.
+  const auto next = [&](std::optional<FrozenConv>& slot, const torch::nn::Conv2d& c, const torch::nn::BatchNorm2d& bn) {
+    slot.emplace(conv(c, bn, shape.size));
+    shape.size = shape.after(*slot);
+  };
   torch::nn::Sequential downsample{nullptr};
   if (auto* basic = dynamic_cast<BasicBlockImpl*>(module.get())) {
-    b.conv1.emplace(conv(basic->conv1, basic->bn1, input));
-    b.conv2.emplace(conv(basic->conv2, basic->bn2, NominalShape{input}.after(*b.conv1)));
+    next(b.conv1, basic->conv1, basic->bn1);
+    next(b.conv2, basic->conv2, basic->bn2);
     downsample = basic->downsample;
     b.attn = basic->attn;
   } else if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(module.get())) {
-    b.conv1.emplace(conv(bottleneck->conv1, bottleneck->bn1, input));
-    const auto mid = NominalShape{input}.after(*b.conv1);
-    b.conv2.emplace(conv(bottleneck->conv2, bottleneck->bn2, mid));
-    b.conv3.emplace(conv(bottleneck->conv3, bottleneck->bn3, NominalShape{mid}.after(*b.conv2)));
+    next(b.conv1, bottleneck->conv1, bottleneck->bn1);
+    next(b.conv2, bottleneck->conv2, bottleneck->bn2);
+    next(b.conv3, bottleneck->conv3, bottleneck->bn3);
     downsample = bottleneck->downsample;
     b.attn = bottleneck->attn;
   } else {
@@ -189,11 +193,7 @@ FrozenBlock freeze_block(const std::shared_ptr<torch::nn::Module>& module, Nomin
       b.parameter_free_shortcut = downsample;
     }
   }
-  // The block's output: its last convolution's channels at its 3×3 convolution's stride.
-  const auto mid = NominalShape{input}.after(*b.conv1);
-  shape.size = NominalShape{mid}.after(*b.conv2);
-  if (b.conv3) shape.size = NominalShape{shape.size}.after(*b.conv3);
-  return b;
+  return b;  // `shape` is now the block's output
 }
 
 /// Freezes `model` with oneDNN's layouts chosen for inputs of `shape` (N, H, W; empty: the family's

@@ -34,6 +34,11 @@ const char* const kEagerHelp =
     "Run the module itself (the reference and training path) instead of the frozen inference path (BatchNorm "
     "folded, oneDNN-prepacked weights, channels-last): slower, for comparison and debugging";
 
+std::shared_ptr<InferenceModel> inference_path(std::shared_ptr<Backbone> model, c10::ScalarType dtype, bool eager) {
+  if (eager || dtype == c10::kHalf) return nullptr;
+  return std::make_shared<InferenceModel>(std::move(model), InferenceOptions().dtype(dtype));
+}
+
 Precision resolve_precision(const std::string& name, const c10::Device& device) {
   Precision p;
   if (name == "auto") {

@@ -1,5 +1,6 @@
 #include "frame_pipeline.h"
 
+#include "common/precision.h"
 #include "heatmap.h"
 
 #include <ATen/cpu/Utils.h>
@@ -42,8 +43,7 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
     : model_(std::move(model)), info_(info), device_(device), dtype_(dtype) {
   model_->module().to(device_, dtype_);
   model_->module().eval();
-  if (inference_path && dtype_ != torch::kHalf)
-    frozen_ = std::make_unique<InferenceModel>(model_, InferenceOptions().dtype(dtype_));
+  frozen_ = common::inference_path(model_, dtype_, !inference_path);
   for (ExplainMethod m : {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam,
                           ExplainMethod::EigenCam}) {
     if (m != ExplainMethod::Native || has_spatial_attention(*model_)) methods_.push_back(m);

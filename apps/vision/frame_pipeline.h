@@ -73,7 +73,7 @@ class FrameAnalyzer {
  private:
   std::shared_ptr<Backbone> model_;
   /// The frozen network for the gradient-free methods; null with inference_path off.
-  std::unique_ptr<InferenceModel> frozen_;
+  std::shared_ptr<InferenceModel> frozen_;
   Checkpoint info_;
   torch::Device device_;
   torch::ScalarType dtype_;
