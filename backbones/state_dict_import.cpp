@@ -5,6 +5,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/in_memory_adapter.h>
+#include <c10/util/safe_numerics.h>
 #include <nlohmann/json.hpp>
 
 #include <memory>
@@ -275,6 +276,13 @@ class TorchUnpickler {
         else last += (sizes[k] - 1) * strides[k];
       }
       check(a[1]->i >= 0 && (empty || last < storage.numel()), "tensor view outside its storage");
+      // State dicts are dense: a view with more elements than its storage holds (stride 0, overlaps)
+      // would turn a small file into a huge allocation when it is copied.
+      int64_t elements = 1;
+      bool overflow = false;
+      for (const int64_t s : sizes) overflow |= c10::mul_overflows(elements, s, &elements);
+      check(empty || (!overflow && elements <= storage.numel()),
+            "tensor with more elements than its storage holds (stride 0 or overlapping)");
       auto v = make(PyVal::Tensor);
       v->tensor = empty ? torch::empty(sizes, storage.options()) : storage.as_strided(sizes, strides, a[1]->i);
       return v;
@@ -457,8 +465,9 @@ void write_safetensors(const StateDict& state, const std::string& path) {
   std::vector<torch::Tensor> tensors;
   uint64_t offset = 0;
   for (const auto& [name, t] : state) {
+    const auto type = t.scalar_type();
     auto it = std::find_if(std::begin(kSafetensorsDtypes), std::end(kSafetensorsDtypes),
-                           [&](const DtypeName& d) { return d.type == t.scalar_type(); });
+                           [type](const DtypeName& d) { return d.type == type; });
     TORCH_CHECK(it != std::end(kSafetensorsDtypes), "write_safetensors: tensor \"", name, "\" has unsupported dtype ",
                 t.scalar_type());
     auto c = t.detach().to(torch::kCPU).contiguous();

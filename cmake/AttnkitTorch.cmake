@@ -155,6 +155,10 @@ option(ATTNKIT_OPENMP "Compile attnkit with OpenMP so its at::parallel_for loops
 find_file(ATTNKIT_TORCH_GOMP NAMES libgomp.so.1 libgomp.so PATHS "${ATTNKIT_TORCH_ROOT}/lib" NO_DEFAULT_PATH)
 if(NOT ATTNKIT_OPENMP)
   message(STATUS "attnkit: OpenMP off (ATTNKIT_OPENMP=OFF): CPU kernels run on one thread")
+elseif(ATTNKIT_TORCH_GOMP AND CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  # clang's OpenMP code calls LLVM's runtime (__kmpc_*), which LibTorch's libgomp does not provide;
+  # a second OpenMP runtime beside LibTorch's would give two thread pools.
+  message(STATUS "attnkit: OpenMP off with clang (LibTorch ships GNU libgomp): CPU kernels run on one thread")
 elseif(ATTNKIT_TORCH_GOMP)
   target_compile_options(attnkit_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
   target_link_libraries(attnkit_torch INTERFACE "${ATTNKIT_TORCH_GOMP}")

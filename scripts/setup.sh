@@ -38,6 +38,7 @@ APT_PACKAGES=(
   ffmpeg               # writes test videos
   xvfb xauth           # window tests without a display
   xdotool              # presses the stream window's keys in those tests
+  clang libclang-rt-dev  # scripts/fuzz.sh: libFuzzer and AddressSanitizer (the fuzz preset)
 )
 
 if [[ "${ATTNKIT_SKIP_APT:-0}" != 1 ]]; then

@@ -14,6 +14,14 @@ uint32_t big_endian32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
+/// The magic bytes 00 00 <type> <dims>, with 1 to 4 dimensions; the error says which is wrong.
+void check_idx_start(const unsigned char* p, size_t size, const std::string& path) {
+  if (size < 4 || p[0] != 0 || p[1] != 0) {
+    throw std::runtime_error(path + ": not an IDX file (expected the magic bytes 00 00 <type> <dims>)");
+  }
+  if (p[3] < 1 || p[3] > 4) throw std::runtime_error(path + ": IDX file with " + std::to_string(p[3]) + " dimensions (expected 1 to 4)");
+}
+
 }  // namespace
 
 /// The byte size the IDX header at the start of `raw` (the file as stored) declares (header +
@@ -22,29 +30,33 @@ uint32_t big_endian32(const unsigned char* p) {
 size_t declared_idx_size(const std::string& raw, const std::string& path) {
   const std::string head = common::head_of(raw, path, 4 + 4 * 4);
   const auto* p = reinterpret_cast<const unsigned char*>(head.data());
-  if (head.size() < 4 || p[0] != 0 || p[1] != 0 || p[3] < 1 || p[3] > 4) return head.size();  // read_idx says why
+  check_idx_start(p, head.size(), path);
   const size_t header = 4 + 4 * static_cast<size_t>(p[3]);
   if (head.size() < header) return head.size();
   const size_t item = p[2] == 0x0B ? 2 : (p[2] == 0x0C || p[2] == 0x0D) ? 4 : p[2] == 0x0E ? 8 : 1;
-  // Far above any dataset this program trains on; also keeps the product below overflow.
+  // Far above any dataset this program trains on; also keeps the product below overflow. The
+  // non-zero sizes are bounded even when another one is 0: the tensor's strides are their products.
   constexpr size_t kMaxIdxBytes = size_t{1} << 40;
   size_t bytes = item;
+  bool empty = false;
   for (int d = 0; d < p[3]; ++d) {
     const size_t n = big_endian32(p + 4 + 4 * d);
-    if (n != 0 && bytes > kMaxIdxBytes / n)
+    if (n == 0) {
+      empty = true;
+      continue;
+    }
+    if (bytes > kMaxIdxBytes / n)
       throw std::runtime_error(path + ": the IDX header declares more than " + std::to_string(kMaxIdxBytes) + " bytes of data");
     bytes *= n;
   }
-  return header + bytes;
+  return header + (empty ? 0 : bytes);
 }
 
 torch::Tensor read_idx(const std::string& path) {
   const std::string raw = common::read_raw_file(path);
   const std::string bytes = common::contents_of(raw, path, declared_idx_size(raw, path));
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (bytes.size() < 4 || p[0] != 0 || p[1] != 0) {
-    throw std::runtime_error(path + ": not an IDX file (expected the magic bytes 00 00 <type> <dims>)");
-  }
+  check_idx_start(p, bytes.size(), path);
   torch::ScalarType type;
   size_t item = 1;
   switch (p[2]) {
@@ -62,7 +74,6 @@ torch::Tensor read_idx(const std::string& path) {
       }());
   }
   const int dims = p[3];
-  if (dims < 1 || dims > 4) throw std::runtime_error(path + ": IDX file with " + std::to_string(dims) + " dimensions (expected 1 to 4)");
   const size_t header = 4 + 4 * static_cast<size_t>(dims);
   if (bytes.size() < header) throw std::runtime_error(path + ": truncated IDX header");
   std::vector<int64_t> shape;

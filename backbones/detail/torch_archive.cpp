@@ -18,6 +18,12 @@ namespace {
 using RecordSizes = std::unordered_map<const void*, size_t>;
 
 void check_tensor(const at::Tensor& t, const RecordSizes& records, const std::string& who) {
+  const auto it = records.find(t.storage().data());
+  const size_t have = it == records.end() ? 0 : it->second;
+  // The pickle names each storage's element count; LibTorch takes it as the storage's size whatever
+  // the record holds, so a larger count would leave a storage reaching past its buffer.
+  TORCH_CHECK(t.storage().nbytes() <= have || (t.storage().nbytes() == 0), who, "a storage of ", t.storage().nbytes(),
+              " bytes has a data record of ", have, " bytes");
   if (t.numel() == 0) return;
   TORCH_CHECK(t.storage_offset() >= 0, who, "a tensor has a negative storage offset");
   int64_t last = t.storage_offset();
@@ -25,8 +31,6 @@ void check_tensor(const at::Tensor& t, const RecordSizes& records, const std::st
     TORCH_CHECK(t.stride(d) >= 0, who, "a tensor of shape ", t.sizes(), " has a negative stride");
     last += (t.size(d) - 1) * t.stride(d);
   }
-  const auto it = records.find(t.storage().data());
-  const size_t have = it == records.end() ? 0 : it->second;
   const auto need = static_cast<size_t>(last + 1) * t.element_size();
   // A checkpoint's tensors are dense: more elements than bytes to hold them (stride 0, overlaps)
   // would only inflate a small file into a huge allocation when the tensor is copied.
@@ -326,8 +330,9 @@ c10::IValue load_pickle_archive(const std::vector<char>& bytes, const std::strin
   auto [pickle, pickle_size] = archive.getRecord("data.pkl");
   check_pickle(static_cast<const char*>(pickle.get()), pickle_size, who);
   size_t pos = 0;
-  auto read = [&, data = static_cast<const char*>(pickle.get())](char* out, size_t n) {
-    n = std::min(n, pickle_size - pos);
+  // (The size is copied: C++17 lambdas cannot capture a structured binding.)
+  auto read = [&, data = static_cast<const char*>(pickle.get()), size = pickle_size](char* out, size_t n) {
+    n = std::min(n, size - pos);
     std::memcpy(out, data + pos, n);
     pos += n;
     return n;
