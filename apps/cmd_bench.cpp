@@ -455,7 +455,7 @@ Runner add_bench_command(CLI::App& cli) {
       ->check(CLI::IsMember(ops))->capture_default_str()->delimiter(',');
   cmd->add_option("--shape", args->shape, "Input shape N,C,H,W (default per op: cbam-family 8,256,56,56; local "
                                          "2,128,56,56; self 1,256,56,56; resnets 1,3,224,224)")
-      ->delimiter(',')->expected(4);
+      ->delimiter(',')->expected(4)->check(positive_number());
   cmd->add_option("--batch", args->batch, "Batch size N, overriding --shape's")->check(positive_number());
   cmd->add_option("--threads", args->threads, "CPU threads (default: LibTorch's, usually the core count)")
       ->check(CLI::Range(1, 1024));

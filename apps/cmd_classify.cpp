@@ -12,11 +12,13 @@
 #include "common/precision.h"
 #include "common/files.h"
 #include "common/progress.h"
+#include "train/calibration.h"
 #include "vision/image_list.h"
 #include "vision/prefetch.h"
 
-#include <attnkit/backbones/inference_model.h>
+#include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/inference_model.h>
 
 #include <nlohmann/json.hpp>
 
@@ -235,7 +237,8 @@ class BatchClassifier {
     if (inputs.empty()) return {torch::empty({0, plan_.k}, torch::kFloat64), torch::empty({0, plan_.k}, torch::kLong)};
     const auto batch = torch::stack(inputs).to(plan_.device, plan_.precision.dtype);
     const auto logits = plan_.frozen ? plan_.frozen->forward(batch) : plan_.model->forward(batch);
-    auto [p, i] = torch::softmax(logits.to(torch::kFloat32), 1).topk(plan_.k, 1);
+    // Divided by the checkpoint's temperature first: calibrated probabilities, the same order.
+    auto [p, i] = calibrated_softmax(logits.to(torch::kFloat32), plan_.info.temperature()).topk(plan_.k, 1);
     return {p.to(torch::kCPU, torch::kFloat64).contiguous(), i.to(torch::kCPU).contiguous()};
   }
   void write_pending(const torch::Tensor& probs, const torch::Tensor& indices) {
@@ -278,11 +281,11 @@ class BatchClassifier {
 // ---- report ---------------------------------------------------------------------------------------
 
 std::string summary_line(const ClassifyArgs& a, const ClassifyPlan& plan, const ClassifyCounts& c, double seconds) {
-  char summary[384];
-  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, %s, %s, batch %lld, first batch %.2f s)",
+  char summary[448];
+  std::snprintf(summary, sizeof summary, "classify: %zu image%s, %zu failed, %.1f images/s, %.2f ms per image (%s, %s, %s, batch %lld, first batch %.2f s; %s)",
                 c.done, c.done == 1 ? "" : "s", c.failed, static_cast<double>(c.done) / seconds, 1000.0 * seconds / static_cast<double>(c.done),
                 plan.device_name.c_str(), plan.precision.description.c_str(), plan.frozen ? "inference path" : "eager",
-                static_cast<long long>(a.batch_size), c.first_batch_s);
+                static_cast<long long>(a.batch_size), c.first_batch_s, train::calibration_note(plan.info).c_str());
   return summary + (a.output.empty() ? std::string() : "; results in " + a.output);
 }
 
@@ -333,6 +336,8 @@ Runner add_classify_command(CLI::App& cli) {
   cmd->footer(
       "Each PATH is an image file, a folder (its images, sorted; --recursive for subfolders) or a glob\n"
       "pattern (quote it to let attnkit expand it). Files are preprocessed as the checkpoint says.\n"
+      "Probabilities are calibrated when the checkpoint stores a temperature T (attnkit calibrate):\n"
+      "softmax(logits / T); the summary says which. The top-k classes are the same either way.\n"
       "Output: table (path, then \"label (prob%)\"), json (one object per line: {\"path\", \"top\": [{\"label\",\n"
       "\"index\", \"prob\"}]} or {\"path\", \"error\"}) or csv (path,rank,label,index,prob,error).\n"
       "A summary goes to stderr: images, failures, images/s and ms per image (from the first decode to\n"

@@ -1,6 +1,7 @@
-// attnkit eval: accuracy, per-class accuracy and the confusion matrix of a checkpoint on any data
-// format `attnkit train` reads (IDX test split by default), as text, JSON (--json) and, with OpenCV,
-// a PNG picture of the confusion matrix.
+// attnkit eval: accuracy, per-class accuracy, the confusion matrix and calibration (15-bin ECE and
+// NLL at T = 1 and at the checkpoint's temperature) of a checkpoint on any data format `attnkit train`
+// reads (IDX test split by default), as text, JSON (--json) and, with OpenCV, PNG pictures of the
+// confusion matrix and of the reliability diagram.
 #include "commands.h"
 #include "image_readers.h"
 
@@ -8,18 +9,20 @@
 
 #include "common/device.h"
 #include "common/precision.h"
-#include "train/data_source.h"
-#include "train/metrics.h"
+#include "train/calibration.h"
+#include "train/checkpoint_eval.h"
 #ifdef ATTNKIT_HAVE_OPENCV
 #include "vision/plot.h"
 #endif
 
-#include <attnkit/backbones/inference_model.h>
+#include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
 
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 
@@ -47,32 +50,11 @@ struct EvalPlan {
   Checkpoint info;
   std::shared_ptr<Backbone> model;
   common::Precision precision;
-  /// The inference path frozen from `model`; null with --eager.
-  std::shared_ptr<InferenceModel> frozen;
   /// The checkpoint's class names ("0", "1", ... where it has none).
   std::vector<std::string> classes;
   train::DataSpec data;
   train::Dataset dataset;
 };
-
-/// The data must have the checkpoint's classes, image size and channels, and be scaled as eval does.
-void check_data_fits(const EvalPlan& p) {
-  const auto& cfg = p.info.config;
-  const auto& pre = p.info.preprocessing;
-  const auto& d = p.dataset;
-  if (d.classes.size() != p.classes.size()) {
-    throw std::runtime_error(p.data.path + ": " + std::to_string(d.classes.size()) + " classes, the checkpoint has " +
-                             std::to_string(p.classes.size()));
-  }
-  if (d.channels() != cfg.in_channels || d.height() != pre.input_height || d.width() != pre.input_width) {
-    throw std::runtime_error(p.data.path + ": images are " + std::to_string(d.channels()) + "x" + std::to_string(d.height()) +
-                             "x" + std::to_string(d.width()) + ", the checkpoint expects " + std::to_string(cfg.in_channels) +
-                             "x" + std::to_string(pre.input_height) + "x" + std::to_string(pre.input_width));
-  }
-  if (std::abs(pre.pixel_scale - 1.0 / 255.0) > 1e-12) {
-    throw std::runtime_error(p.weights + ": pixel_scale " + std::to_string(pre.pixel_scale) + " is not 1/255, which eval supports");
-  }
-}
 
 EvalPlan plan_eval(const EvalArgs& a) {
   EvalPlan p;
@@ -85,37 +67,37 @@ EvalPlan plan_eval(const EvalArgs& a) {
 #endif
   p.weights = weights_or_bundled(a.weights);
   p.model = load_checkpoint(p.weights, &p.info);
-  p.classes = p.info.class_names;
-  if (p.classes.empty()) {
-    for (int64_t k = 0; k < p.info.config.num_classes; ++k) p.classes.push_back(std::to_string(k));
-  }
-  // Image folders and CSVs are read the way the checkpoint's model wants them.
-  p.data = a.data;
-  p.data.known_classes = p.classes;
-  if (p.data.image_size == 0) p.data.image_size = p.info.preprocessing.input_height;
-  if (p.data.channels == 0) p.data.channels = p.info.config.in_channels;
+  p.classes = train::class_names_of(p.info);
+  p.data = train::spec_for_checkpoint(a.data, p.info);
   p.dataset = train::load_dataset(p.data, image_readers());
-  check_data_fits(p);
+  train::check_data_fits(p.dataset, p.info, p.data.path, p.weights);
   return p;
 }
 
 // ---- run ------------------------------------------------------------------------------------------
 
-train::EvalResult run_evaluation(const EvalArgs& a, EvalPlan& p) {
+/// What eval measures: accuracy and loss, and calibration at T = 1 and at the checkpoint's temperature.
+struct EvalOutcome {
+  train::EvalResult result;
+  ReliabilityDiagram before, after;
+  double nll_before = 0, nll_after = 0;
+};
+
+EvalOutcome run_evaluation(const EvalArgs& a, EvalPlan& p) {
   p.precision = common::resolve_precision(a.precision, p.device);
-  p.model->module().to(p.device, p.precision.dtype);
-  p.model->module().eval();
-  p.frozen = common::inference_path(p.model, p.precision.dtype, a.eager);
+  const auto net = train::prepare_network(p.model, p.device, p.precision.dtype, a.eager);
   std::cerr << "eval: " << p.info.config.name() << " on " << p.device.str() << ", " << p.precision.description << ", "
-            << (p.frozen ? "inference path" : "eager") << "\n";
-  const auto images = p.dataset.images.to(p.device), labels = p.dataset.labels.to(p.device);
-  const auto forward = [&](const torch::Tensor& x) {
-    const auto input = x.to(p.precision.dtype);
-    return p.frozen ? p.frozen->forward(input) : p.model->forward(input);
-  };
-  const auto& pre = p.info.preprocessing;
-  return train::evaluate(forward, images, labels, static_cast<int64_t>(p.classes.size()), {pre.mean, pre.std}, a.batch_size,
-                         false, a.tta);
+            << (net.frozen ? "inference path" : "eager") << ", " << train::calibration_note(p.info) << "\n";
+  EvalOutcome o;
+  o.result = train::evaluate_network(net, p.info, p.dataset, a.batch_size, a.tta);
+  const auto& logits = o.result.logits;
+  const auto& labels = p.dataset.labels;
+  const double t = p.info.temperature();
+  o.before = reliability_diagram(logits, labels, 1.0, train::kCalibrationBins);
+  o.after = reliability_diagram(logits, labels, t, train::kCalibrationBins);
+  o.nll_before = negative_log_likelihood(logits, labels);
+  o.nll_after = negative_log_likelihood(logits, labels, t);
+  return o;
 }
 
 // ---- report ---------------------------------------------------------------------------------------
@@ -133,7 +115,19 @@ nlohmann::json confusion_rows(const torch::Tensor& confusion) {
   return rows;
 }
 
-void print_json_report(const EvalPlan& p, const train::EvalResult& r) {
+/// A number for JSON; null for NaN (an empty bin).
+nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+
+nlohmann::json calibration_json(const ReliabilityDiagram& d, double temperature, double nll) {
+  auto bins = nlohmann::json::array();
+  for (int64_t b = 0; b < d.bins(); ++b) {
+    bins.push_back({{"count", d.count[b]}, {"confidence", number_or_null(d.confidence[b])}, {"accuracy", number_or_null(d.accuracy[b])}});
+  }
+  return {{"temperature", temperature}, {"ece", d.ece}, {"nll", nll}, {"reliability", bins}};
+}
+
+void print_json_report(const EvalPlan& p, const EvalOutcome& o) {
+  const auto& r = o.result;
   const auto acc = train::accuracy_from_confusion(r.confusion);
   const auto per_class_count = r.confusion.sum(1);
   nlohmann::json j;
@@ -152,10 +146,37 @@ void print_json_report(const EvalPlan& p, const train::EvalResult& r) {
     j["per_class"].push_back({{"class", p.classes[k]}, {"count", per_class_count[k].item<int64_t>()}, {"accuracy", accuracy}});
   }
   j["confusion"] = confusion_rows(r.confusion);
+  // before: T = 1; after: the checkpoint's temperature (the same numbers when it has none).
+  j["calibration"] = {{"calibrated", p.info.calibration.has_value()},
+                      {"fitted_on", p.info.calibration ? nlohmann::json(p.info.calibration->split) : nlohmann::json()},
+                      {"bins", train::kCalibrationBins},
+                      {"before", calibration_json(o.before, 1.0, o.nll_before)},
+                      {"after", calibration_json(o.after, p.info.temperature(), o.nll_after)}};
   std::cout << j.dump(2) << "\n";
 }
 
-void print_text_report(const EvalPlan& p, const train::EvalResult& r) {
+/// ECE and NLL at T = 1 and at the checkpoint's temperature, as a small table.
+void print_calibration(const EvalPlan& p, const EvalOutcome& o) {
+  const auto row = [](const std::string& name, double ece, double nll) {
+    std::cout << "  " << std::left << std::setw(32) << name << std::right << std::setw(7) << std::setprecision(2) << 100 * ece
+              << "%" << std::setw(9) << std::setprecision(4) << nll << "\n";
+  };
+  const std::string title = "calibration (" + std::to_string(train::kCalibrationBins) + " confidence bins):";
+  std::cout << "\n" << std::left << std::setw(34) << title << std::right << std::setw(7) << "ECE" << " " << std::setw(9) << "NLL" << "\n";
+  row("uncalibrated (T = 1)", o.before.ece, o.nll_before);
+  if (!p.info.calibration) {
+    std::cout << "  the checkpoint has no temperature; attnkit calibrate --weights " << p.weights << " fits one\n";
+    return;
+  }
+  char t[64];
+  std::snprintf(t, sizeof t, "calibrated (T = %.4g)", p.info.temperature());
+  row(t, o.after.ece, o.nll_after);
+  const auto& split = p.info.calibration->split;
+  std::cout << "  temperature fitted on " << (split.empty() ? "data the checkpoint does not name" : split) << "\n";
+}
+
+void print_text_report(const EvalPlan& p, const EvalOutcome& o) {
+  const auto& r = o.result;
   const auto acc = train::accuracy_from_confusion(r.confusion);
   const auto per_class_count = r.confusion.sum(1);
   const int64_t correct = r.confusion.diagonal().sum().item<int64_t>();
@@ -163,7 +184,9 @@ void print_text_report(const EvalPlan& p, const train::EvalResult& r) {
   std::cout << "checkpoint: " << p.weights << " (" << p.info.config.name() << ", " << p.classes.size() << " classes)\n"
             << "data: " << p.data.path << " (" << r.count << " images" << (split.empty() ? "" : ", " + split + " split") << ")\n"
             << std::fixed << std::setprecision(2) << "accuracy: " << 100 * acc.overall << "% (" << correct << "/" << r.count
-            << "), loss " << std::setprecision(4) << r.loss << "\n\nper-class accuracy:\n";
+            << "), loss " << std::setprecision(4) << r.loss << "\n";
+  print_calibration(p, o);
+  std::cout << "\nper-class accuracy:\n";
   size_t w = 5;
   for (const auto& c : p.classes) w = std::max(w, c.size());
   for (size_t k = 0; k < p.classes.size(); ++k) {
@@ -175,21 +198,31 @@ void print_text_report(const EvalPlan& p, const train::EvalResult& r) {
   std::cout << "\nconfusion matrix (rows: true class, columns: predicted class):\n" << train::format_confusion(r.confusion, p.classes);
 }
 
-void report_eval(const EvalArgs& a, const EvalPlan& p, const train::EvalResult& r) {
-  if (a.json) print_json_report(p, r);
-  else print_text_report(p, r);
+/// The reliability diagram's file beside the confusion matrix's: confusion.png -> confusion.reliability.png.
+std::string reliability_png(const std::string& confusion_png) {
+  std::filesystem::path path(confusion_png);
+  return (path.parent_path() / (path.stem().string() + ".reliability.png")).string();
+}
+
+void report_eval(const EvalArgs& a, const EvalPlan& p, const EvalOutcome& o) {
+  if (a.json) print_json_report(p, o);
+  else print_text_report(p, o);
 #ifdef ATTNKIT_HAVE_OPENCV
   if (!a.png.empty()) {
-    vision::plot_confusion(r.confusion, p.classes, a.png);
-    if (!a.json) std::cout << "confusion matrix picture: " << a.png << "\n";
+    vision::plot_confusion(o.result.confusion, p.classes, a.png);
+    const std::string reliability = reliability_png(a.png);
+    std::vector<std::pair<std::string, ReliabilityDiagram>> panels = {{"uncalibrated (T = 1)", o.before}};
+    if (p.info.calibration) panels.emplace_back(train::calibration_note(p.info), o.after);
+    vision::plot_reliability(panels, reliability);
+    if (!a.json) std::cout << "confusion matrix picture: " << a.png << "\nreliability diagram: " << reliability << "\n";
   }
 #endif
 }
 
 int run_eval(const EvalArgs& a) {
   EvalPlan plan = plan_eval(a);
-  const auto result = run_evaluation(a, plan);
-  report_eval(a, plan, result);
+  const auto outcome = run_evaluation(a, plan);
+  report_eval(a, plan, outcome);
   return kOk;
 }
 
@@ -197,7 +230,11 @@ int run_eval(const EvalArgs& a) {
 
 Runner add_eval_command(CLI::App& cli) {
   auto a = std::make_shared<EvalArgs>();
-  auto* cmd = cli.add_subcommand("eval", "Accuracy, per-class accuracy and confusion matrix of a checkpoint");
+  auto* cmd = cli.add_subcommand("eval", "Accuracy, per-class accuracy, confusion matrix and calibration (ECE, NLL) of a checkpoint");
+  cmd->footer(
+      "Calibration: expected calibration error over 15 equal-width confidence bins and the mean negative\n"
+      "log-likelihood, at T = 1 and at the temperature the checkpoint stores (attnkit calibrate fits one);\n"
+      "the accuracy is the same at any temperature.");
   cmd->add_option("--weights", a->weights, "attnkit checkpoint (best.pt/last.pt of attnkit train); default: the bundled Fashion-MNIST model")
       ->check(CLI::ExistingFile);
   a->data.path = "/usr/share/datasets/fashion-mnist";
@@ -218,7 +255,9 @@ Runner add_eval_command(CLI::App& cli) {
   cmd->add_flag("--eager", a->eager, common::kEagerHelp);
   cmd->add_flag("--tta", a->tta, "Average the logits of each image and its mirror");
   cmd->add_flag("--json", a->json, "Print the results as one JSON document");
-  cmd->add_option("--png", a->png, "Also draw the confusion matrix into this PNG file (needs OpenCV)");
+  cmd->add_option("--png", a->png,
+                  "Also draw the confusion matrix into this PNG file, and the reliability diagram (accuracy per confidence "
+                  "bin, before and after calibration) beside it as NAME.reliability.png (needs OpenCV)");
   return [cmd, a]() -> int { return cmd->parsed() ? run_eval(*a) : -1; };
 }
 

@@ -13,6 +13,7 @@
 #include "common/device.h"
 #include "common/precision.h"
 #include "common/files.h"
+#include "train/calibration.h"
 #include "vision/bounded_queue.h"
 #include "vision/frame_pipeline.h"
 #include "vision/heatmap.h"
@@ -205,7 +206,7 @@ void print_plan(const StreamPlan& plan, std::ostream& info_out) {
            << "model: " << plan.info.config.name() << ", " << explain_method_name(plan.first_view.method) << " maps, "
            << plan.device_name << ", " << plan.precision.description << ", "
            << (plan.analyzer->inference_path(plan.first_view.method) ? "inference path" : "eager (autograd)") << ", batch "
-           << plan.batch << "\n"
+           << plan.batch << ", probabilities " << train::calibration_note(plan.info) << "\n"
            << std::flush;
 }
 
@@ -401,6 +402,7 @@ void print_json_summary(const StreamPlan& plan, const StreamOutcome& o) {
   nlohmann::json j;
   j["source"] = plan.source->name();
   j["model"] = plan.info.config.name();
+  j["temperature"] = plan.info.temperature();  // 1 = uncalibrated probabilities
   j["method"] = explain_method_name(o.last_view.method);
   j["layer"] = o.last_view.layer;  // "" = the method's default layers
   j["frames"] = s.processed;
@@ -456,7 +458,9 @@ int run_stream(const StreamArgs& a) {
 Runner add_stream_command(CLI::App& cli) {
   auto a = std::make_shared<StreamArgs>();
   auto* cmd = cli.add_subcommand("stream", "Attention heatmaps over live video: camera, video file, image folder or GStreamer pipeline");
-  cmd->footer("Keys: q/Esc quit, space pause, m next method, l next layer, s snapshot PNG. Ctrl-C ends like q.");
+  cmd->footer("Keys: q/Esc quit, space pause, m next method, l next layer, s snapshot PNG. Ctrl-C ends like q.\n"
+              "The probability on each frame is calibrated when the checkpoint stores a temperature T (attnkit\n"
+              "calibrate): softmax(logits / T); the model line says which.");
   cmd->add_option("--source", a->source,
                   "Camera index (0), V4L2 device (/dev/video0), video file, folder of images (sorted by name), "
                   "or a GStreamer pipeline ending in appsink (any text with '!')")

@@ -6,6 +6,8 @@
 #include "validators.h"
 
 #include "common/device.h"
+#include "train/calibrate_source.h"
+#include "train/calibration.h"
 #include "train/data_source.h"
 #include "train/trainer.h"
 #ifdef ATTNKIT_HAVE_OPENCV
@@ -17,6 +19,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 namespace attnkit::app {
@@ -41,6 +44,8 @@ struct TrainArgs {
 struct TrainPlan {
   train::TrainOptions options;
   train::Dataset train_set, val_set;
+  /// The validation set in words, stored with the temperature fitted on it.
+  std::string val_description;
 };
 
 /// Fills in what the command line leaves to "auto" (device, amp, prefetch) and the flags' inverses.
@@ -63,18 +68,29 @@ void resolve_runtime(const TrainArgs& a, train::TrainOptions& o) {
 }
 
 /// The training set (--max-images applied) and the validation set: --val-data, or held out of
-/// the training data (--val-size, stratified by --seed).
+/// the training data (--val-size, stratified by --seed). What `attnkit calibrate` needs to find the
+/// same validation set again goes into the checkpoints' metadata (calibrate_source.h reads it).
 void load_training_data(const TrainArgs& a, uint64_t seed, TrainPlan& plan) {
   if (!a.val_data.empty() && a.val_size > 0) throw std::runtime_error("--val-data and --val-size exclude each other");
   const auto readers = image_readers();
   train::DataSpec spec = a.data;
   spec.split = "train";
   auto all = train::load_dataset(spec, readers);
-  if (a.max_images > 0 && a.max_images < all.size()) all = train::subset(all, torch::arange(a.max_images, torch::kLong));
+  auto& meta = plan.options.metadata;
+  meta["dataset"] = std::filesystem::absolute(a.data.path).lexically_normal().string();
+  if (a.data.format != "auto") meta["data_format"] = a.data.format;
+  int64_t max_images = 0;
+  if (a.max_images > 0 && a.max_images < all.size()) {
+    max_images = a.max_images;
+    all = train::subset(all, torch::arange(max_images, torch::kLong));
+    meta["max_images"] = std::to_string(max_images);
+  }
   if (a.val_data.empty()) {
     // Default: 5000 of 60000 (Fashion-MNIST), and one image in twelve on smaller sets.
     const int64_t val_size = a.val_size >= 0 ? a.val_size : std::min<int64_t>(5000, all.size() / 12);
     std::tie(plan.train_set, plan.val_set) = train::split_train_val(all, val_size, seed);
+    meta["val_size"] = std::to_string(val_size);
+    plan.val_description = train::held_out_description(meta["dataset"], val_size, seed, max_images);
     return;
   }
   train::DataSpec v = spec;
@@ -84,6 +100,8 @@ void load_training_data(const TrainArgs& a, uint64_t seed, TrainPlan& plan) {
   plan.val_set = train::load_dataset(v, readers);
   if (plan.val_set.classes != all.classes) throw std::runtime_error(a.val_data + ": its classes differ from the training data's");
   plan.train_set = std::move(all);
+  meta["val_data"] = std::filesystem::absolute(a.val_data).lexically_normal().string();
+  plan.val_description = train::whole_set_description(meta["val_data"]);
 }
 
 TrainPlan plan_training(const TrainArgs& a) {
@@ -91,7 +109,6 @@ TrainPlan plan_training(const TrainArgs& a) {
   plan.options = a.options;
   resolve_runtime(a, plan.options);
   load_training_data(a, plan.options.seed, plan);
-  plan.options.metadata["dataset"] = a.data.path;
   return plan;
 }
 
@@ -132,11 +149,47 @@ void report_training(const train::TrainResult& result, const TrainPlan& plan) {
   report_curves(result.history, plan.options.out_dir);
 }
 
+/// Rewrites the checkpoint at `path` with a temperature: `fit` when given (a file with the same
+/// weights as the one it was fitted for), else one fitted on the validation set with the file's own
+/// weights, as saved and run the way classify runs them. Returns the calibration stored; none where no
+/// temperature can be fitted (the file stays uncalibrated and the run a success: it says why).
+std::optional<Calibration> calibrate_checkpoint(const std::string& path, const TrainPlan& plan,
+                                                const std::optional<Calibration>& fit = std::nullopt) {
+  Checkpoint checkpoint = read_checkpoint(path);
+  if (fit) {
+    checkpoint.calibration = fit;
+  } else {
+    const auto net = train::prepare_network(load_model(checkpoint), torch::Device(plan.options.device), torch::kFloat32, false);
+    try {
+      train::calibrate(checkpoint, net, plan.val_set, plan.val_description, plan.options.eval_batch_size);
+    } catch (const c10::Error& e) {  // fit_temperature: e.g. every validation image right, so no finite T
+      std::cout << "temperature: not fitted for " << path << ": " << e.what_without_backtrace() << "\n";
+      return std::nullopt;
+    }
+  }
+  save_checkpoint(checkpoint, path);
+  std::cout << train::describe_fit(*checkpoint.calibration, "validation") << " -> " << path << "\n";
+  return checkpoint.calibration;
+}
+
+/// Temperature scaling of best.pt and last.pt, fitted on the validation set (never on test data).
+void calibrate_checkpoints(const train::TrainResult& result, const TrainPlan& plan) {
+  if (plan.val_set.size() == 0) {
+    std::cout << "temperature: not fitted (no validation set); attnkit calibrate --weights FILE --data PATH fits one\n";
+    return;
+  }
+  const auto best = calibrate_checkpoint(result.best_path, plan);
+  // last.pt holds best.pt's weights when the best epoch was the last: the same fit, or the same failure.
+  if (result.best_epoch != result.history.back().epoch) calibrate_checkpoint(result.last_path, plan);
+  else if (best) calibrate_checkpoint(result.last_path, plan, best);
+}
+
 int run_train(const TrainArgs& a) {
   const TrainPlan plan = plan_training(a);
   if (!a.quiet) print_plan(plan);
   const auto result = train::train_model(plan.options, plan.train_set, plan.val_set);
   report_training(result, plan);
+  calibrate_checkpoints(result, plan);
   return kOk;
 }
 
@@ -238,6 +291,11 @@ void add_run_options(CLI::App* cmd, TrainArgs& a) {
 Runner add_train_command(CLI::App& cli) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = cli.add_subcommand("train", "Train a model on Fashion-MNIST/MNIST (IDX), a CSV, or an image folder");
+  cmd->footer(
+      "At the end best.pt and last.pt get a temperature fitted on the validation set (as attnkit calibrate\n"
+      "does), so classify, visualize and stream show calibrated probabilities; without a validation set\n"
+      "they stay uncalibrated. The checkpoints' metadata records the data, --val-size and --seed, so that\n"
+      "attnkit calibrate can draw the same validation split again.");
   add_data_options(cmd, *a);
   add_recipe_options(cmd, *a);
   add_schedule_and_augment_options(cmd, *a);

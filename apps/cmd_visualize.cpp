@@ -12,12 +12,14 @@
 #include "common/device.h"
 #include "common/precision.h"
 #include "common/files.h"
+#include "train/calibration.h"
 #include "vision/heatmap.h"
 #include "vision/preprocess.h"
 
-#include <attnkit/backbones/inference_model.h>
+#include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/explain.h>
+#include <attnkit/backbones/inference_model.h>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -171,7 +173,7 @@ class Visualizer {
     if (!fs::is_directory(a.out)) throw std::runtime_error("--out \"" + a.out + "\": cannot create the folder");
     std::cout << "model: " << a.weights << " (" << info_.config.name() << ", " << classes_.size() << " classes) on "
               << device_name << ", " << (frozen_ ? "inference path, " + precision.description : "eager (autograd), float32")
-              << "; methods:";
+              << ", probabilities " << train::calibration_note(info_) << "; methods:";
     for (auto m : methods_) std::cout << " " << explain_method_name(m);
     std::cout << "\n";
   }
@@ -246,7 +248,7 @@ class Visualizer {
     p.explanations = frozen_ ? explain(*frozen_, input.tensor.unsqueeze(0), methods_, options_)
                              : explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
     const auto& first = p.explanations.front();
-    const auto probs = torch::softmax(first.logits.to(torch::kCPU, torch::kDouble), 1)[0];
+    const auto probs = calibrated_softmax(first.logits.to(torch::kCPU, torch::kDouble), info_.temperature())[0];
     p.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     p.top1 = probs.argmax().item<int64_t>();
     p.target = first.targets[0].item<int64_t>();
@@ -385,7 +387,9 @@ Runner add_visualize_command(CLI::App& cli) {
       "Examples:\n"
       "  attnkit visualize weights/samples/0000-ankle-boot.png                    # bundled model, Grad-CAM\n"
       "  attnkit visualize img.jpg --weights m.attnkit --method all --layer all   # every method x every stage\n"
-      "  attnkit visualize img.jpg --weights cbam.attnkit --method native --raw npy");
+      "  attnkit visualize img.jpg --weights cbam.attnkit --method native --raw npy\n"
+      "The probability shown with the prediction is calibrated when the checkpoint stores a temperature T\n"
+      "(attnkit calibrate): softmax(logits / T); the model line says which.");
   return [cmd, a]() -> int { return cmd->parsed() ? run_visualize(*a) : -1; };
 }
 

@@ -21,6 +21,7 @@ Runner add_train_command(CLI::App& cli);
 Runner add_eval_command(CLI::App& cli);
 Runner add_bench_command(CLI::App& cli);
 Runner add_import_command(CLI::App& cli);
+Runner add_calibrate_command(CLI::App& cli);
 // Only in builds with OpenCV (ATTNKIT_HAVE_OPENCV).
 #ifdef ATTNKIT_HAVE_OPENCV
 Runner add_classify_command(CLI::App& cli);

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   cli.require_subcommand(0, 1);
   cli.footer("Run 'attnkit COMMAND --help' for the options of a command.");
   std::vector<Runner> commands = {add_blocks_command(cli), add_train_command(cli), add_eval_command(cli),
-                                   add_bench_command(cli), add_import_command(cli)};
+                                   add_bench_command(cli), add_import_command(cli), add_calibrate_command(cli)};
 #ifdef ATTNKIT_HAVE_OPENCV
   commands.push_back(add_classify_command(cli));
   commands.push_back(add_visualize_command(cli));

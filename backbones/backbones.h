@@ -1,6 +1,7 @@
-// Backbones with pluggable attention (ResNet family), their registry and checkpoint I/O.
+// Backbones with pluggable attention (ResNet family), their registry, checkpoint I/O and calibration.
 #pragma once
 
+#include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/cifar_resnet.h>
 #include <attnkit/backbones/explain.h>

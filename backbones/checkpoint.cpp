@@ -1,4 +1,5 @@
 #include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/file_bytes.h>
 
 #include "detail/torch_archive.h"
 #include <attnkit/backbones/named_enum.h>
@@ -7,7 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -99,6 +102,59 @@ T field(const json& obj, const char* key, const std::string& where, const std::s
     TORCH_CHECK(false, "read_checkpoint: \"", file, "\": config field ", where, ".", key, " is missing or has the wrong type (",
                 e.what(), ")");
   }
+}
+
+/// " at <the config's line where parsing failed>" (the config is written one field per line), or "" where
+/// the error does not say. A non-finite number (1e999, NaN, Infinity) is such an error: JSON has none.
+std::string json_error_line(const std::string& text, const json::exception& e) {
+  size_t at = std::string::npos;
+  if (const auto* parse = dynamic_cast<const json::parse_error*>(&e)) {
+    at = parse->byte > 0 ? parse->byte - 1 : 0;
+  } else {  // "number overflow parsing '1e999'": nlohmann names the literal, not where it is
+    const std::string what = e.what();
+    const auto open = what.find('\''), close = what.rfind('\'');
+    if (open != std::string::npos && close > open) at = text.find(what.substr(open + 1, close - open - 1));
+  }
+  if (at >= text.size()) return "";
+  const auto newline = text.rfind('\n', at);
+  const auto begin = text.find_first_not_of(' ', newline == std::string::npos ? 0 : newline + 1);
+  const auto end = std::min(text.find('\n', at), text.size());
+  return begin < end ? " at " + text.substr(begin, end - begin) : "";
+}
+
+/// Reads the optional number `key` of `obj`: NaN when it is absent or null (not recorded).
+double optional_number(const json& obj, const char* key, const std::string& where, const std::string& file) {
+  if (!obj.contains(key) || obj.at(key).is_null()) return std::nan("");
+  return field<double>(obj, key, where, file);
+}
+
+/// Only the recorded numbers: JSON has no NaN (nlohmann would write null, which reads back as absent anyway).
+json to_json(const Calibration& c) {
+  json j = {{"temperature", c.temperature}, {"split", c.split}, {"images", c.images}, {"bins", c.bins}};
+  const std::pair<const char*, double> numbers[] = {
+      {"nll_before", c.nll_before}, {"nll_after", c.nll_after}, {"ece_before", c.ece_before}, {"ece_after", c.ece_after}};
+  for (const auto& [key, value] : numbers)
+    if (std::isfinite(value)) j[key] = value;
+  return j;
+}
+
+Calibration calibration_from_json(const json& obj, const std::string& file) {
+  TORCH_CHECK(obj.is_object(), "read_checkpoint: \"", file, "\": config field config.calibration must be an object");
+  Calibration c;
+  c.temperature = field<double>(obj, "temperature", "calibration", file);
+  if (obj.contains("split")) c.split = field<std::string>(obj, "split", "calibration", file);
+  if (obj.contains("images")) c.images = field<int64_t>(obj, "images", "calibration", file);
+  if (obj.contains("bins")) c.bins = field<int64_t>(obj, "bins", "calibration", file);
+  c.nll_before = optional_number(obj, "nll_before", "calibration", file);
+  c.nll_after = optional_number(obj, "nll_after", "calibration", file);
+  c.ece_before = optional_number(obj, "ece_before", "calibration", file);
+  c.ece_after = optional_number(obj, "ece_after", "calibration", file);
+  try {
+    c.validate();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "read_checkpoint: \"", file, "\": config field ", e.what_without_backtrace());
+  }
+  return c;
 }
 
 /// Reads field `key` of `obj` as the name of an enum's value, parsed by `parse`; an unknown name is an
@@ -221,6 +277,16 @@ bool Preprocessing::operator==(const Preprocessing& o) const {
          pixel_scale == o.pixel_scale && mean == o.mean && std == o.std;
 }
 
+// ---- Calibration -------------------------------------------------------------------------------
+
+// The messages start with the field's dotted name: read_checkpoint puts "config field " before them.
+void Calibration::validate() const {
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "calibration.temperature must be a finite number > 0, got ",
+              temperature);
+  TORCH_CHECK(bins >= 1, "calibration.bins must be >= 1, got ", bins);
+  TORCH_CHECK(images >= 0, "calibration.images must be >= 0, got ", images);
+}
+
 // ---- writing -----------------------------------------------------------------------------------
 
 Checkpoint make_checkpoint(Backbone& model, std::vector<std::string> class_names, Preprocessing preprocessing,
@@ -241,10 +307,18 @@ void save_checkpoint(const Checkpoint& ck, const std::string& path) {
               "save_checkpoint: class_names has ", ck.class_names.size(), " names, the model has ", ck.config.num_classes,
               " classes");
   ck.preprocessing.validate(ck.config.in_channels);
-  const json config = {{"model", to_json(ck.config)},
-                       {"class_names", ck.class_names},
-                       {"preprocessing", to_json(ck.preprocessing)},
-                       {"metadata", ck.metadata}};
+  json config = {{"model", to_json(ck.config)},
+                 {"class_names", ck.class_names},
+                 {"preprocessing", to_json(ck.preprocessing)},
+                 {"metadata", ck.metadata}};
+  if (ck.calibration) {
+    try {
+      ck.calibration->validate();
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "save_checkpoint: ", e.what_without_backtrace());
+    }
+    config["calibration"] = to_json(*ck.calibration);
+  }
   const std::string config_text = config.dump(1);
   StateDict cpu;
   c10::Dict<std::string, torch::Tensor> state;
@@ -265,10 +339,13 @@ void save_checkpoint(const Checkpoint& ck, const std::string& path) {
 
 // ---- reading -----------------------------------------------------------------------------------
 
+namespace {
+/// Far above any checkpoint (ResNet-152 in float32 is 240 MB); the file is read whole into memory.
+constexpr size_t kMaxWeightFileBytes = size_t{16} << 30;
+}  // namespace
+
 Checkpoint read_checkpoint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in, "read_checkpoint: cannot open \"", path, "\"");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<char> bytes = read_regular_file(path, kMaxWeightFileBytes, "read_checkpoint");
   TORCH_CHECK(!bytes.empty(), "read_checkpoint: \"", path, "\" is empty");
   TORCH_CHECK(bytes.size() >= 4 && std::memcmp(bytes.data(), "PK\x03\x04", 4) == 0, "read_checkpoint: \"", path,
               "\" is not an attnkit checkpoint (not a torch zip archive)");
@@ -327,7 +404,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   try {
     config = json::parse(config_text);
   } catch (const json::exception& e) {
-    TORCH_CHECK(false, "read_checkpoint: \"", path, "\": config is not valid JSON (", e.what(), ")");
+    TORCH_CHECK(false, "read_checkpoint: \"", path, "\": config is not valid JSON", json_error_line(config_text, e), " (", e.what(), ")");
   }
   TORCH_CHECK(config.is_object(), "read_checkpoint: \"", path, "\": config must be a JSON object");
   const json model = field<json>(config, "model", "config", path);
@@ -340,6 +417,13 @@ Checkpoint read_checkpoint(const std::string& path) {
   m.width = field<double>(model, "width", "model", path);
   m.stem = enum_field(model, "stem", "model", path, parse_stem);
   m.shortcut = enum_field(model, "shortcut", "model", path, parse_shortcut);
+  // The name is written from the fields; a name that says otherwise is a damaged or edited config,
+  // and classify/eval would print a model that is not the one they run.
+  if (model.contains("name")) {
+    const auto named = field<std::string>(model, "name", "model", path);
+    TORCH_CHECK(named == m.name(), "read_checkpoint: \"", path, "\": config field model.name is \"", named,
+                "\" but the other fields describe ", m.name(), " (a damaged or edited config)");
+  }
   ck.class_names = field<std::vector<std::string>>(config, "class_names", "config", path);
   const json pre = field<json>(config, "preprocessing", "config", path);
   Preprocessing& p = ck.preprocessing;
@@ -353,6 +437,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   p.mean = field<std::vector<double>>(pre, "mean", "preprocessing", path);
   p.std = field<std::vector<double>>(pre, "std", "preprocessing", path);
   if (config.contains("metadata")) ck.metadata = field<std::map<std::string, std::string>>(config, "metadata", "config", path);
+  if (config.contains("calibration")) ck.calibration = calibration_from_json(config.at("calibration"), path);
   TORCH_CHECK(ck.class_names.empty() || static_cast<int64_t>(ck.class_names.size()) == m.num_classes,
               "read_checkpoint: \"", path, "\" lists ", ck.class_names.size(), " class names for ", m.num_classes,
               " classes");
@@ -364,12 +449,17 @@ Checkpoint read_checkpoint(const std::string& path) {
   return ck;
 }
 
+std::shared_ptr<Backbone> load_model(const Checkpoint& checkpoint) {
+  auto model = build_model(checkpoint.config);
+  load_state_dict(model->module(), checkpoint.state, /*strict=*/true);
+  return model;
+}
+
 std::shared_ptr<Backbone> load_checkpoint(const std::string& path, Checkpoint* info) {
   Checkpoint ck = read_checkpoint(path);
   std::shared_ptr<Backbone> model;
   try {
-    model = build_model(ck.config);
-    load_state_dict(model->module(), ck.state, /*strict=*/true);
+    model = load_model(ck);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "load_checkpoint: \"", path, "\" (", ck.config.name(), "): ", e.what_without_backtrace());
   }

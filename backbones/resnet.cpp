@@ -194,6 +194,14 @@ const std::vector<torch::nn::Sequential>& ResNetCore::build(const detail::ResNet
   const int64_t w = static_cast<int64_t>(std::lround(static_cast<double>(l.base_channels) * l.width));
   TORCH_CHECK(l.width > 0 && w >= 1, who_, ": width must give at least 1 channel (width > 1/", 2 * l.base_channels,
               "), got ", l.width);
+  // Each block holds at least one 3×3 convolution at its stage's width. A depth or width far beyond
+  // any ResNet (a damaged or crafted checkpoint config) is refused here, not by the allocator after
+  // gigabytes.
+  constexpr double kMaxWeights = double(int64_t{1} << 31);  // 8 GiB in float32
+  double weights = 0;
+  for (int64_t i = 0; i < stages; ++i) weights += double(l.blocks[i]) * 9.0 * std::pow(double(w) * std::pow(2.0, double(i)), 2.0);
+  TORCH_CHECK(weights <= kMaxWeights, who_, ": depth and width ask for at least ", weights, " weights, more than the ",
+              kMaxWeights, " this program builds");
   TORCH_CHECK(l.attention_per_stage.empty() || static_cast<int64_t>(l.attention_per_stage.size()) == stages, who_,
               ": attention_per_stage must have ", stages, " names (one per stage) or none, got ",
               l.attention_per_stage.size());

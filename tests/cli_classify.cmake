@@ -14,7 +14,23 @@ attnkit_cli_test(NAME cli.classify_help COMMAND attnkit_cli classify --help MATC
 
 # The bundled samples with the bundled model: a table line per file and the summary line.
 attnkit_cli_test(NAME cli.classify_samples_table COMMAND attnkit_cli classify ${_samples} --top-k 3 MATCH
-  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image \\([a-z]+, (float32|bfloat16) \\(auto: [^)]+\\), inference path, batch 32, first batch [0-9.]+ s\\)")
+  "0000-ankle-boot.png +Ankle boot \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\), [^,\n]+ \\([0-9.]+%\\)\n.*classify: 10 images, 0 failed, [0-9.]+ images/s, [0-9.]+ ms per image \\([a-z]+, (float32|bfloat16) \\(auto: [^)]+\\), inference path, batch 32, first batch [0-9.]+ s; (calibrated, T=[0-9.e+-]+|uncalibrated)\\)")
+
+# ---- the checkpoint's temperature: probabilities are softmax(logits / T), the classes stay ------------
+# Copies of the bundled model with a temperature set by `attnkit calibrate --temperature`. T = 10^6
+# flattens the ten probabilities to 10.00% each; T = 10^-6 puts 100.00% on the top-1 (multiplying by T
+# instead would do the opposite); T = 1 is no calibration. Exact values: check_classify.py temperature.
+foreach(case "flat|1e6|Ankle boot \\(10.00%\\), [^,\n]+ \\(10.00%\\), [^,\n]+ \\(10.00%\\)\n.*calibrated, T=1e\\+06\\)"
+             "sharp|1e-6|Ankle boot \\(100.00%\\), [^,\n]+ \\(0.00%\\), [^,\n]+ \\(0.00%\\)\n.*calibrated, T=1e-06\\)"
+             "none|1|Ankle boot \\([1-9][0-9].[0-9][0-9]%\\), [^\n]*\n.*uncalibrated\\)")
+  string(REPLACE "|" ";" case "${case}")
+  list(GET case 0 id)
+  list(GET case 1 t)
+  list(GET case 2 expected)
+  attnkit_cli_test(NAME cli.classify_temperature_${id}
+    SETUP "${_ak} calibrate --weights ${PROJECT_SOURCE_DIR}/weights/fashion-mnist-resnet20x4.attnkit --temperature ${t} --out ${_ck}/t-${id}.attnkit --overwrite"
+    COMMAND attnkit_cli classify ${_samples}/0000-ankle-boot.png --weights ${_ck}/t-${id}.attnkit --top-k 3 MATCH "^[^\n]*0000-ankle-boot.png +${expected}")
+endforeach()
 
 # PATHs first, then the --list entries (relative to the list's folder, comments skipped); a quoted
 # glob pattern is expanded by attnkit.
@@ -78,12 +94,16 @@ attnkit_cli_test(NAME cli.classify_output_overwrite WORKING_DIRECTORY ${_ck}
 # ---- parsed output: top-1 on the samples, CSV, parity with torchvision -------------------------------
 if(ATTNKIT_PYTHON)
   set(_check ${CMAKE_CURRENT_SOURCE_DIR}/python/check_classify.py)
-  # All ten samples are right, each by a wide margin (about 90% against at most 1.5% for the runner-up;
+  # All ten samples are right, each by a wide margin (about 98% against at most 0.5% for the runner-up, calibrated;
   # the script prints both for every file).
   attnkit_cli_test(NAME cli.classify_samples_json MATCH "\nok\n"
     COMMAND ${ATTNKIT_PYTHON} ${_check} samples --attnkit ${_ak} --samples ${_samples} --min-correct 10)
   attnkit_cli_test(NAME cli.classify_csv MATCH "\nok\n"
     COMMAND ${ATTNKIT_PYTHON} ${_check} csv --attnkit ${_ak} --samples ${_samples})
+  # With T = 2 every probability is the square root of the T = 1 one, renormalised, to 1e-5.
+  attnkit_cli_test(NAME cli.classify_temperature_exact MATCH "\nok\n" WORKING_DIRECTORY ${_ck}
+    COMMAND ${ATTNKIT_PYTHON} ${_check} temperature --attnkit ${_ak} --samples ${_samples}
+            --weights ${PROJECT_SOURCE_DIR}/weights/fashion-mnist-resnet20x4.attnkit --temperature 2)
   # A torchvision ResNet-18 (refs_backbones.py) imported, then classify on refs_classify.py's image.
   attnkit_cli_test(NAME cli.classify_import_torchvision EXISTS ${_ck}/tv_resnet18.attnkit
     COMMAND attnkit_cli import ${ATTNKIT_REFS_DIR}/backbones_tv_resnet18_state.pt --arch resnet18 --out ${_ck}/tv_resnet18.attnkit --overwrite)

@@ -24,3 +24,26 @@ attnkit_cli_test(NAME cli.eval_image_folder_unknown_class
   COMMAND attnkit_cli eval --data ${_data}/unknown EXIT 1
   MATCH "^attnkit: [^\n]*class folder 'Spaceship' is not one of the model's classes\n?$")
 set_tests_properties(cli.eval_image_folder_unknown_class PROPERTIES FIXTURES_REQUIRED cli_data)
+
+# Calibration in eval's report: ECE and NLL at T = 1 and at the checkpoint's temperature (here one set
+# by hand), the reliability diagram beside the confusion matrix, and the same numbers in --json.
+set(_ak $<TARGET_FILE:attnkit_cli>)
+set(_bundled ${PROJECT_SOURCE_DIR}/weights/fashion-mnist-resnet20x4.attnkit)
+attnkit_cli_test(NAME cli.eval_calibration_table
+  SETUP "rm -f '${_data}'/t2-confusion*.png && ${_ak} calibrate --weights ${_bundled} --temperature 2 --out ${_data}/t2.attnkit --overwrite"
+  COMMAND attnkit_cli eval --weights ${_data}/t2.attnkit --data ${_data}/csv/list.csv --png ${_data}/t2-confusion.png --threads 2
+  EXISTS ${_data}/t2-confusion.png ${_data}/t2-confusion.reliability.png
+  MATCH "accuracy: 100.00% \\(10/10\\)[^\n]*\n\ncalibration \\(15 confidence bins\\): +ECE +NLL\n  uncalibrated \\(T = 1\\) +[0-9.]+% +[0-9.]+\n  calibrated \\(T = 2\\) +[0-9.]+% +[0-9.]+\n  temperature fitted on set by hand[^\n]*\n"
+        "confusion matrix picture: [^\n]*t2-confusion.png\nreliability diagram: [^\n]*t2-confusion.reliability.png\n")
+set_tests_properties(cli.eval_calibration_table PROPERTIES FIXTURES_REQUIRED cli_data)
+attnkit_cli_test(NAME cli.eval_calibration_json
+  SETUP "${_ak} calibrate --weights ${_bundled} --temperature 2 --out ${_data}/t2-json.attnkit --overwrite"
+  COMMAND attnkit_cli eval --weights ${_data}/t2-json.attnkit --data ${_data}/csv/list.csv --json --threads 2
+  MATCH "\"calibration\": {\n    \"after\": {\n      \"ece\": [0-9.e-]+,\n      \"nll\": [0-9.e-]+,\n      \"reliability\": \\[\n        {\n          \"accuracy\": null,\n          \"confidence\": null,\n          \"count\": 0\n"
+        "\"temperature\": 2.0\n    },\n    \"before\": {\n" "\"bins\": 15,\n    \"calibrated\": true,\n    \"fitted_on\": \"set by hand")
+set_tests_properties(cli.eval_calibration_json PROPERTIES FIXTURES_REQUIRED cli_data)
+attnkit_cli_test(NAME cli.eval_uncalibrated_says_how
+  SETUP "${_ak} calibrate --weights ${_bundled} --temperature 1 --out ${_data}/t1.attnkit --overwrite"
+  COMMAND attnkit_cli eval --weights ${_data}/t1.attnkit --data ${_data}/csv/list.csv --threads 2
+  MATCH "uncalibrated \\(T = 1\\) +[0-9.]+% +[0-9.]+\n  the checkpoint has no temperature; attnkit calibrate --weights [^\n]*t1.attnkit fits one\n")
+set_tests_properties(cli.eval_uncalibrated_says_how PROPERTIES FIXTURES_REQUIRED cli_data)

@@ -119,6 +119,23 @@ TEST(ResNetParity, SafetensorsFromPythonMatchesTorchSave) {
 
 // ---- parameter counts and names ----------------------------------------------------------------
 
+// A checkpoint config is untrusted: a depth or width far beyond any ResNet is refused before a
+// weight is allocated (depth 6,000,002 reached 5.8 GB before the allocator gave up).
+TEST(ResNet, DepthOrWidthBeyondAnyResNetIsRefusedBeforeAllocating) {
+  for (const char* name : {"resnet20", "resnet152"}) {
+    auto config = attnkit::parse_model_name(name);
+    if (std::string(name) == "resnet20") config.depth = 6000002;  // 6n + 2: a valid CIFAR ResNet depth
+    else config.width = 1e6;
+    try {
+      attnkit::build_model(config);
+      ADD_FAILURE() << name << ": no exception";
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what_without_backtrace(), HasSubstr("weights, more than the")) << name;
+    }
+  }
+  EXPECT_NO_THROW(attnkit::build_model(attnkit::parse_model_name("resnet20")));
+}
+
 TEST(ResNet, ParameterCountsMatchTorchvision) {
   // torchvision's documented figures (weights tables of resnet18/34/50/101/152).
   const std::pair<int64_t, int64_t> known[] = {

@@ -10,10 +10,13 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <dirent.h>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "testing.h"
@@ -309,7 +312,25 @@ TEST(Checkpoint, WrongFormatVersionAndForeignFiles) {
 
   write_bytes(dir.file("t.txt"), {'h', 'e', 'l', 'l', 'o'});
   EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("t.txt")); }), HasSubstr("not a torch zip archive"));
-  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("missing")); }), HasSubstr("cannot open"));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("missing")); }), HasSubstr(dir.file("missing") + ": no such file"));
+}
+
+// Weight files named on the command line are opened non-blocking and must be regular files: a
+// FIFO used to block the program forever, and a link to /dev/zero made it read until memory ran out.
+TEST(Checkpoint, OnlyRegularFilesAreRead) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe.attnkit"), zero = dir.file("zero.attnkit"), folder = dir.file("folder.pth");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("/dev/zero", zero.c_str()), 0);
+  std::filesystem::create_directory(folder);
+  for (const auto& path : {fifo, zero}) {
+    EXPECT_THAT(error_of([&] { read_checkpoint(path); }),
+                HasSubstr("read_checkpoint: " + path + ": is not a regular file (a FIFO, socket or device)"));
+    EXPECT_THAT(error_of([&] { attnkit::read_state_dict(path); }),
+                HasSubstr("read_state_dict: " + path + ": is not a regular file"));
+  }
+  EXPECT_THAT(error_of([&] { read_checkpoint(folder); }), HasSubstr(folder + ": is a folder, not a file"));
+  EXPECT_THAT(error_of([&] { attnkit::read_state_dict(folder); }), HasSubstr(folder + ": is a folder, not a file"));
 }
 
 TEST(Checkpoint, ConfigAndWeightsMismatch) {
@@ -333,28 +354,36 @@ TEST(Checkpoint, ConfigAndWeightsMismatch) {
               HasSubstr("mean and std must have one entry per input channel (3)"));
 }
 
+namespace {
+
+/// The error read_checkpoint gives for the checkpoint at `path` with `from` replaced by `to` in its config
+/// and the checksum signed again, so that the edit, not the checksum, is what the reader judges.
+std::string error_after_config_edit(const std::string& path, const std::string& from, const std::string& to) {
+  const auto root = torch::pickle_load(read_bytes(path)).toGenericDict();
+  const std::string config = root.at(std::string("config")).toStringRef();
+  StateDict state;
+  for (const auto& item : root.at(std::string("state")).toGenericDict())
+    state[item.key().toStringRef()] = item.value().toTensor();
+  const auto at = config.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  auto edited = root.copy();
+  const std::string text = std::string(config).replace(at, from.size(), to);
+  edited.insert_or_assign(std::string("config"), text);
+  edited.insert_or_assign(std::string("checksum"), attnkit::detail::checkpoint_checksum(text, state));
+  const auto file = path + ".edited";
+  write_bytes(file, torch::pickle_save(edited));
+  return error_of([&] { read_checkpoint(file); });
+}
+
+}  // namespace
+
 TEST(Checkpoint, UnknownConfigValuesAreErrors) {
   // A checkpoint whose config names a value this attnkit does not know (a newer writer's stem, say)
   // must be refused by name, not built with a guess.
   TempDir dir;
   const auto path = dir.file("m.attnkit");
   save_checkpoint(sample_checkpoint(), path);
-  const auto root = torch::pickle_load(read_bytes(path)).toGenericDict();
-  const std::string config = root.at(std::string("config")).toStringRef();
-  StateDict state;
-  for (const auto& item : root.at(std::string("state")).toGenericDict())
-    state[item.key().toStringRef()] = item.value().toTensor();
-  const auto with_value = [&](const std::string& from, const std::string& to) {
-    const auto at = config.find(from);
-    EXPECT_NE(at, std::string::npos) << from;
-    auto edited = root.copy();
-    const std::string text = std::string(config).replace(at, from.size(), to);
-    edited.insert_or_assign(std::string("config"), text);
-    edited.insert_or_assign(std::string("checksum"), attnkit::detail::checkpoint_checksum(text, state));
-    const auto file = dir.file("edited.attnkit");
-    write_bytes(file, torch::pickle_save(edited));
-    return error_of([&] { read_checkpoint(file); });
-  };
+  const auto with_value = [&](const std::string& from, const std::string& to) { return error_after_config_edit(path, from, to); };
   EXPECT_THAT(with_value("\"stem\": \"small\"", "\"stem\": \"tiny\""),
               HasSubstr("config field model.stem must be \"imagenet\" or \"small\", got \"tiny\""));
   EXPECT_THAT(with_value("\"family\": \"resnet\"", "\"family\": \"vgg\""),
@@ -367,8 +396,93 @@ TEST(Checkpoint, UnknownConfigValuesAreErrors) {
               HasSubstr("config field preprocessing.crop must be \"center\" or \"none\""));
   EXPECT_THAT(with_value("\"color_order\": \"RGB\"", "\"color_order\": \"rgb\""),
               HasSubstr("config field preprocessing.color_order must be \"RGB\", \"BGR\" or \"GRAY\", got \"rgb\""));
+  // A name the fields contradict: the program would print one model and run another.
+  EXPECT_THAT(with_value("\"name\": \"resnet18\"", "\"name\": \"resnet50-cbam\""),
+              HasSubstr("config field model.name is \"resnet50-cbam\" but the other fields describe resnet18"));
   // The untouched file still reads: the edit, not the re-signing, is what is refused.
   EXPECT_EQ(with_value("\"stem\": \"small\"", "\"stem\": \"small\""), "<no error>");
+}
+
+// ---- calibration -------------------------------------------------------------------------------
+
+TEST(Checkpoint, CalibrationRoundTripAndOldFiles) {
+  TempDir dir;
+  auto ck = sample_checkpoint();
+  // A file without calibration (every file written before it existed) reads as uncalibrated, T = 1.
+  save_checkpoint(ck, dir.file("plain.attnkit"));
+  const auto plain = read_checkpoint(dir.file("plain.attnkit"));
+  EXPECT_FALSE(plain.calibration.has_value());
+  EXPECT_EQ(plain.temperature(), 1.0);
+  Calibration c;
+  c.temperature = 1.0 / 3.0;  // not exactly representable: JSON must keep every bit
+  c.split = "500 images held out of /data/train by attnkit train (--val-size 500, --seed 3)";
+  c.images = 500;
+  c.nll_before = 0.41;
+  c.nll_after = 0.27;
+  c.ece_before = 0.083;
+  c.ece_after = 0.011;
+  ck.calibration = c;
+  save_checkpoint(ck, dir.file("calibrated.attnkit"));
+  Checkpoint info;
+  load_checkpoint(dir.file("calibrated.attnkit"), &info);
+  ASSERT_TRUE(info.calibration.has_value());
+  EXPECT_EQ(info.temperature(), 1.0 / 3.0);
+  EXPECT_EQ(info.calibration->split, c.split);
+  EXPECT_EQ(info.calibration->images, 500);
+  EXPECT_EQ(info.calibration->bins, 15);
+  EXPECT_EQ(info.calibration->nll_before, 0.41);
+  EXPECT_EQ(info.calibration->nll_after, 0.27);
+  EXPECT_EQ(info.calibration->ece_before, 0.083);
+  EXPECT_EQ(info.calibration->ece_after, 0.011);
+  // Numbers not recorded stay unknown (NaN), not 0.
+  ck.calibration = Calibration{};
+  ck.calibration->temperature = 2.0;
+  save_checkpoint(ck, dir.file("bare.attnkit"));
+  const auto bare = read_checkpoint(dir.file("bare.attnkit"));
+  EXPECT_EQ(bare.temperature(), 2.0);
+  EXPECT_TRUE(std::isnan(bare.calibration->nll_before) && std::isnan(bare.calibration->ece_after));
+  // The temperature is part of the signed config: changing it by hand without re-signing is corruption.
+  auto root = torch::pickle_load(read_bytes(dir.file("bare.attnkit"))).toGenericDict();
+  std::string config = root.at(std::string("config")).toStringRef();
+  config.replace(config.find("\"temperature\": 2.0"), 18, "\"temperature\": 3.0");
+  root.insert_or_assign(std::string("config"), config);
+  write_bytes(dir.file("tampered.attnkit"), torch::pickle_save(root));
+  EXPECT_THAT(error_of([&] { read_checkpoint(dir.file("tampered.attnkit")); }), HasSubstr("checksum"));
+}
+
+TEST(Checkpoint, BadTemperaturesAreRefusedNamingTheField) {
+  TempDir dir;
+  auto ck = sample_checkpoint();
+  ck.calibration = Calibration{};
+  ck.calibration->temperature = 0.5;
+  const auto path = dir.file("m.attnkit");
+  save_checkpoint(ck, path);
+  const std::string field = "\"temperature\": 0.5";
+  for (const char* bad : {"0", "-1.5", "1e-999"}) {
+    const auto message = error_after_config_edit(path, field, std::string("\"temperature\": ") + bad);
+    EXPECT_THAT(message, HasSubstr("m.attnkit.edited\": config field calibration.temperature must be a finite number > 0"))
+        << bad;
+  }
+  for (const char* bad : {"\"0.5\"", "null", "[0.5]"}) {
+    EXPECT_THAT(error_after_config_edit(path, field, std::string("\"temperature\": ") + bad),
+                HasSubstr("config field calibration.temperature is missing or has the wrong type"))
+        << bad;
+  }
+  // Not finite: JSON has no such number, and the reader points at the line that holds one.
+  for (const char* bad : {"1e999", "Infinity", "NaN"}) {
+    EXPECT_THAT(error_after_config_edit(path, field, std::string("\"temperature\": ") + bad),
+                HasSubstr(std::string("config is not valid JSON at \"temperature\": ") + bad))
+        << bad;
+  }
+  EXPECT_THAT(error_after_config_edit(path, field, "\"temperatur\": 0.5"), HasSubstr("config field calibration.temperature is missing"));
+  EXPECT_THAT(error_after_config_edit(path, "\"calibration\": {", "\"calibration\": 3, \"x\": {"),
+              HasSubstr("config field config.calibration must be an object"));
+  // The writer refuses what the reader would.
+  ck.calibration->temperature = -2;
+  EXPECT_THAT(error_of([&] { save_checkpoint(ck, dir.file("w.attnkit")); }),
+              HasSubstr("save_checkpoint: calibration.temperature must be a finite number > 0, got -2"));
+  ck.calibration->temperature = INFINITY;
+  EXPECT_THAT(error_of([&] { save_checkpoint(ck, dir.file("w.attnkit")); }), HasSubstr("finite number > 0, got inf"));
 }
 
 // ---- state-dict import -------------------------------------------------------------------------

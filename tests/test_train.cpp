@@ -9,6 +9,8 @@
 #include "common/files.h"
 #include "common/progress.h"
 #include "train/augment.h"
+#include "train/calibration.h"
+#include "train/checkpoint_eval.h"
 #include "train/csv.h"
 #include "train/data_source.h"
 #include "train/dataset.h"
@@ -20,6 +22,7 @@
 
 #include "testing.h"
 
+#include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
 
 #include <ATen/Parallel.h>
@@ -139,6 +142,8 @@ TEST(Metrics, EvaluateWithAKnownForward) {
   EXPECT_EQ(r.count, 7);
   EXPECT_TRUE(torch::equal(r.confusion, confusion_matrix(torch::tensor(labels), torch::tensor(preds), 3)));
   EXPECT_EQ(r.confusion.diagonal().sum().item<int64_t>(), 5);
+  // The logits come back in the images' order (calibration pairs them with the labels).
+  EXPECT_TRUE(torch::equal(r.logits, torch::one_hot(torch::tensor(preds, torch::kLong), 3).to(torch::kFloat) * 10));
   // Cross-entropy of logits (10, 0, 0): right → log(1 + 2e^-10), wrong → 10 + log(1 + 2e^-10).
   const double right = std::log(1 + 2 * std::exp(-10.0));
   EXPECT_NEAR(r.loss, (5 * right + 2 * (10 + right)) / 7, 1e-6);
@@ -293,6 +298,42 @@ TEST(Training, AutocastBf16RunsOnCpu) {
   EXPECT_TRUE(std::isfinite(r.history[0].train_loss));
   o.amp = "fp8";
   EXPECT_THAT(expect_runtime_error([&] { train_model(o, synthetic(64, 6), Dataset{}); }), HasSubstr("expected off or bf16"));
+}
+
+// `attnkit train` and `attnkit calibrate` fit a checkpoint's temperature with train::calibrate: the
+// network on its inference path over the data. The T it stores must be the one fitted to the module's own
+// logits (eager, float32) on the images normalised as the checkpoint says, paired with their labels; the
+// two paths differ by float32 rounding (BatchNorm folded), far below the 1e-4 allowed here.
+TEST(Training, CalibrateFitsTheCheckpointOnItsValidationLogits) {
+  at::set_num_threads(1);
+  const auto dir = temp_dir("calibrate");
+  const auto train = synthetic(320, 1), val = synthetic(100, 2);
+  const auto r = train_model(small_recipe(dir), train, val);
+  attnkit::Checkpoint ck = attnkit::read_checkpoint(r.best_path);
+  const auto net = prepare_network(attnkit::load_model(ck), torch::kCPU, torch::kFloat, false);
+  ASSERT_TRUE(net.frozen);
+  const double accuracy = calibrate(ck, net, val, "the validation set", 64);
+  EXPECT_NEAR(accuracy, r.best_val_acc, 0.0101);  // at most one of 100 images on the other side of a tie
+  ASSERT_TRUE(ck.calibration.has_value());
+  EXPECT_EQ(ck.calibration->split, "the validation set");
+  EXPECT_EQ(ck.calibration->images, 100);
+
+  auto model = attnkit::load_model(ck);
+  model->module().eval();
+  torch::NoGradGuard no_grad;
+  const auto& pre = ck.preprocessing;
+  const auto x = (val.images.to(torch::kFloat) / 255 - pre.mean[0]) / pre.std[0];
+  const auto logits = model->forward(x);
+  const double t = attnkit::fit_temperature(logits, val.labels);
+  EXPECT_NEAR(ck.calibration->temperature, t, 1e-4 * t);
+  EXPECT_NEAR(ck.calibration->nll_before, attnkit::negative_log_likelihood(logits, val.labels), 1e-4);
+  EXPECT_NEAR(ck.calibration->nll_after, attnkit::negative_log_likelihood(logits, val.labels, t), 1e-4);
+  // An image whose confidence lies on a bin edge may fall on either side: at most 2/N of ECE.
+  EXPECT_NEAR(ck.calibration->ece_after, attnkit::reliability_diagram(logits, val.labels, t).ece, 2.0 / 100);
+  EXPECT_LE(ck.calibration->nll_after, ck.calibration->nll_before);  // T minimises the NLL; T = 1 is one candidate
+  const auto file = (dir / "calibrated.pt").string();
+  attnkit::save_checkpoint(ck, file);
+  EXPECT_EQ(attnkit::read_checkpoint(file).temperature(), ck.calibration->temperature);
 }
 
 TEST(Training, CudaRunWhenAvailable) {

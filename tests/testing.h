@@ -16,6 +16,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace attnkit::testing {
@@ -232,12 +233,15 @@ inline torch::Tensor numeric_gradient(const std::function<double()>& loss, torch
   return numeric;
 }
 
-/// The message (without backtrace) of the c10::Error `f` throws, or "<no error>".
+/// The message of the error `f` throws, or "<no error>": a c10::Error (the library's; without its
+/// backtrace) or a std::runtime_error (the program's, apps/).
 inline std::string error_of(const std::function<void()>& f) {
   try {
     f();
   } catch (const c10::Error& e) {
     return e.what_without_backtrace();
+  } catch (const std::runtime_error& e) {
+    return e.what();
   }
   return "<no error>";
 }

@@ -1,6 +1,7 @@
 #include "files.h"
 
 #include <attnkit/backbones/checkpoint.h>
+#include <attnkit/backbones/file_bytes.h>
 #include <attnkit/backbones/unfinished_file.h>
 
 #include <algorithm>
@@ -100,12 +101,19 @@ std::string gunzip(const std::string& in, const std::string& path, size_t limit,
 
 }  // namespace
 
+std::vector<char> read_regular_file(const std::string& path, size_t max_bytes) {
+  try {
+    return attnkit::read_regular_file(path, max_bytes, "");
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(e.what_without_backtrace());
+  }
+}
+
 std::string read_raw_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) fail_errno("open", path);
-  std::ostringstream buffer;
-  buffer << file.rdbuf();
-  return buffer.str();
+  // Far above any data file the program reads (Fashion-MNIST's training images: 47 MB).
+  constexpr size_t kMaxDataFileBytes = size_t{16} << 30;
+  const std::vector<char> bytes = read_regular_file(path, kMaxDataFileBytes);
+  return std::string(bytes.begin(), bytes.end());
 }
 
 std::string contents_of(const std::string& raw, const std::string& path, size_t max_bytes) {

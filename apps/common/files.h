@@ -4,11 +4,17 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace attnkit::common {
 
+/// The bytes of the regular file `path` as stored, at most `max_bytes`: attnkit::read_regular_file
+/// (backbones/file_bytes.h: a FIFO, socket, device or folder is refused without blocking), its
+/// errors as std::runtime_error ("PATH: problem").
+std::vector<char> read_regular_file(const std::string& path, size_t max_bytes);
+
 /// The bytes of `path`; a gzip file (magic 1f 8b) is decompressed. Throws std::runtime_error naming
-/// the file when it cannot be opened, is not valid gzip, holds (or inflates to) more than
+/// the file when it cannot be opened or is not a regular file, is not valid gzip, holds (or inflates to) more than
 /// `max_bytes` — found without inflating the rest — or when this build has no zlib.
 std::string read_file(const std::string& path, size_t max_bytes = std::string::npos);
 

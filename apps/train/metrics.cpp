@@ -98,6 +98,7 @@ EvalResult evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& fo
   BatchLoader loader(images, labels, opts);
   auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(images.device()));
   auto confusion = torch::zeros({classes * classes}, torch::TensorOptions().dtype(torch::kLong).device(images.device()));
+  std::vector<torch::Tensor> all_logits;  // kept on the device: one copy to the CPU at the end, no sync per batch
   while (auto batch = loader.next()) {
     auto logits = forward(batch->images).to(torch::kFloat);
     if (hflip_tta) logits = (logits + forward(batch->images.flip({3})).to(torch::kFloat)) / 2;
@@ -105,11 +106,13 @@ EvalResult evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& fo
                     logits, batch->labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .to(torch::kDouble);
     confusion += torch::bincount(batch->labels * classes + logits.argmax(1), {}, classes * classes);
+    all_logits.push_back(logits);
   }
   EvalResult r;
   r.count = labels.size(0);
   r.loss = r.count > 0 ? loss_sum.item<double>() / static_cast<double>(r.count) : std::nan("");
   r.confusion = confusion.view({classes, classes}).cpu();
+  r.logits = all_logits.empty() ? torch::empty({0, classes}) : torch::cat(all_logits).cpu();
   return r;
 }
 

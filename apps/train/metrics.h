@@ -46,6 +46,8 @@ struct EvalResult {
   double loss = 0;  // mean cross-entropy (no label smoothing)
   torch::Tensor confusion;
   int64_t count = 0;
+  /// float32 [N, K] on the CPU, in the images' order: what calibration is measured and fitted on.
+  torch::Tensor logits;
 };
 
 /// Runs `forward` (logits [B, K]) over uint8 images/labels already on the target device, in eval

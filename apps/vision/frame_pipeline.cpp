@@ -3,6 +3,8 @@
 #include "common/precision.h"
 #include "heatmap.h"
 
+#include <attnkit/backbones/calibration.h>
+
 #include <ATen/cpu/Utils.h>
 #include <torch/nn/functional.h>
 
@@ -107,7 +109,8 @@ std::vector<Analysis> FrameAnalyzer::analyze(std::vector<Frame> frames, const Vi
   std::vector<torch::Tensor> maps;
   for (const auto& lm : e.maps) maps.push_back(lm.map);
   const auto map = maps.empty() ? torch::Tensor() : combine_maps(maps).to(torch::kCPU, torch::kFloat32).contiguous();
-  const auto probs = torch::softmax(e.logits.detach().to(torch::kCPU, torch::kFloat32), 1);
+  // Calibrated: divided by the checkpoint's temperature (1 where it has none) before the softmax.
+  const auto probs = calibrated_softmax(e.logits.detach().to(torch::kCPU, torch::kFloat32), info_.temperature());
   const auto labels = e.targets.to(torch::kCPU);
   const double per_frame = std::chrono::duration<double, std::milli>(Clock::now() - start).count() / out.size();
   for (size_t i = 0; i < out.size(); ++i) {

@@ -36,6 +36,7 @@ struct Analysis {
   /// float32 [h, w] in [0, 1] on the CPU, at the layer's resolution.
   torch::Tensor map;
   int64_t label = -1;
+  /// Of `label`, calibrated with the checkpoint's temperature (Checkpoint::temperature()).
   double probability = 0;
   ViewChoice view;
   /// Preprocessing plus explain() (forward, and backward for the gradient CAMs), wall time.

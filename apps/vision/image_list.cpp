@@ -1,5 +1,7 @@
 #include "image_list.h"
 
+#include "common/files.h"
+
 #include <glob.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <cctype>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 
 namespace attnkit::vision {
@@ -78,6 +81,12 @@ ImageList expand_inputs(const std::vector<std::string>& inputs, const ImageListO
       add(path);
       return true;
     }
+    // "photo.png" that is a folder is a mistake more often than a folder of images: say so (exit 1)
+    // rather than classify what it holds or warn that it holds nothing.
+    if (is_image_name(path)) {
+      list.errors.emplace_back(path, "is a folder, not an image");
+      return true;
+    }
     std::vector<std::string> files;
     try {
       files = list_folder(path, options.recursive);
@@ -103,8 +112,10 @@ ImageList expand_inputs(const std::vector<std::string>& inputs, const ImageListO
 }
 
 std::vector<std::string> read_list_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot read the list file");
+  // Read whole first: a FIFO or device given as the list is refused instead of blocking the program.
+  constexpr size_t kMaxListBytes = size_t{1} << 30;
+  const std::vector<char> bytes = common::read_regular_file(path, kMaxListBytes);
+  std::istringstream in(std::string(bytes.begin(), bytes.end()));
   const fs::path base = fs::path(path).parent_path();
   std::vector<std::string> entries;
   for (std::string line; std::getline(in, line);) {
@@ -114,7 +125,6 @@ std::vector<std::string> read_list_file(const std::string& path) {
     const fs::path entry = line.substr(first, last - first + 1);
     entries.push_back(entry.is_absolute() || base.empty() ? entry.string() : (base / entry).string());
   }
-  if (in.bad()) throw std::runtime_error(path + ": error while reading the list file");
   return entries;
 }
 

@@ -37,6 +37,66 @@ void write_png(const cv::Mat& img, const std::string& path) {
   common::write_file_atomic(path, std::string(png.begin(), png.end()));
 }
 
+/// Horizontal grid lines over `plot` at `steps` + 1 values from `lo` to `hi`, labelled at x = `label_x`,
+/// and the plot's frame.
+void draw_value_grid(cv::Mat& img, const cv::Rect& plot, int label_x, double lo, double hi, int steps, const char* tick_format) {
+  for (int i = 0; i <= steps; ++i) {
+    const int y = plot.y + plot.height - plot.height * i / steps;
+    cv::line(img, {plot.x, y}, {plot.x + plot.width, y}, kGray, 1);
+    cv::putText(img, label(lo + (hi - lo) * i / steps, tick_format), {label_x, y + 4}, cv::FONT_HERSHEY_SIMPLEX, 0.4, kBlack, 1,
+                cv::LINE_AA);
+  }
+  cv::rectangle(img, plot, kBlack, 1);
+}
+
+/// One legend entry at (x, y): a filled swatch (or a line where `line`) and its name.
+void draw_legend_entry(cv::Mat& img, int x, int y, const cv::Scalar& color, const std::string& name, bool line) {
+  if (line) cv::line(img, {x, y - 4}, {x + 20, y - 4}, color, 2, cv::LINE_AA);
+  else cv::rectangle(img, cv::Rect(x, y - 10, 20, 10), color, cv::FILLED);
+  cv::putText(img, name, {x + 25, y}, cv::FONT_HERSHEY_SIMPLEX, 0.45, kBlack, 1, cv::LINE_AA);
+}
+
+/// One reliability diagram in `area`: accuracy bars per confidence bin, the gap up or down to the bin's
+/// mean confidence, the diagonal.
+void draw_reliability_panel(cv::Mat& img, const cv::Rect& area, const std::string& title, const ReliabilityDiagram& d) {
+  const cv::Rect plot(area.x + 60, area.y + 45, area.width - 80, area.height - 110);
+  cv::putText(img, title + label(100 * d.ece, ": ECE %.2f%%"), {plot.x, area.y + 25}, cv::FONT_HERSHEY_SIMPLEX, 0.55, kBlack, 1,
+              cv::LINE_AA);
+  draw_value_grid(img, plot, area.x + 20, 0, 1, 5, "%.1f");
+  cv::putText(img, "accuracy", {area.x + 10, plot.y - 8}, cv::FONT_HERSHEY_SIMPLEX, 0.45, kBlack, 1, cv::LINE_AA);
+  const auto px = [&](double v) { return plot.x + static_cast<int>(std::lround(plot.width * v)); };
+  const auto py = [&](double v) { return plot.y + plot.height - static_cast<int>(std::lround(plot.height * v)); };
+  const int64_t bins = d.bins();
+  // The gap is see-through: where the accuracy exceeds the confidence it lies over the bar's top.
+  const double gap_opacity = 0.45;
+  for (int64_t b = 0; b < bins; ++b) {
+    if (d.count[b] == 0) continue;
+    const int x0 = px(static_cast<double>(b) / bins) + 1, x1 = px(static_cast<double>(b + 1) / bins) - 1;
+    cv::rectangle(img, cv::Point(x0, py(d.accuracy[b])), cv::Point(x1, py(0)), kBlue, cv::FILLED);
+    const cv::Rect gap(cv::Point(x0, py(std::max(d.accuracy[b], d.confidence[b]))),
+                       cv::Point(x1, py(std::min(d.accuracy[b], d.confidence[b]))));
+    if (gap.height > 0) {
+      cv::Mat under = img(gap);
+      cv::addWeighted(cv::Mat(under.size(), under.type(), kOrange), gap_opacity, under, 1 - gap_opacity, 0, under);
+    }
+    cv::rectangle(img, gap, kOrange, 1);
+    // How many images the bin holds: a bar of three images and one of thousands look alike otherwise.
+    cv::putText(img, std::to_string(d.count[b]), {x0, gap.y - 3}, cv::FONT_HERSHEY_SIMPLEX, 0.3, kBlack, 1, cv::LINE_AA);
+  }
+  cv::line(img, {px(0), py(0)}, {px(1), py(1)}, kBlack, 1, cv::LINE_AA);
+  for (int i = 0; i <= 5; ++i) {
+    cv::putText(img, label(i / 5.0, "%.1f"), {px(i / 5.0) - 10, plot.y + plot.height + 16}, cv::FONT_HERSHEY_SIMPLEX, 0.4, kBlack, 1,
+                cv::LINE_AA);
+  }
+  cv::putText(img, "confidence (numbers: images per bin)", {plot.x + plot.width / 2 - 150, plot.y + plot.height + 34},
+              cv::FONT_HERSHEY_SIMPLEX, 0.45, kBlack, 1, cv::LINE_AA);
+  const int legend_y = plot.y + plot.height + 58;
+  draw_legend_entry(img, plot.x, legend_y, kBlue, "accuracy", false);
+  const cv::Scalar gap_on_white = kOrange * gap_opacity + cv::Scalar::all(255 * (1 - gap_opacity));
+  draw_legend_entry(img, plot.x + 110, legend_y, gap_on_white, "gap to confidence", false);
+  draw_legend_entry(img, plot.x + 280, legend_y, kBlack, "calibrated", true);
+}
+
 /// One panel: `series` (name, colour, values per epoch; NaN = absent) in the rectangle `area`.
 void draw_panel(cv::Mat& img, const cv::Rect& area, const std::string& title,
                 const std::vector<std::tuple<std::string, cv::Scalar, std::vector<double>>>& series, const char* tick_format) {
@@ -55,12 +115,7 @@ void draw_panel(cv::Mat& img, const cv::Rect& area, const std::string& title,
   hi += pad;
   const cv::Rect plot(area.x + 70, area.y + 35, area.width - 90, area.height - 75);
   cv::putText(img, title, {area.x + 70, area.y + 22}, cv::FONT_HERSHEY_SIMPLEX, 0.6, kBlack, 1, cv::LINE_AA);
-  for (int i = 0; i <= 4; ++i) {
-    const int y = plot.y + plot.height - plot.height * i / 4;
-    cv::line(img, {plot.x, y}, {plot.x + plot.width, y}, kGray, 1);
-    cv::putText(img, label(lo + (hi - lo) * i / 4, tick_format), {area.x + 5, y + 4}, cv::FONT_HERSHEY_SIMPLEX, 0.4, kBlack, 1, cv::LINE_AA);
-  }
-  cv::rectangle(img, plot, kBlack, 1);
+  draw_value_grid(img, plot, area.x + 5, lo, hi, 4, tick_format);
   const auto px = [&](size_t i) { return plot.x + (n > 1 ? static_cast<int>(plot.width * i / (n - 1)) : plot.width / 2); };
   const auto py = [&](double v) { return plot.y + plot.height - static_cast<int>(std::lround(plot.height * (v - lo) / (hi - lo))); };
   for (size_t i = 0; i < n; i += std::max<size_t>(1, n / 10)) {
@@ -137,6 +192,16 @@ void plot_confusion(const torch::Tensor& confusion, const std::vector<std::strin
     cv::rotate(strip, rotated, cv::ROTATE_90_CLOCKWISE);
     const cv::Rect dst(left + j * cell, top + k * cell + 5, rotated.cols, std::min(rotated.rows, img.rows - (top + k * cell + 5)));
     rotated(cv::Rect(0, 0, dst.width, dst.height)).copyTo(img(dst));
+  }
+  write_png(img, path);
+}
+
+void plot_reliability(const std::vector<std::pair<std::string, ReliabilityDiagram>>& panels, const std::string& path) {
+  if (panels.empty()) throw std::runtime_error("plot_reliability: no diagram to draw for " + path);
+  const int width = 480, height = 560;
+  cv::Mat img(height, width * static_cast<int>(panels.size()), CV_8UC3, cv::Scalar(255, 255, 255));
+  for (size_t i = 0; i < panels.size(); ++i) {
+    draw_reliability_panel(img, {static_cast<int>(i) * width, 0, width, height}, panels[i].first, panels[i].second);
   }
   write_png(img, path);
 }

@@ -3,12 +3,12 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "common/files.h"
+#include "common/stderr_capture.h"
 
 #include <algorithm>
-#include <cerrno>
+#include <mutex>
+#include <utility>
 #include <cstring>
 #include <vector>
 #include <cctype>
@@ -22,75 +22,110 @@ namespace {
 
 // Larger than any image a model here is fed; refusing it keeps a stray huge file from being read
 // whole into memory.
-constexpr off_t kMaxImageBytes = off_t{1} << 30;
+constexpr size_t kMaxImageBytes = size_t{1} << 30;
 
-/// The bytes of the regular file `path`. Opened non-blocking and checked with fstat on the open
-/// descriptor: a FIFO, socket or device named like an image is refused instead of blocking the
-/// program, and nothing can swap the file between the check and the read.
-std::vector<uchar> read_regular_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    throw std::runtime_error(path + (err == ENOENT ? std::string(": no such file") : ": cannot open: " + std::string(std::strerror(err))));
-  }
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) throw std::runtime_error(path + ": is a folder, not an image");
-  if (!S_ISREG(st.st_mode)) throw std::runtime_error(path + ": is not a regular file (a FIFO, socket or device), not an image");
-  if (st.st_size > kMaxImageBytes) throw std::runtime_error(path + ": " + std::to_string(st.st_size) + " bytes is too large for an image");
-  std::vector<uchar> bytes(static_cast<size_t>(st.st_size));
-  size_t got = 0;
-  while (got < bytes.size()) {
-    const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::runtime_error(path + ": read error: " + std::strerror(errno));
-    if (n == 0) break;  // the file shrank while being read
-    got += static_cast<size_t>(n);
-  }
-  bytes.resize(got);
-  return bytes;
-}
+// Far above any photo (a 108-megapixel phone camera stays below it); a small file whose header
+// claims more would make the decoder allocate gigabytes for it.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 27;
 
-/// For a JPEG, whether its main image reaches its end-of-image marker. libjpeg decodes a file cut
-/// short by padding it with grey (it only warns, "Premature end of JPEG file"), so OpenCV returns an
-/// image; the markers show the cut. Segments up to each start-of-scan are walked by their lengths,
-/// entropy-coded data by its markers (0xFF is stuffed as FF 00 there, RSTn are inside the scan);
-/// bytes after the end marker (e.g. an appended motion-photo video) are allowed.
-bool jpeg_is_complete(const std::vector<uchar>& b) {
+/// What walking a JPEG's markers tells before it is decoded.
+struct JpegWalk {
+  /// The main image reaches its end-of-image marker. libjpeg decodes a file cut short by padding
+  /// it with grey (it only warns, "Premature end of JPEG file"), so OpenCV returns an image; the
+  /// markers show the cut.
+  bool complete = false;
+  /// Width × height in the first frame header (SOFn); 0 before one is seen.
+  int64_t pixels = 0;
+};
+
+/// Segments up to each start-of-scan are walked by their lengths, entropy-coded data by its markers
+/// (0xFF is stuffed as FF 00 there, RSTn are inside the scan); bytes after the end marker (e.g. an
+/// appended motion-photo video) are allowed.
+JpegWalk walk_jpeg(const std::vector<char>& bytes) {
+  const auto* b = reinterpret_cast<const uchar*>(bytes.data());
+  const size_t size = bytes.size();
+  JpegWalk walk;
   size_t i = 2;  // after SOI
-  while (i + 4 <= b.size()) {
-    if (b[i] != 0xFF) return false;
+  while (i + 4 <= size) {
+    if (b[i] != 0xFF) return walk;
     const uchar marker = b[i + 1];
-    if (marker == 0xD9) return true;                           // EOI
+    if (marker == 0xD9) break;                                 // EOI
     if (marker == 0xFF) { ++i; continue; }                     // fill byte
     if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }  // no length
     const size_t len = (static_cast<size_t>(b[i + 2]) << 8) | b[i + 3];
-    if (len < 2 || i + 2 + len > b.size()) return false;
+    if (len < 2 || i + 2 + len > size) return walk;
+    // SOF0..SOF15 but DHT (C4), JPG (C8), DAC (CC): FF Cn, length, precision, height, width.
+    const bool frame_header = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (frame_header && len >= 7 && walk.pixels == 0)
+      walk.pixels = int64_t((b[i + 5] << 8) | b[i + 6]) * int64_t((b[i + 7] << 8) | b[i + 8]);
     i += 2 + len;
     if (marker != 0xDA) continue;                              // not a start of scan
     // Entropy-coded data up to the next real marker.
-    while (i + 1 < b.size() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(b[i + 1] >= 0xD0 && b[i + 1] <= 0xD7))) ++i;
+    while (i + 1 < size && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(b[i + 1] >= 0xD0 && b[i + 1] <= 0xD7))) ++i;
   }
-  return i + 2 <= b.size() && b[i] == 0xFF && b[i + 1] == 0xD9;
+  walk.complete = i + 2 <= size && b[i] == 0xFF && b[i + 1] == 0xD9;
+  return walk;
+}
+
+/// Width × height in a PNG's IHDR chunk (the first, by the format), or 0 when the file is too short.
+int64_t png_pixels(const std::vector<char>& bytes) {
+  if (bytes.size() < 24) return 0;
+  const auto be32 = [&](size_t at) {
+    const auto* p = reinterpret_cast<const uchar*>(bytes.data()) + at;
+    return int64_t{p[0]} << 24 | int64_t{p[1]} << 16 | int64_t{p[2]} << 8 | int64_t{p[3]};
+  };
+  return be32(16) * be32(20);
+}
+
+/// Refuses what a JPEG or PNG header says about the file before the decoder sees it: a JPEG cut
+/// short, or more pixels than kMaxImagePixels.
+void check_image_header(const std::vector<char>& bytes, const std::string& path) {
+  const auto starts_with = [&](const char* magic, size_t n) { return bytes.size() >= n && std::memcmp(bytes.data(), magic, n) == 0; };
+  int64_t pixels = 0;
+  if (starts_with("\xFF\xD8", 2)) {
+    const JpegWalk walk = walk_jpeg(bytes);
+    if (!walk.complete) throw std::runtime_error(path + ": the JPEG is cut short (truncated or damaged file)");
+    pixels = walk.pixels;
+  } else if (starts_with("\x89PNG\r\n\x1a\n", 8)) {
+    pixels = png_pixels(bytes);
+  }
+  if (pixels > kMaxImagePixels)
+    throw std::runtime_error(path + ": the header claims " + std::to_string(pixels) + " pixels, more than the " +
+                             std::to_string(kMaxImagePixels) + " this program decodes (damaged or crafted file?)");
+}
+
+/// cv::imdecode with what libpng and libjpeg print on stderr by themselves (past OpenCV) caught:
+/// the image (empty when it cannot be decoded) and the decoder's messages in one line. Decodes run
+/// one at a time, since stderr is one per process (prefetch threads decode in parallel otherwise).
+std::pair<cv::Mat, std::string> decode_quietly(const std::vector<char>& bytes) {
+  static std::mutex one_capture_at_a_time;
+  std::lock_guard<std::mutex> lock(one_capture_at_a_time);
+  common::StderrCapture decoder_messages;
+  cv::Mat img;
+  try {
+    if (!bytes.empty()) {
+      const cv::Mat encoded(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+      img = cv::imdecode(encoded, cv::IMREAD_UNCHANGED);
+    }
+  } catch (const cv::Exception&) {
+    img.release();  // OpenCV throws on some corrupt files instead of returning an empty Mat
+  }
+  return {img, common::one_line_summary(decoder_messages.finish())};
 }
 
 }  // namespace
 
 cv::Mat read_image(const std::string& path, int* file_channels) {
-  const std::vector<uchar> bytes = read_regular_file(path);
-  if (bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8 && !jpeg_is_complete(bytes))
-    throw std::runtime_error(path + ": the JPEG is cut short (truncated or damaged file)");
-  cv::Mat img;
-  try {
-    if (!bytes.empty()) img = cv::imdecode(bytes, cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception&) {
-    img.release();  // OpenCV throws on some corrupt files instead of returning an empty Mat
-  }
-  if (img.empty()) throw std::runtime_error(path + ": cannot decode the image (unreadable, corrupt or not an image format OpenCV knows)");
+  const std::vector<char> bytes = common::read_regular_file(path, kMaxImageBytes);
+  check_image_header(bytes, path);
+  auto [img, decoder_said] = decode_quietly(bytes);
+  if (img.empty())
+    throw std::runtime_error(path + ": cannot decode the image (unreadable, corrupt or not an image format OpenCV knows)" +
+                             (decoder_said.empty() ? "" : "; the decoder says: " + decoder_said));
+  // libjpeg decodes damaged entropy-coded data into a picture it only warns about: not an image to
+  // classify. (Other decoder warnings, such as libpng's about colour profiles, are harmless.)
+  if (decoder_said.find("Corrupt JPEG data") != std::string::npos || decoder_said.find("Premature end of JPEG") != std::string::npos)
+    throw std::runtime_error(path + ": the JPEG is damaged (the decoder says: " + decoder_said + ")");
   if (img.depth() == CV_16U) img.convertTo(img, CV_8U, 1.0 / 257.0);
   else if (img.depth() == CV_32F || img.depth() == CV_64F) img.convertTo(img, CV_8U, 255.0);
   else if (img.depth() != CV_8U) throw std::runtime_error(path + ": unsupported pixel depth");

@@ -93,6 +93,9 @@ VideoSource::VideoSource(const SourceSpec& spec, const CaptureRequest& request) 
     }
     case SourceKind::File:
       if (!fs::exists(spec.text, ec)) throw std::runtime_error(spec.text + ": no such file");
+      // A FIFO or socket would block FFmpeg's open forever; cameras are an index or /dev/videoN.
+      if (!fs::is_regular_file(spec.text, ec))
+        throw std::runtime_error(spec.text + ": is not a regular file (a FIFO, socket or device), not a video");
       if (!capture_.open(spec.text, cv::CAP_FFMPEG) || !capture_.isOpened())
         throw std::runtime_error(spec.text + ": cannot open as a video (corrupt, or a format this OpenCV cannot decode)");
       break;

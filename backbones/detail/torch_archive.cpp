@@ -23,7 +23,7 @@ void check_tensor(const at::Tensor& t, const RecordSizes& records, const std::st
   // The pickle names each storage's element count; LibTorch takes it as the storage's size whatever
   // the record holds, so a larger count would leave a storage reaching past its buffer.
   TORCH_CHECK(t.storage().nbytes() <= have || (t.storage().nbytes() == 0), who, "a storage of ", t.storage().nbytes(),
-              " bytes has a data record of ", have, " bytes");
+              " bytes but its data record holds ", have);
   if (t.numel() == 0) return;
   TORCH_CHECK(t.storage_offset() >= 0, who, "a tensor has a negative storage offset");
   int64_t last = t.storage_offset();
@@ -154,6 +154,21 @@ void read_zip64_extra(const Bytes& b, size_t extra, size_t extra_len, uint64_t& 
   }
 }
 
+/// An entry's name for an error message: the file's bytes, with anything unprintable as \xNN (a
+/// damaged name must not put control characters on the user's terminal).
+std::string shown(const std::string& name) {
+  std::string out;
+  for (const unsigned char c : name) {
+    if (c >= 0x20 && c < 0x7F) {
+      out += static_cast<char>(c);
+    } else {
+      static const char hex[] = "0123456789abcdef";
+      out += {'\\', 'x', hex[c >> 4], hex[c & 15]};
+    }
+  }
+  return out;
+}
+
 /// One central-directory entry at `at` and its local header: names, bounds, stored data.
 Entry read_entry(const Bytes& b, size_t& at, const CentralDirectory& cd) {
   b.need(at, 46, "a central directory entry");
@@ -168,19 +183,19 @@ Entry read_entry(const Bytes& b, size_t& at, const CentralDirectory& cd) {
   Entry e{std::string(reinterpret_cast<const char*>(b.p + name_at), name_len), 0, 0,
           static_cast<uint32_t>(b.u32(at + 16))};
   read_zip64_extra(b, name_at + name_len, extra_len, size, csize, local);
-  TORCH_CHECK(method == 0 && csize == size, b.who, "entry \"", e.name,
+  TORCH_CHECK(method == 0 && csize == size, b.who, "entry \"", shown(e.name),
               "\" is compressed (method ", method, "); torch archives store their records uncompressed");
   b.need(local, 30, "a local header");
-  TORCH_CHECK(b.u32(local) == kLocalHeader, b.who, "the zip archive is damaged: entry \"", e.name,
+  TORCH_CHECK(b.u32(local) == kLocalHeader, b.who, "the zip archive is damaged: entry \"", shown(e.name),
               "\" has no local header at byte ", local);
   const uint64_t local_name = b.u16(local + 26), local_extra = b.u16(local + 28);
   b.need(local + 30, local_name + local_extra, "a local header's name");
   TORCH_CHECK(local_name == name_len && std::memcmp(b.p + local + 30, b.p + name_at, name_len) == 0, b.who,
-              "the zip archive is damaged: entry \"", e.name, "\" has another name in its local header");
+              "the zip archive is damaged: entry \"", shown(e.name), "\" has another name in its local header");
   e.data_begin = local + 30 + local_name + local_extra;
   e.data_size = size;
   TORCH_CHECK(e.data_begin <= cd.offset && e.data_size <= cd.offset - e.data_begin, b.who,
-              "the zip archive is damaged: entry \"", e.name, "\" (", size, " bytes) runs past the data");
+              "the zip archive is damaged: entry \"", shown(e.name), "\" (", size, " bytes) runs past the data");
   at = name_at + name_len + extra_len + comment_len;
   return e;
 }
@@ -317,8 +332,8 @@ void check_zip_archive(const char* data, size_t size, const std::string& who) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
     TORCH_CHECK(i == 0 || entries[i - 1].data_begin + entries[i - 1].data_size <= e.data_begin, who,
-                "the zip archive is damaged: entries \"", entries[i - 1].name, "\" and \"", e.name, "\" overlap");
-    TORCH_CHECK(crc32_of(b.p + e.data_begin, e.data_size) == e.crc, who, "entry \"", e.name,
+                "the zip archive is damaged: entries \"", shown(entries[i - 1].name), "\" and \"", shown(e.name), "\" overlap");
+    TORCH_CHECK(crc32_of(b.p + e.data_begin, e.data_size) == e.crc, who, "entry \"", shown(e.name),
                 "\" fails its CRC-32 check (the file is damaged)");
   }
 }

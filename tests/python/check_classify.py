@@ -5,6 +5,8 @@
   csv      the same as CSV, plus a missing file: header, five ranked rows per image, one error row
   parity   an image classified by a torchvision model imported with `attnkit import`, against the
            probabilities torchvision computes (refs_classify.py)
+  temperature  the samples with a checkpoint given a temperature T by `attnkit calibrate --temperature`
+           against the same checkpoint without one: softmax(z / T) = p^(1/T) renormalised, same top-1
 """
 import argparse
 import csv
@@ -97,17 +99,42 @@ def parity(args):
     assert [t["label"] for t in row["top"]] == [f"class {i}" for i in want_index], row["top"]
 
 
+def temperature(args):
+    t = args.temperature
+    plain_weights, scaled_weights = "t-1.attnkit", f"t-{t:g}.attnkit"  # in the working folder
+    run([args.attnkit, "calibrate", "--weights", args.weights, "--temperature", "1", "--out", plain_weights, "--overwrite"], 0)
+    run([args.attnkit, "calibrate", "--weights", args.weights, "--temperature", f"{t:g}", "--out", scaled_weights, "--overwrite"], 0)
+
+    def probabilities(weights):
+        out = run([args.attnkit, "classify", args.samples, "--weights", weights, "--format", "json", "--top-k", "10",
+                   "--precision", "float32"], 0)
+        return {r["path"]: {c["index"]: c["prob"] for c in r["top"]} for r in map(json.loads, out.splitlines())}
+
+    plain, scaled = probabilities(plain_weights), probabilities(scaled_weights)
+    assert plain.keys() == scaled.keys() and plain, "different images"
+    worst = 0.0
+    for path, p in plain.items():
+        powered = {k: v ** (1 / t) for k, v in p.items()}
+        total = sum(powered.values())
+        worst = max(worst, max(abs(v / total - scaled[path][k]) for k, v in powered.items()))
+        assert max(p, key=p.get) == max(scaled[path], key=scaled[path].get), f"{path}: the top-1 changed"
+        print(f"{path}: top-1 {max(p.values()):.4f} at T = 1, {max(scaled[path].values()):.4f} at T = {t:g}")
+    print(f"{len(plain)} images, max |difference| from p^(1/T) {worst:.3g}")
+    assert worst <= 1e-5, f"probabilities differ by {worst}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["samples", "csv", "parity"])
+    ap.add_argument("mode", choices=["samples", "csv", "parity", "temperature"])
     ap.add_argument("--attnkit", required=True, help="the attnkit program")
     ap.add_argument("--samples", help="folder of the bundled samples")
     ap.add_argument("--min-correct", type=int, default=10)
-    ap.add_argument("--weights", help="parity: the imported checkpoint")
+    ap.add_argument("--weights", help="parity: the imported checkpoint; temperature: the checkpoint to copy")
+    ap.add_argument("--temperature", type=float, default=2.0, help="temperature: the T to store")
     ap.add_argument("--image", help="parity: the image")
     ap.add_argument("--ref", help="parity: the reference .pt of refs_classify.py")
     args = ap.parse_args()
-    {"samples": samples, "csv": csv_check, "parity": parity}[args.mode](args)
+    {"samples": samples, "csv": csv_check, "parity": parity, "temperature": temperature}[args.mode](args)
     print("ok")
 
 
