@@ -5,12 +5,9 @@
 #include <attnkit/backbones/unfinished_file.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 
 #ifdef ATTNKIT_HAVE_ZLIB
@@ -93,10 +90,6 @@ std::string gunzip(const std::string& in, const std::string& path, size_t limit,
   throw std::runtime_error(path + ": is gzip-compressed and this attnkit was built without zlib; "
                            "decompress it first (gunzip -k " + path + ")");
 #endif
-}
-
-[[noreturn]] void fail_errno(const std::string& what, const std::string& path) {
-  throw std::runtime_error("cannot " + what + " " + path + ": " + std::strerror(errno));
 }
 
 }  // namespace
