@@ -71,6 +71,8 @@ struct StreamArgs {
   std::string precision = "auto";
   bool eager = false;
   bool json = false;
+  bool aug_smooth = false, eigen_smooth = false;
+  int cam_batch = 32;
 };
 
 std::atomic<bool> g_interrupted{false};
@@ -171,6 +173,11 @@ void plan_model(const StreamArgs& a, StreamPlan& plan) {
   const torch::Device device(plan.device_name);
   plan.precision = common::resolve_precision(a.precision, device);
   plan.analyzer = std::make_unique<vision::FrameAnalyzer>(model, plan.info, device, plan.precision.dtype, !a.eager);
+  ExplainOptions options;
+  options.aug_smooth = a.aug_smooth;
+  options.eigen_smooth = a.eigen_smooth;
+  options.batch_size = a.cam_batch;
+  plan.analyzer->set_explain_options(options);
   plan.first_view = {plan.analyzer->resolve(explain_method_from_name(a.method)), a.layer};
   check_layer(*plan.analyzer, plan.first_view);
 }
@@ -478,8 +485,17 @@ Runner add_stream_command(CLI::App& cli) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
   cmd->add_option("--smooth", a->smooth, "Temporal smoothing of the heatmaps: weight of the previous map in [0, 1) (0 = off)")
       ->check(finite_number())->check(CLI::Range(0.0, 0.99))->capture_default_str();
-  cmd->add_option("--method", a->method, "Heatmap method (auto = native attention maps when the model has them, else gradcam)")
+  cmd->add_option("--method", a->method,
+                  "Heatmap method (auto = native attention maps when the model has them, else gradcam); scorecam and "
+                  "ablationcam run one forward per channel of the layer: the FPS they reach is in the summary")
       ->check(CLI::IsMember(explain_method_names()))->capture_default_str();
+  cmd->add_flag("--aug-smooth", a->aug_smooth,
+                "Test-time augmentation as pytorch-grad-cam: each frame flipped and scaled by 0.9/1.0/1.1, six maps averaged "
+                "(six times the work)");
+  cmd->add_flag("--eigen-smooth", a->eigen_smooth,
+                "First principal component of the weighted activations instead of their sum (pytorch-grad-cam's eigen_smooth)");
+  cmd->add_option("--cam-batch", a->cam_batch, "scorecam / ablationcam: masked forwards per pass (bounds their memory)")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_option("--layer", a->layer, "Layer of the maps, e.g. layer4 or layer3.1 (default: the method's default layers)");
   cmd->add_option("--alpha", a->alpha, "Heatmap opacity in [0, 1]")->check(finite_number())->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--colormap", a->colormap, "Colour map of the heatmap")
@@ -493,8 +509,9 @@ Runner add_stream_command(CLI::App& cli) {
       ->check(CLI::Range(0, 256))->capture_default_str();
   cmd->add_option("--precision", a->precision, common::kPrecisionHelp)
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
-  cmd->add_flag("--eager", a->eager, std::string(common::kEagerHelp) + ". Without it, native and eigencam maps come from "
-                "the inference path; the gradient CAMs always run the module (they need autograd)");
+  cmd->add_flag("--eager", a->eager, std::string(common::kEagerHelp) + ". Without it, the gradient-free maps (native, "
+                "eigencam, scorecam, ablationcam) come from the inference path; the gradient CAMs always run the module "
+                "(they need autograd)");
   cmd->add_flag("--json", a->json, "Print the summary as one JSON object on stdout (other messages go to stderr)");
   return [cmd, a]() -> int { return cmd->parsed() ? run_stream(*a) : -1; };
 }

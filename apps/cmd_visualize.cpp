@@ -8,21 +8,25 @@
 #include "validators.h"
 
 #include "bundled.h"
+#include "faithfulness_report.h"
 
 #include "common/device.h"
 #include "common/precision.h"
 #include "common/files.h"
 #include "train/calibration.h"
+#include "vision/bar_chart.h"
 #include "vision/heatmap.h"
 #include "vision/preprocess.h"
 
 #include <attnkit/backbones/calibration.h>
+#include <attnkit/backbones/channel_gates.h>
 #include <attnkit/backbones/checkpoint.h>
 #include <attnkit/backbones/explain.h>
 #include <attnkit/backbones/inference_model.h>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <torch/nn/functional/upsampling.h>
 
 #include <algorithm>
 #include <cctype>
@@ -57,6 +61,11 @@ struct VisualizeArgs {
   std::string precision = "auto";
   bool eager = false;
   int threads = 0;
+  bool aug_smooth = false, eigen_smooth = false, combine_layers = false;
+  int top_k = 1;
+  int cam_batch = 32;
+  bool score = false;
+  std::string format = "table";
 };
 
 /// A file to write: its path and its bytes (everything is encoded before anything is written).
@@ -147,7 +156,7 @@ std::string file_part(std::string s) {
 
 class Visualizer {
  public:
-  explicit Visualizer(VisualizeArgs& a) : a_(a) {
+  explicit Visualizer(VisualizeArgs& a) : a_(a), out_(a.format == "json" ? std::cerr : std::cout) {
     common::configure_threads(a.threads);
     const std::string device_name = common::resolve_device(a.device);
     common::configure_cuda_speed(device_name);
@@ -160,22 +169,36 @@ class Visualizer {
     colormap_ = vision::colormap_from_name(a.colormap);
     choose_methods();
     const auto precision = common::resolve_precision(a.precision, torch::Device(device_name));
-    const bool gradient_free = std::all_of(methods_.begin(), methods_.end(), [](ExplainMethod m) {
-      return m == ExplainMethod::Native || m == ExplainMethod::EigenCam;
-    });
+    const bool gradient_free =
+        std::none_of(methods_.begin(), methods_.end(), [](ExplainMethod m) { return explain_needs_gradient(m); });
     // One forward pass serves every method: the inference path when none of them needs a gradient.
     frozen_ = common::inference_path(model_, precision.dtype, a.eager || !gradient_free);
     if (!a.target.empty()) options_.target = parse_target(a.target, classes_);
     if (!a.query.empty()) std::tie(options_.query_x, options_.query_y) = parse_query(a.query);
     options_.layers = a.layers;
+    options_.aug_smooth = a.aug_smooth;
+    options_.eigen_smooth = a.eigen_smooth;
+    options_.combine_layers = a.combine_layers;
+    options_.batch_size = a.cam_batch;
+    if (a.top_k > static_cast<int>(classes_.size()))
+      throw std::runtime_error("--top-k " + std::to_string(a.top_k) + ": the model has only " +
+                               std::to_string(classes_.size()) + " classes");
+    if (a.top_k > 1 && !a.target.empty()) throw std::runtime_error("--top-k and --target: give one or the other");
+    options_.top_k = a.top_k;
     std::error_code ec;
     fs::create_directories(a.out, ec);
     if (!fs::is_directory(a.out)) throw std::runtime_error("--out \"" + a.out + "\": cannot create the folder");
-    std::cout << "model: " << a.weights << " (" << info_.config.name() << ", " << classes_.size() << " classes) on "
-              << device_name << ", " << (frozen_ ? "inference path, " + precision.description : "eager (autograd), float32")
-              << ", probabilities " << train::calibration_note(info_) << "; methods:";
-    for (auto m : methods_) std::cout << " " << explain_method_name(m);
-    std::cout << "\n";
+    if (a.score) {
+      FaithfulnessOptions scoring;
+      scoring.batch_size = a.cam_batch;
+      report_ = std::make_unique<FaithfulnessReport>(scoring);
+    }
+    out_ << "model: " << a.weights << " (" << info_.config.name() << ", " << classes_.size() << " classes) on "
+         << device_name << ", " << (frozen_ ? "inference path, " + precision.description : "eager (autograd), float32")
+         << ", probabilities " << train::calibration_note(info_) << "; methods:";
+    for (auto m : methods_) out_ << " " << explain_method_name(m);
+    if (charts_) out_ << " native (channel gates)";
+    out_ << "\n";
   }
 
   /// Returns false (after printing one line) when the image could not be processed.
@@ -191,6 +214,13 @@ class Visualizer {
     return false;
   }
 
+  /// After every image: --score's means (table) or the whole report (JSON, alone on stdout).
+  void finish() const {
+    if (!report_) return;
+    if (a_.format == "json") std::cout << report_->json().dump(2) << "\n";
+    else std::cout << report_->summary_table();
+  }
+
  private:
   /// --method all → native where the model has spatial maps (and the layers allow it), then every
   /// CAM; the layers are checked here, once, with the list of valid ones.
@@ -202,10 +232,19 @@ class Visualizer {
         if (std::find(valid.begin(), valid.end(), l) == valid.end()) return false;
       return !valid.empty();
     };
+    if (a_.method == "native") {
+      // Channel gates (SE, ECA, CBAM's channel gate) have no spatial map: native draws their weights.
+      const auto gate_layers = channel_gate_layers(*model_);
+      charts_ = !gate_layers.empty();
+      for (const auto& l : charts_ ? a_.layers : std::vector<std::string>{})
+        if (std::find(gate_layers.begin(), gate_layers.end(), l) == gate_layers.end())
+          throw std::runtime_error("--layer \"" + l + "\": no channel gate there in " + info_.config.name() +
+                                   "; layers with channel gates: " + join_names(gate_layers));
+      if (charts_ && !spatial) return;  // charts alone
+    }
     if (a_.method == "all") {
       if (spatial && valid_for(ExplainMethod::Native)) methods_.push_back(ExplainMethod::Native);
-      for (auto m : {ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam, ExplainMethod::EigenCam})
-        methods_.push_back(m);
+      for (auto m : cam_methods()) methods_.push_back(m);
     } else {
       auto m = explain_method_from_name(a_.method);
       if (m == ExplainMethod::Auto) m = spatial ? ExplainMethod::Native : ExplainMethod::GradCam;
@@ -217,13 +256,24 @@ class Visualizer {
       for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
       if (valid.empty())
         throw std::runtime_error("--method " + explain_method_name(m) + ": model " + info_.config.name() +
-                                 " has no spatial attention (cbam, spatial, self, nonlocal, local); use --method gradcam, "
-                                 "gradcam++, layercam or eigencam");
+                                 " has no spatial attention (cbam, spatial, self, nonlocal, local); use a CAM (--method gradcam, "
+                                 "hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam or ablationcam)");
       for (const auto& l : a_.layers)
         if (std::find(valid.begin(), valid.end(), l) == valid.end())
           throw std::runtime_error("--layer \"" + l + "\": not a layer " + explain_method_name(m) + " can use on " +
                                    info_.config.name() + "; valid layers: " + list);
     }
+  }
+
+  static std::string join_names(const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+  }
+
+  torch::Device model_device() const {
+    for (const auto& param : model_->module().parameters()) return param.device();
+    return torch::kCPU;
   }
 
   std::string out_path(const std::string& stem, const std::string& what, const std::string& ext) const {
@@ -245,18 +295,24 @@ class Visualizer {
   Prediction predict(const vision::NetworkInput& input) const {
     Prediction p;
     const auto t0 = std::chrono::steady_clock::now();
-    p.explanations = frozen_ ? explain(*frozen_, input.tensor.unsqueeze(0), methods_, options_)
-                             : explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
-    const auto& first = p.explanations.front();
-    const auto probs = calibrated_softmax(first.logits.to(torch::kCPU, torch::kDouble), info_.temperature())[0];
+    torch::Tensor logits;
+    if (methods_.empty()) {  // channel gate charts alone (render() draws them): just the prediction
+      torch::NoGradGuard no_grad;
+      const auto x = input.tensor.unsqueeze(0);
+      logits = frozen_ ? frozen_->forward(x.to(model_device())) : model_->forward(x.to(model_device()));
+    } else {
+      p.explanations = frozen_ ? explain(*frozen_, input.tensor.unsqueeze(0), methods_, options_)
+                               : explain(*model_, input.tensor.unsqueeze(0), methods_, options_);
+      logits = p.explanations.front().logits;
+    }
+    const auto probs = calibrated_softmax(logits.to(torch::kCPU, torch::kDouble), info_.temperature())[0];
     p.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     p.top1 = probs.argmax().item<int64_t>();
-    p.target = first.targets[0].item<int64_t>();
+    p.target = p.explanations.empty() ? p.top1 : p.explanations.front().targets[0].item<int64_t>();
     p.text = classes_[p.top1] + " " + percent(probs[p.top1].item<double>());
-    // Native maps and Eigen-CAM do not depend on the class; the gradient CAMs explain `target`.
-    const bool uses_target = std::any_of(methods_.begin(), methods_.end(), [](ExplainMethod m) {
-      return m == ExplainMethod::GradCam || m == ExplainMethod::GradCamPlusPlus || m == ExplainMethod::LayerCam;
-    });
+    // Native maps and Eigen-CAM do not depend on the class; the other CAMs explain `target`.
+    const bool uses_target =
+        std::any_of(methods_.begin(), methods_.end(), [](ExplainMethod m) { return explain_uses_target(m); });
     p.other_target = uses_target && p.target != p.top1;
     p.grid_title = p.text;
     if (p.other_target) p.grid_title += "\nmaps for " + classes_[p.target] + " " + percent(probs[p.target].item<double>());
@@ -274,8 +330,11 @@ class Visualizer {
     std::vector<cv::Mat> tiles = {display};
     std::vector<std::string> labels = {p.grid_title};
     for (const auto& e : p.explanations) {
-      const std::string method = explain_method_name(e.method);
+      // With --top-k each class's maps carry its name (the rank-0 class too, so the files sort together).
+      const std::string cls = a_.top_k > 1 ? classes_[e.targets[0].item<int64_t>()] : "";
+      const std::string method = explain_method_name(e.method) + (cls.empty() ? "" : "." + cls);
       for (const auto& lm : e.maps) {
+        // A combined map is at the input's resolution, not the layer's: map_to_image places either.
         const auto map = lm.map[0];
         const cv::Mat picture = vision::overlay(display, vision::map_to_image(map, window, display.size()), a_.alpha, colormap_);
         const std::string base = file_part(method) + "." + file_part(lm.layer);
@@ -283,10 +342,19 @@ class Visualizer {
         if (a_.raw == "png16") outputs.push_back({out_path(stem, base, ".raw.png"), png16(map)});
         if (a_.raw == "npy") outputs.push_back({out_path(stem, base, ".npy"), npy_float32(map)});
         tiles.push_back(picture);
-        labels.push_back(method + " " + lm.layer);
+        labels.push_back((cls.empty() ? method : explain_method_name(e.method) + " " + cls) + " " + lm.layer);
       }
     }
-    if (!a_.no_grid) {
+    if (charts_) {
+      // Channel gates: one bar chart per block (and the raw weights with --raw npy), not in the grid.
+      for (const auto& g : channel_gate_weights(*model_, input.tensor.unsqueeze(0), a_.layers)) {
+        const std::string base = "native." + file_part(g.layer) + ".channels";
+        const auto title = g.layer + " " + g.gate + " channel gate";
+        outputs.push_back({out_path(stem, base, ".png"), png(vision::channel_bar_chart(g.weights[0], title))});
+        if (a_.raw == "npy") outputs.push_back({out_path(stem, base, ".npy"), npy_float32(g.weights[0])});
+      }
+    }
+    if (!a_.no_grid && tiles.size() > 1) {
       const std::string what = a_.method == "all" ? std::string("all") : file_part(explain_method_name(methods_.front()));
       outputs.push_back({out_path(stem, what + ".grid", ".png"), png(vision::make_grid(tiles, labels))});
     }
@@ -309,23 +377,59 @@ class Visualizer {
     const Prediction p = predict(input);
     const auto outputs = render(fs::path(path).stem().string(), image, input, p);
     check_outputs(path, outputs);
-    std::cout << path << ": " << p.text << " (class " << p.top1 << ")";
-    if (p.other_target) std::cout << "; maps for " << classes_[p.target] << " (class " << p.target << ")";
-    std::cout << "; " << std::fixed << std::setprecision(1) << p.ms << " ms\n";
+    out_ << path << ": " << p.text << " (class " << p.top1 << ")";
+    if (p.other_target) out_ << "; maps for " << classes_[p.target] << " (class " << p.target << ")";
+    out_ << "; " << std::fixed << std::setprecision(1) << p.ms << " ms\n";
     for (const auto& o : outputs) {
       common::write_file_atomic(o.path, o.bytes);
       written_.insert(o.path);
-      std::cout << "  wrote " << o.path << "\n";
+      out_ << "  wrote " << o.path << "\n";
+    }
+    if (report_) {
+      score(path, input, p);
+      if (a_.format == "table") out_ << report_->image_table(path);
+    }
+  }
+
+  /// --score: every map of the image, resized to the network input (bilinear, half-pixel centres, as
+  /// pytorch-grad-cam's cv2.resize), scored on the network that drew it.
+  void score(const std::string& path, const vision::NetworkInput& input, const Prediction& p) {
+    namespace F = torch::nn::functional;
+    const auto device = model_device();
+    const auto x = input.tensor.unsqueeze(0).to(device);
+    auto logits_of = [this](const torch::Tensor& batch) {
+      return frozen_ ? frozen_->forward(batch) : model_->forward(batch);
+    };
+    FaithfulnessOptions scoring;  // pytorch-grad-cam's percentiles and noise
+    scoring.batch_size = a_.cam_batch;
+    for (const auto& e : p.explanations) {
+      const int64_t target = e.targets[0].item<int64_t>();
+      for (const auto& lm : e.maps) {
+        const auto cam = F::interpolate(lm.map.slice(0, 0, 1).unsqueeze(1).to(device, torch::kFloat),
+                                        F::InterpolateFuncOptions()
+                                            .size(std::vector<int64_t>{x.size(2), x.size(3)})
+                                            .mode(torch::kBilinear)
+                                            .align_corners(false))
+                             .squeeze(1);
+        const auto s = faithfulness(logits_of, x, cam, e.targets.slice(0, 0, 1).to(device), scoring);
+        report_->add(path, explain_method_name(e.method), lm.layer, classes_[target], s);
+      }
     }
   }
 
   VisualizeArgs& a_;
+  /// Progress and per-image lines: stdout, or stderr with --format json (stdout carries the JSON alone).
+  std::ostream& out_;
+  std::unique_ptr<FaithfulnessReport> report_;
   Checkpoint info_;
   std::shared_ptr<Backbone> model_;
-  /// The frozen network when every method is gradient-free (native, eigencam) and --eager is off.
+  /// The frozen network when every method is gradient-free (native, eigencam, scorecam, ablationcam)
+  /// and --eager is off.
   std::shared_ptr<InferenceModel> frozen_;
   std::vector<std::string> classes_;
   std::vector<ExplainMethod> methods_;
+  /// --method native on a model with channel gates: their weights as bar charts.
+  bool charts_ = false;
   ExplainOptions options_;
   int colormap_ = 0;
   std::set<std::string> written_;
@@ -335,6 +439,7 @@ int run_visualize(VisualizeArgs& a) {
   Visualizer v(a);
   int failed = 0;
   for (const auto& image : a.images) failed += v.run(image) ? 0 : 1;
+  v.finish();
   if (failed) std::cerr << "attnkit: visualize: " << failed << " of " << a.images.size() << " images failed\n";
   return failed ? kFailure : kOk;
 }
@@ -351,10 +456,30 @@ Runner add_visualize_command(CLI::App& cli) {
   std::vector<std::string> methods = explain_method_names();
   methods.push_back("all");
   cmd->add_option("--method", a->method,
-                  "native: the attention blocks' own spatial maps (cbam, spatial, self, nonlocal, local); gradcam, gradcam++, "
-                  "layercam, eigencam: class activation maps; auto: native when the model has spatial attention, else gradcam; "
+                  "native: the attention blocks' own spatial maps (cbam, spatial, self, nonlocal, local); gradcam, hirescam, "
+                  "gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam: class activation maps as "
+                  "pytorch-grad-cam computes them; auto: native when the model has spatial attention, else gradcam; "
                   "all: every method that applies, in one grid")
       ->check(CLI::IsMember(methods))->capture_default_str();
+  cmd->add_flag("--aug-smooth", a->aug_smooth,
+                "Test-time augmentation as pytorch-grad-cam: the image flipped and scaled by 0.9/1.0/1.1, six maps averaged");
+  cmd->add_flag("--eigen-smooth", a->eigen_smooth,
+                "First principal component of the weighted activations instead of their sum (pytorch-grad-cam's eigen_smooth)");
+  cmd->add_flag("--combine-layers", a->combine_layers,
+                "Average the --layer maps into one at the input's resolution (pytorch-grad-cam's aggregation) instead of one "
+                "map per layer");
+  cmd->add_option("--top-k", a->top_k, "Explain each image's K most probable classes, one map per class (files named "
+                                       "IMAGE-STEM.METHOD.CLASS.LAYER.png)")
+      ->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_option("--cam-batch", a->cam_batch,
+                  "scorecam / ablationcam (and --score): masked or perturbed forwards per pass (bounds their memory)")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  cmd->add_flag("--score", a->score,
+                "Faithfulness of every map, as pytorch-grad-cam's metrics: the class's logit change when the image is "
+                "multiplied by the map (change, drop, increase) and ROAD (MoRF, LeRF at 10..90% of the pixels imputed by "
+                "noisy linear imputation, and (LeRF - MoRF) / 2); per image and the mean per method and layer");
+  cmd->add_option("--format", a->format, "--score's report: table, or json (one object on stdout; other lines go to stderr)")
+      ->check(CLI::IsMember({"table", "json"}))->capture_default_str();
   cmd->add_option("--layer", a->layers,
                   "Layer to explain, repeatable: a block (layer3.1: its output, or its attention for native), a stage (layer3: "
                   "its output; native: each of its blocks) or all (every stage; native: every block). Default: the last stage "
@@ -380,7 +505,8 @@ Runner add_visualize_command(CLI::App& cli) {
   cmd->add_option("--device", a->device, "auto (CUDA when available), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of LibTorch (0 = its default)")->check(CLI::Range(0, 1024))->capture_default_str();
   cmd->add_option("--precision", a->precision, std::string(common::kPrecisionHelp) +
-                  ". Applies to the inference path (native and eigencam alone); the gradient CAMs run in float32")
+                  ". Applies to the inference path (gradient-free methods alone: native, eigencam, scorecam, ablationcam); "
+                  "the gradient CAMs run in float32")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
   cmd->add_flag("--eager", a->eager, std::string(common::kEagerHelp) + ". The gradient CAMs always run the module");
   cmd->footer(

@@ -2,12 +2,15 @@
 #include <attnkit/backbones/inference_model.h>
 #include <attnkit/modules/attention_map.h>
 
-#include <ATen/ops/linalg_svd.h>
+#include "detail/cam_math.h"
+
 #include <torch/autograd.h>
+#include <torch/nn/functional/upsampling.h>
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -16,7 +19,8 @@ namespace attnkit {
 // ---- method names ------------------------------------------------------------------------------
 
 const std::vector<std::string>& explain_method_names() {
-  static const std::vector<std::string> names = {"auto", "native", "gradcam", "gradcam++", "layercam", "eigencam"};
+  static const std::vector<std::string> names = {"auto",     "native",   "gradcam",      "gradcam++", "layercam",   "eigencam",
+                                                 "hirescam", "xgradcam", "eigengradcam", "scorecam",  "ablationcam"};
   return names;
 }
 
@@ -31,6 +35,31 @@ ExplainMethod explain_method_from_name(const std::string& name) {
 
 std::string explain_method_name(ExplainMethod method) {
   return explain_method_names().at(static_cast<size_t>(method));
+}
+
+std::vector<ExplainMethod> cam_methods() {
+  std::vector<ExplainMethod> out;
+  for (size_t i = 0; i < explain_method_names().size(); ++i) {
+    const auto m = static_cast<ExplainMethod>(i);
+    if (m != ExplainMethod::Auto && m != ExplainMethod::Native) out.push_back(m);
+  }
+  return out;
+}
+
+bool explain_needs_gradient(ExplainMethod m) {
+  switch (m) {
+    case ExplainMethod::GradCam:
+    case ExplainMethod::GradCamPlusPlus:
+    case ExplainMethod::LayerCam:
+    case ExplainMethod::HiResCam:
+    case ExplainMethod::XGradCam:
+    case ExplainMethod::EigenGradCam: return true;
+    default: return false;
+  }
+}
+
+bool explain_uses_target(ExplainMethod m) {
+  return m != ExplainMethod::Auto && m != ExplainMethod::Native && m != ExplainMethod::EigenCam;
 }
 
 namespace {
@@ -91,10 +120,6 @@ Layout describe(Backbone& model) {
   return layout;
 }
 
-bool is_gradient_method(ExplainMethod m) {
-  return m == ExplainMethod::GradCam || m == ExplainMethod::GradCamPlusPlus || m == ExplainMethod::LayerCam;
-}
-
 std::vector<std::string> layer_names(const Layout& layout, bool native) {
   std::vector<std::string> out;
   for (size_t s = 0; s < layout.stages.size(); ++s) {
@@ -133,7 +158,7 @@ std::vector<Request> resolve_layers(Backbone& model, const Layout& layout, Expla
   if (native) {
     TORCH_CHECK(!valid.empty(), "explain: native maps need spatial attention (cbam, spatial, self, nonlocal or local), "
                 "and model ", model.config().name(), " has none (attention per stage: ", attention_summary(model),
-                "); use gradcam, gradcam++, layercam or eigencam");
+                "); use a CAM (gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam)");
   }
   std::vector<Request> out;
   auto add = [&](const std::string& label, size_t block) {
@@ -199,51 +224,6 @@ int64_t query_index(double q, int64_t size) {
   return std::min<int64_t>(static_cast<int64_t>(std::floor(q * static_cast<double>(size))), size - 1);
 }
 
-// ---- the maps ----------------------------------------------------------------------------------
-
-/// [N, h, w] → each image min-max scaled to [0, 1]; (near-)constant images become 0.
-torch::Tensor normalize01(const torch::Tensor& map) {
-  const auto flat = map.flatten(1);
-  const auto lo = std::get<0>(flat.min(1, true)), hi = std::get<0>(flat.max(1, true));
-  const auto range = hi - lo;
-  const auto scale = torch::maximum(hi.abs(), lo.abs());
-  const auto flat_ok = range > scale * 1e-6;
-  auto out = torch::where(flat_ok, (flat - lo) / torch::where(flat_ok, range, torch::ones_like(range)),
-                          torch::zeros_like(flat));
-  return out.view_as(map);
-}
-
-torch::Tensor grad_cam(const torch::Tensor& a, const torch::Tensor& g) {
-  const auto w = g.mean({2, 3}, true);
-  return torch::relu((w * a).sum(1));
-}
-
-torch::Tensor grad_cam_plus_plus(const torch::Tensor& a, const torch::Tensor& g) {
-  const auto g2 = g * g, g3 = g2 * g;
-  const auto sum_a = a.sum({2, 3}, true);
-  const auto denom = 2 * g2 + sum_a * g3;
-  const auto alpha = torch::where(denom != 0, g2 / torch::where(denom != 0, denom, torch::ones_like(denom)),
-                                  torch::zeros_like(denom));
-  const auto w = (alpha * torch::relu(g)).sum({2, 3}, true);
-  return torch::relu((w * a).sum(1));
-}
-
-torch::Tensor layer_cam(const torch::Tensor& a, const torch::Tensor& g) { return torch::relu((torch::relu(g) * a).sum(1)); }
-
-torch::Tensor eigen_cam(const torch::Tensor& a) {
-  const int64_t n = a.size(0), c = a.size(1), h = a.size(2), w = a.size(3);
-  // SVD runs in float at least (no half-precision SVD).
-  const auto acc = a.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  auto m = a.to(acc).reshape({n, c, h * w}).transpose(1, 2);  // [N, hw, C]
-  m = m - m.mean(1, true);
-  const auto vh = std::get<2>(at::linalg_svd(m, /*full_matrices=*/false));  // [N, k, C]
-  auto proj = torch::matmul(m, vh.select(1, 0).unsqueeze(-1)).squeeze(-1);  // [N, hw]
-  const auto total = a.to(acc).sum(1).reshape({n, h * w});
-  const auto sign = torch::where((proj * total).sum(1, true) < 0, -torch::ones({1}, proj.options()),
-                                 torch::ones({1}, proj.options()));
-  return torch::relu(proj * sign).view({n, h, w});
-}
-
 /// The native map of one block after its recorded forward, [N, h, w].
 torch::Tensor native_map(const BlockInfo& b, const std::optional<Position2d>& query) {
   TORCH_CHECK(b.has_map(), "explain: block ", b.name, " has no spatial attention map");
@@ -256,12 +236,12 @@ torch::Device model_device(Backbone& model) {
   return torch::kCPU;
 }
 
-// ---- explain(): plan, one forward, one backward, the maps -------------------------------------------
+// ---- explain(): plan, one forward, a backward per rank, the perturbation passes, the maps ----------
 
 /// What each method needs: native maps → recording in their blocks; CAMs → the blocks' outputs
-/// kept (and, for the gradient methods, one backward pass to them).
+/// kept (and, for the gradient methods, one backward pass per target rank to them).
 struct ExplainPlan {
-  std::vector<ExplainMethod> methods;         // Auto resolved
+  std::vector<ExplainMethod> methods;          // Auto resolved
   std::vector<std::vector<Request>> requests;  // per method: its layers
   std::vector<bool> keep, record;              // per block
   bool need_grad = false;
@@ -269,22 +249,32 @@ struct ExplainPlan {
 
 /// What the forward pass leaves for the maps.
 struct ForwardPass {
-  std::vector<torch::Tensor> kept;                    // per block: its output, where a CAM needs it
-  std::vector<std::optional<Position2d>> queries;     // per block: the query point on its map
-  torch::Tensor logits, targets;
+  std::vector<torch::Tensor> kept;                 // per block: its output, where a CAM needs it
+  std::vector<std::optional<Position2d>> queries;  // per block: the query point on its map
+  std::vector<torch::Tensor> native;               // per block: its native map, where one was asked for
+  torch::Tensor logits;
 };
+
+constexpr int64_t kMaxBatchSize = 4096;
 
 void check_explain_args(const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
                         const ExplainOptions& options, int64_t num_classes) {
   TORCH_CHECK(!methods.empty(), "explain: no method given");
   TORCH_CHECK(input.defined() && input.dim() == 4, "explain: expected an input of shape [N, C, H, W], got ",
               input.defined() ? input.sizes() : torch::IntArrayRef{});
-  if (options.query_x >= 0 && options.query_y >= 0) {
+  const bool query = options.query_x >= 0 && options.query_y >= 0;
+  if (query) {
     TORCH_CHECK(options.query_x <= 1 && options.query_y <= 1, "explain: the query point must lie in [0, 1]², got (",
                 options.query_x, ", ", options.query_y, ")");
   }
+  TORCH_CHECK(!(query && options.aug_smooth), "explain: aug_smooth flips the input, which moves a query point; "
+              "use one or the other");
   TORCH_CHECK(options.target >= -1 && options.target < num_classes, "explain: target class ", options.target,
-              " is outside [0, ", num_classes, ") (or -1 for each image's top-1)");
+              " is outside [0, ", num_classes, ") (or -1 for each image's top-k)");
+  TORCH_CHECK(options.top_k >= 1 && options.top_k <= num_classes, "explain: top_k ", options.top_k,
+              " is outside [1, ", num_classes, "] (the model has ", num_classes, " classes)");
+  TORCH_CHECK(options.batch_size >= 1 && options.batch_size <= kMaxBatchSize, "explain: batch_size ",
+              options.batch_size, " is outside [1, ", kMaxBatchSize, "] (masked forwards per pass of scorecam and ablationcam)");
 }
 
 ExplainPlan plan_explain(Backbone& model, const Layout& layout, const std::vector<ExplainMethod>& methods,
@@ -297,7 +287,7 @@ ExplainPlan plan_explain(Backbone& model, const Layout& layout, const std::vecto
     plan.methods.push_back(m);
     plan.requests.push_back(resolve_layers(model, layout, m, options.layers));
     for (const auto& r : plan.requests.back()) (m == ExplainMethod::Native ? plan.record : plan.keep)[r.block] = true;
-    plan.need_grad = plan.need_grad || is_gradient_method(m);
+    plan.need_grad = plan.need_grad || explain_needs_gradient(m);
   }
   return plan;
 }
@@ -322,14 +312,25 @@ BlockRunner inference_runner(InferenceModel& model) {
           [&model](const std::vector<torch::Tensor>& stages) { return model.forward_head(stages.back()); }};
 }
 
-/// One forward pass, block by block: records the planned blocks' maps (through `guard`) and keeps
-/// the planned outputs. Runs with gradients where the plan needs them.
+/// The logits of the network run on from block `first` with `y` as that block's input (the head
+/// reads only the last stage's output).
+torch::Tensor forward_from(const BlockRunner& run, const Layout& layout, size_t first, torch::Tensor y) {
+  for (size_t i = first; i < layout.blocks.size(); ++i) y = run.block(i, y);
+  return run.head({y});
+}
+
+/// One forward pass, block by block: records the planned blocks' maps and reads them (recording is
+/// switched off again before anything else runs, so later passes neither overwrite the maps nor
+/// take the slower recording path), and keeps the planned outputs. Runs with gradients where the
+/// plan needs them.
 ForwardPass forward_blocks(const BlockRunner& run, Layout& layout, const ExplainPlan& plan, const torch::Tensor& x,
-                           const ExplainOptions& options, RecordingGuard& guard) {
+                           const ExplainOptions& options) {
   const bool query = options.query_x >= 0 && options.query_y >= 0;
   ForwardPass f;
   f.kept.resize(layout.blocks.size());
   f.queries.resize(layout.blocks.size());
+  f.native.resize(layout.blocks.size());
+  RecordingGuard guard;
   std::vector<torch::Tensor> stage_outputs;
   auto y = run.stem(x);
   for (size_t i = 0; i < layout.blocks.size(); ++i) {
@@ -345,44 +346,253 @@ ForwardPass forward_blocks(const BlockRunner& run, Layout& layout, const Explain
     if (layout.stage_last_block[b.stage] == i) stage_outputs.push_back(y);
   }
   f.logits = run.head(stage_outputs);
-  f.targets = options.target >= 0
-                  ? torch::full({f.logits.size(0)}, options.target, torch::dtype(torch::kLong).device(f.logits.device()))
-                  : f.logits.detach().argmax(1);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < layout.blocks.size(); ++i)
+    if (plan.record[i]) f.native[i] = native_map(layout.blocks[i], f.queries[i]).detach();
   return f;
 }
 
+/// The classes explained, [T, N]: the fixed target, or each image's top-T classes by its logits.
+torch::Tensor choose_targets(const torch::Tensor& logits, const ExplainOptions& options) {
+  const int64_t n = logits.size(0);
+  const auto opts = torch::dtype(torch::kLong).device(logits.device());
+  if (options.target >= 0) return torch::full({1, n}, options.target, opts);
+  return std::get<1>(logits.detach().topk(options.top_k, 1)).t().contiguous();
+}
+
 /// One backward pass for every gradient method, to every kept activation at once: the gradient of
-/// the target's score per block (undefined where no gradient method asked).
-std::vector<torch::Tensor> target_gradients(const ExplainPlan& plan, const ForwardPass& f) {
+/// the targets' scores per block (undefined where no gradient method asked).
+std::vector<torch::Tensor> target_gradients(const ExplainPlan& plan, const ForwardPass& f, const torch::Tensor& targets,
+                                            bool keep_graph) {
   std::vector<torch::Tensor> grads(f.kept.size());
   std::vector<size_t> which;
   std::vector<torch::Tensor> inputs;
   for (size_t m = 0; m < plan.methods.size(); ++m) {
-    if (!is_gradient_method(plan.methods[m])) continue;
+    if (!explain_needs_gradient(plan.methods[m])) continue;
     for (const auto& r : plan.requests[m]) {
       if (std::find(which.begin(), which.end(), r.block) != which.end()) continue;
       which.push_back(r.block);
       inputs.push_back(f.kept[r.block]);
     }
   }
-  const auto score = f.logits.gather(1, f.targets.view({-1, 1})).sum();
-  const auto g = torch::autograd::grad({score}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
+  const auto score = f.logits.gather(1, targets.view({-1, 1})).sum();
+  const auto g = torch::autograd::grad({score}, inputs, {}, /*retain_graph=*/keep_graph, /*create_graph=*/false,
                                        /*allow_unused=*/true);
   for (size_t k = 0; k < which.size(); ++k) grads[which[k]] = g[k].defined() ? g[k] : torch::zeros_like(inputs[k]);
   return grads;
 }
 
-torch::Tensor method_map(ExplainMethod method, const BlockInfo& b, const torch::Tensor& activation,
-                         const torch::Tensor& grad, const std::optional<Position2d>& query) {
-  switch (method) {
-    case ExplainMethod::Native: return native_map(b, query);
-    case ExplainMethod::GradCam: return grad_cam(activation, grad);
-    case ExplainMethod::GradCamPlusPlus: return grad_cam_plus_plus(activation, grad);
-    case ExplainMethod::LayerCam: return layer_cam(activation, grad);
-    case ExplainMethod::EigenCam: return eigen_cam(activation);
-    case ExplainMethod::Auto: break;
+/// Calls `score(rows, n_index, c_index)` for the (image, channel) pairs of an N×C grid, at most
+/// `batch` pairs at a time, and writes each pass's [B, num_classes] logits' target entries into
+/// the result: [T, N, C] scores of the T target ranks.
+torch::Tensor per_channel_scores(int64_t n, int64_t c, int64_t batch, const torch::Tensor& targets,
+                                 const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& logits_for) {
+  const int64_t ranks = targets.size(0);
+  const auto device = targets.device();
+  auto scores = torch::empty({ranks, n * c}, torch::dtype(torch::kFloat).device(device));
+  for (int64_t p0 = 0; p0 < n * c; p0 += batch) {
+    const int64_t p1 = std::min(n * c, p0 + batch);
+    const auto pairs = torch::arange(p0, p1, torch::dtype(torch::kLong).device(device));
+    const auto images = pairs.div(c, "floor"), channels = pairs.remainder(c);
+    const auto logits = logits_for(images, channels).to(torch::kFloat);
+    for (int64_t t = 0; t < ranks; ++t)
+      scores[t].slice(0, p0, p1).copy_(logits.gather(1, targets[t].index_select(0, images).view({-1, 1})).view(-1));
   }
-  TORCH_CHECK(false, "explain: Auto was not resolved");
+  return scores.view({ranks, n, c});
+}
+
+/// Score-CAM's channel weights for every rank, [T, N, C, 1, 1]: softmax over channels of the target
+/// scores of the input masked by each upsampled, min-max scaled channel.
+torch::Tensor scorecam_weights(const BlockRunner& run, const Layout& layout, const torch::Tensor& x,
+                               const torch::Tensor& a, const torch::Tensor& targets, int64_t batch) {
+  const int64_t n = a.size(0), c = a.size(1);
+  const auto flat = a.reshape({n * c, 1, a.size(2), a.size(3)});
+  const auto scores = per_channel_scores(n, c, batch, targets, [&](const torch::Tensor& images, const torch::Tensor& channels) {
+    const auto masks = detail::scorecam_masks(flat.index_select(0, images * c + channels), {x.size(2), x.size(3)});
+    return forward_from(run, layout, 0, run.stem(x.index_select(0, images) * masks.to(x.scalar_type())));
+  });
+  return torch::softmax(scores, -1).unsqueeze(-1).unsqueeze(-1);
+}
+
+/// Ablation-CAM's channel weights for every rank, [T, N, C, 1, 1]: (y − y with channel c of the
+/// block's output ablated) / y, the network run on from the next block.
+torch::Tensor ablationcam_weights(const BlockRunner& run, const Layout& layout, size_t block, const torch::Tensor& a,
+                                  const torch::Tensor& logits, const torch::Tensor& targets, int64_t batch) {
+  const int64_t n = a.size(0), c = a.size(1);
+  std::vector<double> values;
+  for (int64_t i = 0; i < n; ++i) values.push_back(detail::ablation_value(a[i]));
+  const auto value = torch::tensor(values, torch::dtype(torch::kDouble)).to(a.device(), a.scalar_type());
+  const auto scores = per_channel_scores(n, c, batch, targets, [&](const torch::Tensor& images, const torch::Tensor& channels) {
+    const auto rows = a.index_select(0, images);
+    const auto ablated = torch::one_hot(channels, c).to(torch::kBool).view({-1, c, 1, 1});
+    return forward_from(run, layout, block + 1,
+                        torch::where(ablated, value.index_select(0, images).view({-1, 1, 1, 1}), rows));
+  });
+  const auto original = logits.detach().to(torch::kFloat).gather(1, targets.t()).t().unsqueeze(-1);  // [T, N, 1]
+  return ((original - scores) / original).unsqueeze(-1).unsqueeze(-1);
+}
+
+/// Everything the maps of one rank are made from.
+struct RankInputs {
+  const ForwardPass* f = nullptr;
+  std::vector<torch::Tensor> grads;  // per block, where a gradient method asked
+  /// Per block, [N, C, 1, 1], where Score-CAM or Ablation-CAM asked.
+  std::map<size_t, torch::Tensor> score_weights, ablation_weights;
+};
+
+/// A CAM's map before normalisation: ReLU of the weighted activations' sum or first component.
+torch::Tensor cam_map(ExplainMethod method, size_t block, const RankInputs& in, bool eigen_smooth) {
+  // Computed in float32 at least (SVD, and the sums over channels of half-precision activations).
+  const auto acc = in.f->kept[block].scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const auto a = in.f->kept[block].detach().to(acc);
+  auto g = [&] { return in.grads[block].to(acc); };
+  torch::Tensor x;
+  switch (method) {
+    case ExplainMethod::EigenCam: return torch::relu(detail::first_component(a));
+    case ExplainMethod::EigenGradCam: return torch::relu(detail::first_component(g() * a));
+    case ExplainMethod::GradCam: x = detail::gradcam_weights(g()) * a; break;
+    case ExplainMethod::GradCamPlusPlus: x = detail::gradcam_plus_plus_weights(a, g()) * a; break;
+    case ExplainMethod::XGradCam: x = detail::xgradcam_weights(a, g()) * a; break;
+    case ExplainMethod::HiResCam: x = g() * a; break;
+    case ExplainMethod::LayerCam: x = torch::relu(g()) * a; break;
+    case ExplainMethod::ScoreCam: x = in.score_weights.at(block).to(acc) * a; break;
+    case ExplainMethod::AblationCam: x = in.ablation_weights.at(block).to(acc) * a; break;
+    default: TORCH_CHECK(false, "explain: ", explain_method_name(method), " is not a CAM");
+  }
+  return torch::relu(eigen_smooth ? detail::first_component(x) : x.sum(1));
+}
+
+/// Several [N, h_i, w_i] maps → one at `size`: each normalised, resized (bilinear, half-pixel
+/// centres), averaged, normalised again (pytorch-grad-cam's aggregate_multi_layers).
+torch::Tensor combine_layers(const std::vector<torch::Tensor>& maps, at::IntArrayRef size) {
+  namespace F = torch::nn::functional;
+  torch::Tensor sum;
+  for (const auto& m : maps) {
+    const auto resized = F::interpolate(detail::normalize01(m).unsqueeze(1),
+                                        F::InterpolateFuncOptions()
+                                            .size(std::vector<int64_t>(size.begin(), size.end()))
+                                            .mode(torch::kBilinear)
+                                            .align_corners(false))
+                             .squeeze(1);
+    sum = sum.defined() ? sum + resized : resized;
+  }
+  return detail::normalize01(sum / static_cast<double>(maps.size()));
+}
+
+/// The maps of every planned method and rank for `x`: [method][rank] → one LayerMap per layer (or
+/// one combined), with `logits` and the [T, N] `targets` they explain. `pick_targets` chooses the
+/// targets from the logits.
+struct CoreResult {
+  torch::Tensor logits, targets;
+  std::vector<std::vector<std::vector<LayerMap>>> maps;
+};
+
+CoreResult explain_core(const BlockRunner& run, Layout& layout, const ExplainPlan& plan, const torch::Tensor& input,
+                        const ExplainOptions& options, const std::function<torch::Tensor(const torch::Tensor&)>& pick_targets) {
+  std::optional<torch::NoGradGuard> no_grad;
+  std::optional<torch::AutoGradMode> grad_on;
+  auto x = input.detach();
+  if (plan.need_grad) {
+    grad_on.emplace(true);
+    x.requires_grad_(true);  // gradients reach the activations even when the parameters are frozen
+  } else {
+    no_grad.emplace();
+  }
+  const ForwardPass f = forward_blocks(run, layout, plan, x, options);
+  CoreResult out;
+  out.logits = f.logits.detach();
+  out.targets = pick_targets(out.logits);
+  const int64_t ranks = out.targets.size(0);
+
+  // The perturbation methods score every rank from the same forwards.
+  std::map<size_t, torch::Tensor> score_weights, ablation_weights;  // [T, N, C, 1, 1]
+  {
+    torch::NoGradGuard perturbation_without_grad;
+    const auto x0 = input.detach();
+    for (size_t m = 0; m < plan.methods.size(); ++m)
+      for (const auto& r : plan.requests[m]) {
+        const auto a = f.kept[r.block].defined() ? f.kept[r.block].detach() : torch::Tensor();
+        if (plan.methods[m] == ExplainMethod::ScoreCam && !score_weights.count(r.block))
+          score_weights[r.block] = scorecam_weights(run, layout, x0, a, out.targets, options.batch_size);
+        if (plan.methods[m] == ExplainMethod::AblationCam && !ablation_weights.count(r.block))
+          ablation_weights[r.block] = ablationcam_weights(run, layout, r.block, a, f.logits, out.targets, options.batch_size);
+      }
+  }
+
+  out.maps.assign(plan.methods.size(), std::vector<std::vector<LayerMap>>(static_cast<size_t>(ranks)));
+  for (int64_t t = 0; t < ranks; ++t) {
+    RankInputs in;
+    in.f = &f;
+    if (plan.need_grad) in.grads = target_gradients(plan, f, out.targets[t], /*keep_graph=*/t + 1 < ranks);
+    for (auto& [block, w] : score_weights) in.score_weights[block] = w[t];
+    for (auto& [block, w] : ablation_weights) in.ablation_weights[block] = w[t];
+    torch::NoGradGuard maps_without_grad;
+    for (size_t m = 0; m < plan.methods.size(); ++m) {
+      auto& maps = out.maps[m][static_cast<size_t>(t)];
+      for (const auto& r : plan.requests[m]) {
+        auto map = plan.methods[m] == ExplainMethod::Native ? f.native[r.block]
+                                                            : cam_map(plan.methods[m], r.block, in, options.eigen_smooth);
+        if (options.normalize) map = detail::normalize01(map);
+        maps.push_back({r.label, map.to(torch::kFloat).contiguous()});
+      }
+      if (options.combine_layers && maps.size() > 1) {
+        std::vector<torch::Tensor> each;
+        std::string label;
+        for (const auto& lm : maps) {
+          each.push_back(lm.map);
+          label += (label.empty() ? "" : "+") + lm.layer;
+        }
+        maps = {{label, combine_layers(each, {input.size(2), input.size(3)}).contiguous()}};
+      }
+    }
+  }
+  return out;
+}
+
+/// pytorch-grad-cam's augmentations (ttach: HorizontalFlip × Multiply(0.9, 1, 1.1)) in its order.
+struct Augmentation {
+  bool flip;
+  double factor;
+};
+const std::vector<Augmentation>& augmentations() {
+  static const std::vector<Augmentation> list = {{false, 0.9}, {false, 1.0}, {false, 1.1},
+                                                 {true, 0.9},  {true, 1.0},  {true, 1.1}};
+  return list;
+}
+constexpr int64_t kIdentityAugmentation = 1;
+
+/// aug_smooth: the six augmented copies as one batch; targets from the unaugmented copy's logits;
+/// every map normalised, flipped back and the six averaged.
+CoreResult explain_aug_smooth(const BlockRunner& run, Layout& layout, const ExplainPlan& plan, const torch::Tensor& x,
+                              const ExplainOptions& options) {
+  const int64_t n = x.size(0);
+  const auto& augs = augmentations();
+  std::vector<torch::Tensor> copies;
+  for (const auto& aug : augs) copies.push_back((aug.flip ? x.flip({3}) : x) * aug.factor);
+  ExplainOptions each = options;
+  each.normalize = true;  // pytorch-grad-cam scales every augmented map before averaging
+  auto pick = [&](const torch::Tensor& logits) {
+    const auto own = choose_targets(logits.slice(0, kIdentityAugmentation * n, (kIdentityAugmentation + 1) * n), options);
+    return own.repeat({1, static_cast<int64_t>(augs.size())});
+  };
+  CoreResult all = explain_core(run, layout, plan, torch::cat(copies), each, pick);
+  CoreResult out;
+  out.logits = all.logits.slice(0, kIdentityAugmentation * n, (kIdentityAugmentation + 1) * n);
+  out.targets = all.targets.slice(1, 0, n);
+  out.maps = std::move(all.maps);
+  for (auto& per_method : out.maps)
+    for (auto& per_rank : per_method)
+      for (auto& lm : per_rank) {
+        auto maps = lm.map.view({static_cast<int64_t>(augs.size()), n, lm.map.size(1), lm.map.size(2)});
+        torch::Tensor sum;
+        for (size_t k = 0; k < augs.size(); ++k) {
+          const auto m = augs[k].flip ? maps[static_cast<int64_t>(k)].flip({2}) : maps[static_cast<int64_t>(k)];
+          sum = sum.defined() ? sum + m : m;
+        }
+        auto mean = sum / static_cast<double>(augs.size());
+        lm.map = (options.normalize ? detail::normalize01(mean) : mean).contiguous();
+      }
+  return out;
 }
 
 }  // namespace
@@ -399,42 +609,30 @@ std::vector<std::string> explainable_layers(Backbone& model, ExplainMethod metho
 
 namespace {
 
-/// explain() on `model`'s layout with its forward pass run by `runner` (made from the layout).
+/// explain() on `model`'s layout with its forward passes run by `runner` (made from the layout).
 std::vector<Explanation> explain_with(Backbone& model, const std::function<BlockRunner(Layout&)>& runner,
                                       const torch::Tensor& input, const std::vector<ExplainMethod>& methods,
                                       const ExplainOptions& options) {
   check_explain_args(input, methods, options, model.config().num_classes);
   auto layout = describe(model);
   const ExplainPlan plan = plan_explain(model, layout, methods, options);
-
-  RecordingGuard guard;  // the recorded maps stay readable until the maps below are made
-  std::optional<torch::NoGradGuard> no_grad;
-  std::optional<torch::AutoGradMode> grad_on;
-  auto x = input.to(model_device(model)).detach();
-  if (plan.need_grad) {
-    grad_on.emplace(true);
-    x.requires_grad_(true);  // gradients reach the activations even when the parameters are frozen
-  } else {
-    no_grad.emplace();
-  }
-  const ForwardPass f = forward_blocks(runner(layout), layout, plan, x, options, guard);
-  const auto grads = plan.need_grad ? target_gradients(plan, f) : std::vector<torch::Tensor>(f.kept.size());
-
-  torch::NoGradGuard maps_without_grad;
+  const BlockRunner run = runner(layout);
+  const auto x = input.to(model_device(model)).detach();
+  const CoreResult r = options.aug_smooth
+                           ? explain_aug_smooth(run, layout, plan, x, options)
+                           : explain_core(run, layout, plan, x, options,
+                                          [&](const torch::Tensor& logits) { return choose_targets(logits, options); });
   std::vector<Explanation> out;
-  for (size_t m = 0; m < plan.methods.size(); ++m) {
-    Explanation e;
-    e.logits = f.logits.detach();
-    e.targets = f.targets;
-    e.method = plan.methods[m];
-    for (const auto& r : plan.requests[m]) {
-      const auto activation = f.kept[r.block].defined() ? f.kept[r.block].detach() : torch::Tensor();
-      auto map = method_map(e.method, layout.blocks[r.block], activation, grads[r.block], f.queries[r.block]);
-      if (options.normalize) map = normalize01(map);
-      e.maps.push_back({r.label, map.to(torch::kFloat).contiguous()});
+  for (size_t m = 0; m < plan.methods.size(); ++m)
+    for (size_t t = 0; t < r.maps[m].size(); ++t) {
+      Explanation e;
+      e.logits = r.logits;
+      e.targets = r.targets[static_cast<int64_t>(t)];
+      e.rank = static_cast<int64_t>(t);
+      e.method = plan.methods[m];
+      e.maps = r.maps[m][t];
+      out.push_back(std::move(e));
     }
-    out.push_back(std::move(e));
-  }
   return out;
 }
 
@@ -450,7 +648,7 @@ std::vector<Explanation> explain(InferenceModel& model, const torch::Tensor& inp
   const auto layout = describe(model.model());
   for (auto m : methods) {
     if (m == ExplainMethod::Auto) m = layout.has_maps() ? ExplainMethod::Native : ExplainMethod::GradCam;
-    TORCH_CHECK(!is_gradient_method(m), "explain: ", explain_method_name(m), " needs gradients, which the inference "
+    TORCH_CHECK(!explain_needs_gradient(m), "explain: ", explain_method_name(m), " needs gradients, which the inference "
                 "path does not compute; run it on the module (explain(model.model(), ...))");
   }
   return explain_with(model.model(), [&model](Layout&) { return inference_runner(model); }, input, methods, options);

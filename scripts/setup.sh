@@ -2,7 +2,7 @@
 # attnkit set-up: installs every dependency the build, the tests and the demo need.
 # Idempotent: a second run with everything present only checks, and takes seconds.
 #
-#   scripts/setup.sh            # Debian packages + Python venv with torch/torchvision/timm
+#   scripts/setup.sh            # Debian packages + Python venv with torch/torchvision/timm/grad-cam
 #                               # (+ onnxruntime/openvino/onnx/onnxscript for scripts/bench_peers.py)
 #
 # Environment:
@@ -15,6 +15,9 @@ VENV="${ATTNKIT_VENV:-$HOME/.cache/attnkit/venv}"
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 TIMM_VERSION=1.0.31
+# pytorch-grad-cam: the CAM family's reference maps and faithfulness metrics (tests/python/refs_explain.py)
+# and the peer of scripts/bench_cam.py.
+GRADCAM_VERSION=1.5.7
 # Benchmark peers, for scripts/bench_peers.py only (onnxscript: torch.onnx.export's exporter needs it).
 ONNXRUNTIME_VERSION=1.32.0
 OPENVINO_VERSION=2026.4.1
@@ -64,7 +67,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
 fi
-PIP_PINS=("torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "timm==$TIMM_VERSION"
+PIP_PINS=("torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "timm==$TIMM_VERSION" "grad-cam==$GRADCAM_VERSION"
           "onnxruntime==$ONNXRUNTIME_VERSION" "openvino==$OPENVINO_VERSION" "onnx==$ONNX_VERSION"
           "onnxscript==$ONNXSCRIPT_VERSION")
 want="${PIP_PINS[*]}"

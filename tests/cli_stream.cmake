@@ -39,6 +39,19 @@ if(NOT CMAKE_SCRIPT_MODE_FILE)
   attnkit_stream_test(unwritable_output bad_input "-DARGS=--source|${_work}/frames|--output|/nonexistent-folder/out.avi"
     "-DEXPECT=cannot write the video here")
   set_tests_properties(cli.stream_unwritable_output PROPERTIES FIXTURES_REQUIRED stream_frames)
+  # Every CAM added for pytorch-grad-cam parity runs on video (Score-CAM and Ablation-CAM at whatever
+  # FPS they reach, in the summary), with eigen_smooth; one with aug_smooth.
+  foreach(method hirescam xgradcam eigengradcam scorecam ablationcam)
+    attnkit_cli_test(NAME cli.stream_method_${method}
+      COMMAND attnkit_cli stream --source ${_work}/frames --no-display --max-frames 3 --method ${method} --eigen-smooth
+              --cam-batch 16
+      MATCH "model: [^\n]*, ${method} maps, " "stream: 3 frames, 0 dropped, [0-9.]+ FPS end to end")
+    set_tests_properties(cli.stream_method_${method} PROPERTIES FIXTURES_REQUIRED stream_frames)
+  endforeach()
+  attnkit_cli_test(NAME cli.stream_aug_smooth
+    COMMAND attnkit_cli stream --source ${_work}/frames --no-display --max-frames 2 --method gradcam++ --aug-smooth
+    MATCH "stream: 2 frames, 0 dropped")
+  set_tests_properties(cli.stream_aug_smooth PROPERTIES FIXTURES_REQUIRED stream_frames)
   return()
 endif()
 

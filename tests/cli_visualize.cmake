@@ -23,7 +23,7 @@ attnkit_cli_test(NAME cli.visualize.help COMMAND attnkit_cli visualize --help MA
   "--method.*gradcam\\+\\+.*--layer.*--target.*--query.*--alpha.*--colormap.*--raw.*png16.*--out.*--overwrite.*--device")
 
 # Every method on the bundled model: one overlay per map and a grid, at the sample's display size.
-foreach(method gradcam gradcam++ layercam eigencam auto)
+foreach(method gradcam hirescam gradcam++ xgradcam layercam eigencam eigengradcam scorecam ablationcam auto)
   string(REPLACE "+" "p" _id ${method})
   set(_file ${method})
   if(method STREQUAL "auto")
@@ -39,12 +39,12 @@ foreach(method gradcam gradcam++ layercam eigencam auto)
   _vis_check(grid_${_id} vis_${_id} png ${_vis}/${_id}/${_stem}.${_file}.grid.png 572 288)
 endforeach()
 
-# Every method × every stage in one grid (13 tiles → 4×4 of 280 px with 4 px borders), raw 16-bit maps.
+# Every method × every stage in one grid (1 + 9 × 3 = 28 tiles → 6 × 5 of 280 px with 4 px borders), raw 16-bit maps.
 attnkit_cli_test(NAME cli.visualize.all_methods_all_layers
   COMMAND attnkit_cli visualize ${_sample} --method all --layer all --raw png16 --colormap turbo --out ${_vis}/all --overwrite
-  MATCH "wrote [^\n]*eigencam\\.layer3\\.raw\\.png\n  wrote [^\n]*${_stem}\\.all\\.grid\\.png")
+  MATCH "wrote [^\n]*ablationcam\\.layer3\\.raw\\.png\n  wrote [^\n]*${_stem}\\.all\\.grid\\.png")
 set_tests_properties(cli.visualize.all_methods_all_layers PROPERTIES FIXTURES_SETUP vis_all)
-_vis_check(all_grid vis_all png ${_vis}/all/${_stem}.all.grid.png 1140 1140)
+_vis_check(all_grid vis_all png ${_vis}/all/${_stem}.all.grid.png 1708 1424)
 _vis_check(all_png16_layer1 vis_all png ${_vis}/all/${_stem}.gradcam++.layer1.raw.png 28 28 16)
 _vis_check(all_png16_layer3 vis_all png ${_vis}/all/${_stem}.layercam.layer3.raw.png 7 7 16)
 
@@ -84,6 +84,34 @@ _vis_error(unknown_layer
 _vis_error(bad_target "--target \"Hat\": not a class index in \\[0, 10\\) nor a class name \\(T-shirt/top, Trouser" --target Hat)
 _vis_error(native_without_attention "--method native: model resnet20 has no spatial attention" --method native)
 _vis_error(bad_query "--query \"0.5\": expected X,Y with both in \\[0, 1\\]" --query 0.5)
+_vis_error(top_k_beyond_classes "^attnkit: --top-k 11: the model has only 10 classes\n$" --top-k 11)
+attnkit_cli_test(NAME cli.visualize.cam_batch_bound COMMAND attnkit_cli visualize ${_sample} --method scorecam --cam-batch 0
+  EXIT 2 MATCH "^attnkit: --cam-batch[^\n]*0[^\n]*\n")
+
+# Smoothing and two layers averaged into one map at the input's resolution (28 × 28).
+attnkit_cli_test(NAME cli.visualize.smoothed_and_combined
+  COMMAND attnkit_cli visualize ${_sample} --method layercam --aug-smooth --eigen-smooth --layer layer2 --layer layer3
+          --combine-layers --raw npy --no-grid --out ${_vis}/smooth --overwrite
+  MATCH "wrote [^\n]*${_stem}\\.layercam\\.layer2\\+layer3\\.png\n  wrote [^\n]*${_stem}\\.layercam\\.layer2\\+layer3\\.npy")
+set_tests_properties(cli.visualize.smoothed_and_combined PROPERTIES FIXTURES_SETUP vis_smooth)
+_vis_check(smoothed_npy vis_smooth npy ${_vis}/smooth/${_stem}.layercam.layer2+layer3.npy 28 28)
+
+# --top-k 2: one map per class, the class in the file name.
+attnkit_cli_test(NAME cli.visualize.top_k
+  COMMAND attnkit_cli visualize ${_sample} --method gradcam --top-k 2 --no-grid --out ${_vis}/topk --overwrite
+  MATCH "wrote [^\n]*${_stem}\\.gradcam\\.Ankle-boot\\.layer3\\.png\n  wrote [^\n]*${_stem}\\.gradcam\\.[^.]+\\.layer3\\.png\n")
+
+# --score: pytorch-grad-cam's faithfulness metrics per map, as a table and as JSON (alone on stdout).
+attnkit_cli_test(NAME cli.visualize.score_table
+  COMMAND attnkit_cli visualize ${_sample} --method all --score --no-grid --no-overlay --out ${_vis}/score --overwrite
+  MATCH "  method +layer +class +change +drop +increase +MoRF +LeRF +ROAD\n  gradcam +layer3 +Ankle boot +-?[0-9.]+"
+        "faithfulness, mean over 1 image [^\n]*\n  method +layer +change[^\n]*\n  gradcam +layer3 [^\n]*\n  gradcam\\+\\+ +layer3 ")
+attnkit_cli_test(NAME cli.visualize.score_json
+  COMMAND sh -c "'$<TARGET_FILE:attnkit_cli>' visualize ${_sample} ${PROJECT_SOURCE_DIR}/weights/samples/0001-pullover.png --method scorecam --score --format json --no-grid --no-overlay --out ${_vis}/score-json --overwrite 2>/dev/null"
+  MATCH "^{\n  \"maps\": \\[\n +{\n[^}]*\"image\": \"[^\"]*0000-ankle-boot.png\""
+        "\"road_combined\": -?[0-9]"
+        "\"mean\": \\[\n +{\n[^}]*\"method\": \"scorecam\""
+        "\"road_lerf_per_percentile\": \\[")
 
 attnkit_cli_test(NAME cli.visualize.target_by_name
   COMMAND attnkit_cli visualize ${_sample} --target Sandal --out ${_vis}/target --overwrite
@@ -103,3 +131,14 @@ attnkit_cli_test(NAME cli.visualize.native_cbam
 set_tests_properties(cli.visualize.native_cbam PROPERTIES FIXTURES_REQUIRED vis_cbam_model FIXTURES_SETUP vis_native)
 _vis_check(native_npy vis_native npy ${_vis}/native/${_stem}.native.layer2.1.npy 14 14)
 _vis_check(native_grid vis_native png ${_vis}/native/${_stem}.native.grid.png 1140 856)
+
+# --method native on CBAM also draws its channel gate: one bar chart per block and the weights in --raw npy.
+attnkit_cli_test(NAME cli.visualize.native_channel_gates
+  COMMAND attnkit_cli visualize ${_sample} --weights ${_vis}/cbam-run/last.pt --method native --layer layer3.2 --raw npy
+          --out ${_vis}/gates --overwrite
+  MATCH "methods: native native \\(channel gates\\)\n"
+        "wrote [^\n]*${_stem}\\.native\\.layer3\\.2\\.png\n"
+        "wrote [^\n]*${_stem}\\.native\\.layer3\\.2\\.channels\\.png\n  wrote [^\n]*${_stem}\\.native\\.layer3\\.2\\.channels\\.npy")
+set_tests_properties(cli.visualize.native_channel_gates PROPERTIES FIXTURES_REQUIRED vis_cbam_model FIXTURES_SETUP vis_gates)
+_vis_check(gates_npy vis_gates gates ${_vis}/gates/${_stem}.native.layer3.2.channels.npy 64)
+_vis_check(gates_png vis_gates png ${_vis}/gates/${_stem}.native.layer3.2.channels.png 704 300)

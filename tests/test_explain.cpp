@@ -1,7 +1,8 @@
-// explain(): CAMs on a constructed model whose answer is known, Grad-CAM / Grad-CAM++ / LayerCAM /
-// Eigen-CAM against independent plain-LibTorch formulations (per-channel loops from the papers,
-// an eigendecomposition instead of the SVD), native maps against the blocks' own recordings, the
-// sum properties of local/self "attention received" maps, errors, and the model's state afterwards.
+// explain(): CAMs on a constructed model whose answer is known, Grad-CAM / LayerCAM / Eigen-CAM
+// against independent plain-LibTorch formulations (per-channel loops from the papers, an
+// eigendecomposition instead of the SVD), every CAM against pytorch-grad-cam's own maps
+// (tests/python/refs_explain.py), native maps against the blocks' own recordings, the sum
+// properties of local/self "attention received" maps, errors, and the model's state afterwards.
 #include <attnkit/attnkit.h>
 #include <attnkit/backbones/explain.h>
 #include <attnkit/modules/relative_position.h>
@@ -9,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "testing.h"
 
@@ -139,6 +141,195 @@ TEST(ExplainKnownAnswer, GradientCamsLightTheQuadrantOfTheTargetClassAndNothingE
   }
 }
 
+TEST(ExplainKnownAnswer, EveryMethodPeaksInTheQuadrantWithTheEvidence) {
+  auto model = quadrant_model();
+  // The only evidence: class 0's channel, top-left quadrant.
+  auto x = torch::zeros({2, 2, 32, 32});
+  x.index_put_({torch::indexing::Slice(), 0, torch::indexing::Slice(0, 16), torch::indexing::Slice(0, 16)}, 2.0);
+  auto options = with(ExplainMethod::Auto, {"layer3", "layer4"});
+  options.batch_size = 7;  // several Score-CAM / Ablation-CAM passes, the last one short
+  for (bool eigen_smooth : {false, true}) {
+    options.eigen_smooth = eigen_smooth;
+    for (const auto& e : explain(*model, x, cam_methods(), options)) {
+      ASSERT_EQ(e.targets[0].item<int64_t>(), 0);
+      for (const auto& lm : e.maps) {
+        const int64_t h = lm.map.size(1), half = h / 2;
+        for (int64_t n = 0; n < 2; ++n) {
+          const auto m = lm.map[n];
+          const int64_t at = m.argmax().item<int64_t>();
+          EXPECT_TRUE(at / h < half && at % h < half)
+              << explain_method_name(e.method) << (eigen_smooth ? " eigen_smooth " : " ") << lm.layer << "\n" << m;
+          EXPECT_FLOAT_EQ(m.max().item<float>(), 1.f) << explain_method_name(e.method) << " " << lm.layer;
+        }
+      }
+    }
+  }
+}
+
+// ---- (b') every CAM against pytorch-grad-cam (tests/python/refs_explain.py) ------------------------
+
+/// The torchvision ResNet-18 of refs_explain.py with its weights, in eval mode; null without references.
+struct GradCamReference {
+  std::map<std::string, torch::Tensor> refs;
+  std::shared_ptr<Backbone> model;
+  torch::Tensor x;
+};
+
+GradCamReference load_gradcam_reference() {
+  GradCamReference r;
+  r.refs = attnkit::testing::load_refs("explain_gradcam");
+  if (r.refs.empty()) return r;
+  r.model = make_model("resnet18", 1000);
+  attnkit::testing::load_into(r.model->module(), attnkit::testing::with_prefix(r.refs, "state."));
+  r.model->module().eval();
+  r.x = r.refs.at("x");
+  return r;
+}
+
+/// How far attnkit's map may lie from pytorch-grad-cam's. Both run the same float32 network (A and
+/// the logits forward, G backward) and then the method's reductions over C·h·w terms, in different
+/// orders: rounding_tolerance × 2 (both sides round) with K = 2 × the network's path (forward and
+/// backward) + C·h·w, at the scale of the raw map's largest magnitude times `gain`, which carries the
+/// perturbation methods' use of the logits (ablation_gain, scorecam_gain). Normalised maps divide by
+/// the range (normalisation gain), and pytorch-grad-cam adds 1e-7 to it: ≤ 1e-7/range more.
+double gradcam_tolerance(Backbone& model, int64_t reduction, double scale, double gain = 1.0) {
+  const int64_t K = 2 * path_length(model.module()) + reduction;
+  return float32_pair_tolerance(K, scale * gain).atol;
+}
+
+/// Score-CAM's weights are softmax(s) of logits s that carry an error e ≤ the network's bound at the
+/// logits' scale: each weight moves by ≤ 2e relatively, and the map (positive weights times A ≥ 0, no
+/// cancellation) by as much: gain 2·max(1, max|logit|) on the map's scale.
+double scorecam_gain(const torch::Tensor& logits) { return 2 * std::max(1.0, max_abs(logits)); }
+
+/// Ablation-CAM's weights (y − s)/y move by ≤ 2e/|y| each (e as above, y the target logit), and the
+/// map Σ_c w_c A_c by ≤ 2e/|y|·C·max|A|: gain 2·max|logit|·C·max|A| / (min|y|·max|map|).
+double ablation_gain(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& a, double map_scale) {
+  const double y = logits.gather(1, targets.view({-1, 1})).abs().min().item<double>();
+  return 2 * max_abs(logits) * a.size(1) * max_abs(a) / (y * map_scale);
+}
+
+/// Eigen-based maps: pytorch-grad-cam's projection with the sign of attnkit's convention (the
+/// reference stores it per image), rectified.
+torch::Tensor signed_raw(const std::map<std::string, torch::Tensor>& refs, const std::string& key) {
+  auto raw = refs.at(key + ".raw").to(torch::kDouble);
+  if (refs.count(key + ".sign")) raw = raw * refs.at(key + ".sign").to(torch::kDouble).view({-1, 1, 1});
+  return raw.clamp_min(0);
+}
+
+TEST(ExplainPytorchGradCam, EveryMethodEqualsItsMapAtTheLayerResolution) {
+  auto r = load_gradcam_reference();
+  if (r.refs.empty()) GTEST_SKIP() << "no Python references on this machine";
+  auto raw_options = with(ExplainMethod::Auto, {"layer2", "layer3"});
+  raw_options.normalize = false;
+  raw_options.batch_size = 48;
+  const auto methods = cam_methods();
+  std::vector<torch::Tensor> features;  // layer2, layer3 of the reference input: A for ablation_gain
+  {
+    torch::NoGradGuard no_grad;
+    const auto f = r.model->features(r.x);
+    features = {f[1], f[2]};
+  }
+  const auto raw = explain(*r.model, r.x, methods, raw_options);
+  auto norm_options = raw_options;
+  norm_options.normalize = true;
+  const auto normalised = explain(*r.model, r.x, methods, norm_options);
+  ASSERT_EQ(raw.size(), methods.size());
+  const auto& logits = r.refs.at("logits");
+  for (size_t m = 0; m < methods.size(); ++m) {
+    const auto name = explain_method_name(methods[m]);
+    EXPECT_TRUE(torch::equal(raw[m].targets, r.refs.at("targets"))) << name;
+    for (size_t l = 0; l < 2; ++l) {
+      const auto key = name + "." + raw[m].maps[l].layer;
+      const auto expected = signed_raw(r.refs, key);
+      const auto& ours = raw[m].maps[l].map;
+      const int64_t reduction = (l == 0 ? 128 : 256) * ours.size(1) * ours.size(2);
+      const double gain = methods[m] == ExplainMethod::ScoreCam ? scorecam_gain(logits)
+                          : methods[m] == ExplainMethod::AblationCam
+                              ? ablation_gain(logits, r.refs.at("targets"), features[l], max_abs(expected))
+                              : 1.0;
+      const double tol = gradcam_tolerance(*r.model, reduction, max_abs(expected), gain);
+      EXPECT_TRUE(all_close(ours, expected, tol)) << key;
+      // pytorch-grad-cam's normalised map itself, where its projection's sign is attnkit's.
+      const auto cam = r.refs.at(key + ".cam");
+      const double range = (expected.amax({1, 2}) - expected.amin({1, 2})).min().item<double>();
+      ASSERT_GT(range, 1e-3) << key << ": degenerate reference";
+      for (int64_t n = 0; n < cam.size(0); ++n) {
+        if (r.refs.count(key + ".sign") && r.refs.at(key + ".sign")[n].item<double>() < 0) continue;
+        EXPECT_TRUE(all_close(normalised[m].maps[l].map[n], cam[n], tol / range + 1e-7 / range + 1e-6)) << key << " image " << n;
+      }
+    }
+  }
+}
+
+TEST(ExplainPytorchGradCam, EigenSmoothAugSmoothTopKAndAveragedLayers) {
+  auto r = load_gradcam_reference();
+  if (r.refs.empty()) GTEST_SKIP() << "no Python references on this machine";
+  const int64_t reduction = 256 * 4 * 4;
+  {
+    // eigen_smooth: the first component of each method's weighted activations.
+    auto o = with(ExplainMethod::Auto, {"layer3"});
+    o.normalize = false;
+    o.eigen_smooth = true;
+    const std::vector<ExplainMethod> methods = {ExplainMethod::GradCam,  ExplainMethod::HiResCam, ExplainMethod::GradCamPlusPlus,
+                                                ExplainMethod::XGradCam, ExplainMethod::LayerCam, ExplainMethod::AblationCam};
+    const auto e = explain(*r.model, r.x, methods, o);
+    for (size_t m = 0; m < methods.size(); ++m) {
+      const auto key = explain_method_name(methods[m]) + ".layer3.eigen_smooth";
+      const auto expected = signed_raw(r.refs, key);
+      const auto a3 = [&] {
+        torch::NoGradGuard no_grad;
+        return r.model->features(r.x)[2];
+      };
+      const double gain = methods[m] == ExplainMethod::AblationCam
+                              ? ablation_gain(r.refs.at("logits"), r.refs.at("targets"), a3(), max_abs(expected))
+                              : 1.0;
+      EXPECT_TRUE(all_close(e[m].maps.at(0).map, expected, gradcam_tolerance(*r.model, reduction, max_abs(expected), gain))) << key;
+    }
+  }
+  {
+    // aug_smooth: the mean of six normalised maps (not normalised again), as pytorch-grad-cam returns it.
+    auto o = with(ExplainMethod::Auto, {"layer3"});
+    o.normalize = false;
+    o.aug_smooth = true;
+    const auto e = explain(*r.model, r.x, {ExplainMethod::GradCam, ExplainMethod::LayerCam}, o);
+    for (const auto& one : e) {
+      const auto key = explain_method_name(one.method) + ".layer3.aug_smooth";
+      EXPECT_TRUE(torch::equal(one.targets, r.refs.at("targets")));
+      // Six normalised maps averaged: each within the normalised tolerance (range ≥ 1e-2 here: the
+      // raw maps' ranges in this reference), plus pytorch-grad-cam's 1e-7 in each range.
+      const double tol = gradcam_tolerance(*r.model, reduction, 1.0) / 1e-2 + 1e-7 / 1e-2;
+      EXPECT_TRUE(all_close(one.maps.at(0).map, r.refs.at(key + ".cam"), tol)) << key;
+    }
+  }
+  {
+    // top_k = 2: the second rank explains each image's second class.
+    auto o = with(ExplainMethod::GradCam, {"layer3"});
+    o.normalize = false;
+    o.top_k = 2;
+    const auto e = explain(*r.model, r.x, {ExplainMethod::GradCam}, o);
+    ASSERT_EQ(e.size(), 2u);
+    EXPECT_EQ(e[0].rank, 0);
+    EXPECT_EQ(e[1].rank, 1);
+    EXPECT_TRUE(torch::equal(e[1].targets, r.refs.at("second")));
+    const auto expected = signed_raw(r.refs, "gradcam.layer3.second");
+    EXPECT_TRUE(all_close(e[1].maps.at(0).map, expected, gradcam_tolerance(*r.model, reduction, max_abs(expected))));
+    EXPECT_TRUE(all_close(e[0].maps.at(0).map, signed_raw(r.refs, "gradcam.layer3"),
+                          gradcam_tolerance(*r.model, reduction, max_abs(expected))));
+  }
+  {
+    // Two layers averaged at the input's resolution (pytorch-grad-cam's aggregation; its resize is
+    // cv2.resize, bilinear with half-pixel centres like ATen's, to float32 rounding).
+    auto o = with(ExplainMethod::GradCam, {"layer2", "layer3"});
+    o.combine_layers = true;
+    const auto e = explain(*r.model, r.x, o);
+    ASSERT_EQ(e.maps.size(), 1u);
+    EXPECT_EQ(e.maps[0].layer, "layer2+layer3");
+    const double tol = gradcam_tolerance(*r.model, 128 * 64, 1.0) / 1e-2 + 1e-7 / 1e-2 + 1e-6;
+    EXPECT_TRUE(all_close(e.maps[0].map, r.refs.at("gradcam.layer2+layer3.cam"), tol));
+  }
+}
+
 // ---- (b) the CAM family against independent formulations, in double -----------------------------
 
 struct Reference {
@@ -171,16 +362,15 @@ torch::Tensor reference_gradcam(const torch::Tensor& a, const torch::Tensor& g) 
   return out.clamp_min(0);
 }
 
-/// Chattopadhay et al., eq. 19 with Y = exp(S): the derivatives of Y are exp(S)·g, exp(S)·g², exp(S)·g³.
-torch::Tensor reference_gradcampp(const torch::Tensor& a, const torch::Tensor& g, const torch::Tensor& score) {
+/// Chattopadhay et al., eq. 19 as pytorch-grad-cam writes it: 1e-6 added to the denominator and
+/// α = 0 where the gradient is 0; one channel at a time.
+torch::Tensor reference_gradcampp(const torch::Tensor& a, const torch::Tensor& g) {
   auto out = torch::zeros({a.size(0), a.size(2), a.size(3)}, a.options());
   for (int64_t n = 0; n < a.size(0); ++n) {
-    const double e = std::exp(score[n].item<double>());
     for (int64_t c = 0; c < a.size(1); ++c) {
-      const auto d1 = e * g[n][c], d2 = e * g[n][c].pow(2), d3 = e * g[n][c].pow(3);
-      const auto denom = 2 * d2 + a[n][c].sum() * d3;
-      const auto alpha = torch::where(denom != 0, d2 / denom, torch::zeros_like(d2));
-      out[n] += (alpha * d1.clamp_min(0)).sum() * a[n][c];
+      const auto g1 = g[n][c], g2 = g1.pow(2), g3 = g1.pow(3);
+      const auto alpha = torch::where(g1 != 0, g2 / (2 * g2 + a[n][c].sum() * g3 + 1e-6), torch::zeros_like(g2));
+      out[n] += (alpha * g1.clamp_min(0)).sum() * a[n][c];
     }
   }
   return out.clamp_min(0);
@@ -216,7 +406,6 @@ TEST(ExplainReference, CamFamilyMatchesIndependentFormulations) {
                             ExplainMethod::EigenCam},
                            with(ExplainMethod::Auto, layers));
   ASSERT_EQ(all.size(), 4u);
-  const auto score = r.logits.gather(1, r.targets.view({-1, 1})).squeeze(1).detach();
   for (const auto& e : all) {
     EXPECT_TRUE(all_close(e.logits, r.logits, 1e-10));
     EXPECT_TRUE(torch::equal(e.targets, r.targets));
@@ -228,7 +417,7 @@ TEST(ExplainReference, CamFamilyMatchesIndependentFormulations) {
       torch::Tensor expected;
       switch (e.method) {
         case ExplainMethod::GradCam: expected = reference_gradcam(a, g); break;
-        case ExplainMethod::GradCamPlusPlus: expected = reference_gradcampp(a, g, score); break;
+        case ExplainMethod::GradCamPlusPlus: expected = reference_gradcampp(a, g); break;
         case ExplainMethod::LayerCam: expected = reference_layercam(a, g); break;
         default: expected = reference_eigencam(a);
       }
@@ -250,8 +439,8 @@ TEST(ExplainReference, CamFamilyMatchesIndependentFormulations) {
 TEST(ExplainReference, EachMethodAloneEqualsTheSharedPassAndBatchesAreIndependent) {
   auto model = eval_model("resnet20-cbam", 3);
   const auto x = torch::randn({2, 3, 32, 32});
-  const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus,
-                                              ExplainMethod::LayerCam, ExplainMethod::EigenCam};
+  std::vector<ExplainMethod> methods = {ExplainMethod::Native};
+  for (auto m : cam_methods()) methods.push_back(m);
   const auto together = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));
   for (size_t m = 0; m < methods.size(); ++m) {
     const auto alone = explain(*model, x, with(methods[m], {"all"}));
@@ -268,6 +457,30 @@ TEST(ExplainReference, EachMethodAloneEqualsTheSharedPassAndBatchesAreIndependen
   }
   EXPECT_EQ(together[0].maps.size(), 9u);  // every CBAM block
   EXPECT_EQ(together[1].maps.size(), 3u);  // every stage
+}
+
+TEST(ExplainInferencePath, ScoreCamAndAblationCamMatchTheModule) {
+  // The perturbation methods need no gradient: their masked and ablated forwards run on the frozen
+  // network (BatchNorm folded, other rounding), rank by rank from the same passes.
+  auto model = eval_model("resnet20-cbam", 21);
+  InferenceModel frozen(model);
+  const auto x = torch::randn({2, 3, 32, 32});
+  auto o = with(ExplainMethod::Auto, {"layer2", "layer3"});
+  o.batch_size = 13;  // passes that cut across images
+  o.top_k = 2;
+  const std::vector<ExplainMethod> methods = {ExplainMethod::ScoreCam, ExplainMethod::AblationCam};
+  const auto eager = explain(*model, x, methods, o), inference = explain(frozen, x, methods, o);
+  ASSERT_EQ(eager.size(), 4u);
+  for (size_t k = 0; k < eager.size(); ++k) {
+    EXPECT_EQ(inference[k].method, methods[k / 2]);
+    EXPECT_EQ(inference[k].rank, static_cast<int64_t>(k % 2));
+    EXPECT_TRUE(torch::equal(eager[k].targets, inference[k].targets));
+    for (size_t i = 0; i < eager[k].maps.size(); ++i)
+      // Normalised maps from logits of two float32 paths; as the Eigen-CAM comparison of the two
+      // paths (test_inference_model.cpp), an absolute 1e-3 on [0, 1].
+      EXPECT_TRUE(all_close(inference[k].maps[i].map, eager[k].maps[i].map, 1e-3))
+          << explain_method_name(eager[k].method) << " rank " << k % 2 << " " << eager[k].maps[i].layer;
+  }
 }
 
 // ---- (c) native maps ----------------------------------------------------------------------------
@@ -390,7 +603,22 @@ TEST(ExplainErrors, NameTheProblemAndTheValidChoices) {
               HasSubstr("target class 10 is outside [0, 10)"));
   EXPECT_THAT(error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {}, -2)); }), HasSubstr("outside [0, 10)"));
   EXPECT_THAT(error_of([] { explain_method_from_name("gradcam+"); }),
-              HasSubstr("valid methods: auto, native, gradcam, gradcam++, layercam, eigencam"));
+              HasSubstr("valid methods: auto, native, gradcam, gradcam++, layercam, eigencam, hirescam, xgradcam, "
+                        "eigengradcam, scorecam, ablationcam"));
+  EXPECT_THAT(error_of([&] { explain(*model, x, with(ExplainMethod::GradCam, {"layer3.7"})); }),
+              HasSubstr("unknown layer \"layer3.7\""));
+  auto k = with(ExplainMethod::GradCam);
+  k.top_k = 11;
+  EXPECT_THAT(error_of([&] { explain(*model, x, k); }), HasSubstr("top_k 11 is outside [1, 10]"));
+  auto bound = with(ExplainMethod::ScoreCam);
+  bound.batch_size = 0;
+  EXPECT_THAT(error_of([&] { explain(*model, x, bound); }), HasSubstr("batch_size 0 is outside [1, 4096]"));
+  bound.batch_size = 5000;
+  EXPECT_THAT(error_of([&] { explain(*model, x, bound); }), HasSubstr("batch_size 5000 is outside [1, 4096]"));
+  auto aug_query = with(ExplainMethod::Native);
+  aug_query.aug_smooth = true;
+  aug_query.query_x = aug_query.query_y = 0.5;
+  EXPECT_THAT(error_of([&] { explain(*model, x, aug_query); }), HasSubstr("aug_smooth flips the input"));
   auto q = with(ExplainMethod::Native);
   q.query_x = 1.5;
   q.query_y = 0.5;
@@ -448,12 +676,15 @@ TEST(ExplainDevices, CudaMatchesCpu) {
   if (!attnkit::testing::cuda_available()) GTEST_SKIP() << "no CUDA device";
   auto model = eval_model("resnet20-[cbam,local,self]", 17);
   const auto x = torch::randn({2, 3, 32, 32});
-  const std::vector<ExplainMethod> methods = {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::LayerCam,
-                                              ExplainMethod::EigenCam};
-  const auto cpu = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));
+  std::vector<ExplainMethod> methods = {ExplainMethod::Native};
+  for (auto m : cam_methods()) methods.push_back(m);
+  auto options = with(ExplainMethod::Auto, {"all"});
+  options.top_k = 2;
+  const auto cpu = explain(*model, x, methods, options);
   model->module().to(torch::kCUDA);
-  const auto cuda = explain(*model, x, methods, with(ExplainMethod::Auto, {"all"}));  // input moved for us
-  for (size_t m = 0; m < methods.size(); ++m)
+  const auto cuda = explain(*model, x, methods, options);  // input moved for us
+  ASSERT_EQ(cuda.size(), cpu.size());
+  for (size_t m = 0; m < cpu.size(); ++m)
     for (size_t i = 0; i < cpu[m].maps.size(); ++i) {
       EXPECT_TRUE(cuda[m].maps[i].map.is_cuda());
       EXPECT_TRUE(all_close(cuda[m].maps[i].map, cpu[m].maps[i].map, 1e-3)) << cpu[m].maps[i].layer;

@@ -46,10 +46,8 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
   model_->module().to(device_, dtype_);
   model_->module().eval();
   frozen_ = common::inference_path(model_, dtype_, !inference_path);
-  for (ExplainMethod m : {ExplainMethod::Native, ExplainMethod::GradCam, ExplainMethod::GradCamPlusPlus, ExplainMethod::LayerCam,
-                          ExplainMethod::EigenCam}) {
-    if (m != ExplainMethod::Native || has_spatial_attention(*model_)) methods_.push_back(m);
-  }
+  if (has_spatial_attention(*model_)) methods_.push_back(ExplainMethod::Native);
+  for (ExplainMethod m : cam_methods()) methods_.push_back(m);
   // Listed once here: the keys ask from the drawing thread while explain() runs on the model.
   for (ExplainMethod m : methods_) {
     auto& list = layers_[m];
@@ -60,7 +58,7 @@ FrameAnalyzer::FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& 
 
 bool FrameAnalyzer::inference_path(ExplainMethod method) const {
   method = resolve(method);
-  return frozen_ && (method == ExplainMethod::Native || method == ExplainMethod::EigenCam);
+  return frozen_ && !explain_needs_gradient(method);
 }
 
 ExplainMethod FrameAnalyzer::resolve(ExplainMethod requested) const {
@@ -102,7 +100,7 @@ std::vector<Analysis> FrameAnalyzer::analyze(std::vector<Frame> frames, const Vi
   const auto batch = torch::stack(inputs).to(device_, dtype_).contiguous(at::MemoryFormat::ChannelsLast);
   const double preprocess_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 
-  ExplainOptions opts;
+  ExplainOptions opts = options_;
   opts.method = view.method;
   if (!view.layer.empty()) opts.layers = {view.layer};
   const auto e = inference_path(view.method) ? explain(*frozen_, batch, opts) : explain(*model_, batch, opts);

@@ -49,14 +49,20 @@ class FrameAnalyzer {
  public:
   /// `model` is moved to `device`, converted to `dtype` (float32, or bfloat16/float16 for speed:
   /// see reduced_precision_is_fast) and put in eval mode. With `inference_path`, the methods that need
-  /// no gradient (native, eigencam) run on an InferenceModel frozen from it (float16 excepted).
+  /// no gradient (native, eigencam, scorecam, ablationcam) run on an InferenceModel frozen from it
+  /// (float16 excepted).
   FrameAnalyzer(std::shared_ptr<Backbone> model, const Checkpoint& info, const torch::Device& device,
                 torch::ScalarType dtype = torch::kFloat32, bool inference_path = true);
 
   /// Whether `method`'s maps come from the inference path (else from the module, with autograd).
   bool inference_path(ExplainMethod method) const;
 
-  /// Analyses `frames` as one batch: one forward (and one backward for the gradient CAMs) for all of
+  /// The explain options every frame uses (smoothing, Score-CAM/Ablation-CAM batch); the method and
+  /// layers come from each analyze() call's view.
+  void set_explain_options(const ExplainOptions& options) { options_ = options; }
+
+  /// Analyses `frames` as one batch: one forward (and one backward for the gradient CAMs, or the
+  /// masked forwards of Score-CAM and Ablation-CAM) for all of
   /// them, which keeps the cores busier than one frame at a time. The result has one Analysis per
   /// frame, in order; inference_ms and preprocess_ms are the batch's times shared out per frame.
   std::vector<Analysis> analyze(std::vector<Frame> frames, const ViewChoice& view);
@@ -80,6 +86,7 @@ class FrameAnalyzer {
   torch::ScalarType dtype_;
   std::vector<ExplainMethod> methods_;
   std::map<ExplainMethod, std::vector<std::string>> layers_;
+  ExplainOptions options_;
 };
 
 struct RenderOptions {

@@ -2,6 +2,7 @@
 
   check_outputs.py png FILE WIDTH HEIGHT [BITS]   a valid PNG of that size (8-bit RGB, or 16-bit gray)
   check_outputs.py npy FILE H W                   float32 [H, W] in [0, 1] whose maximum is 1
+  check_outputs.py gates FILE C                   float32 [C] in (0, 1) (a channel gate's weights)
 Prints "ok: FILE" or exits non-zero with the reason.
 """
 import sys
@@ -35,6 +36,12 @@ def main(argv):
             sys.exit(f"{path}: {a.dtype} {a.shape}, expected float32 {shape}")
         if not (np.isfinite(a).all() and a.min() >= 0 and a.max() == 1):
             sys.exit(f"{path}: range {a.min()}..{a.max()}, expected [0, 1] with maximum 1")
+    elif kind == "gates":
+        a = np.load(path)
+        if a.dtype != np.float32 or a.shape != (int(argv[3]),):
+            sys.exit(f"{path}: {a.dtype} {a.shape}, expected float32 ({argv[3]},)")
+        if not (np.isfinite(a).all() and a.min() > 0 and a.max() < 1):
+            sys.exit(f"{path}: range {a.min()}..{a.max()}, expected (0, 1)")
     else:
         sys.exit(f"unknown check {kind}")
     print(f"ok: {path}")
