@@ -11,6 +11,7 @@
 #include "common/precision.h"
 #include "train/calibration.h"
 #include "train/checkpoint_eval.h"
+#include "train/distributed.h"
 #ifdef ATTNKIT_HAVE_OPENCV
 #include "vision/plot.h"
 #endif
@@ -18,8 +19,10 @@
 #include <attnkit/backbones/calibration.h>
 #include <attnkit/backbones/checkpoint.h>
 
+#include <attnkit/backbones/multiply_adds.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -40,6 +43,9 @@ struct EvalArgs {
   bool tta = false;
   bool json = false;
   std::string png;
+  /// Under torchrun: the batches shared among the processes (train/distributed.h).
+  std::string dist_backend = "auto";
+  double dist_timeout_s = 300;
 };
 
 // ---- plan: the checkpoint and data that fits it, every mismatch an error before the evaluation ----
@@ -54,6 +60,9 @@ struct EvalPlan {
   std::vector<std::string> classes;
   train::DataSpec data;
   train::Dataset dataset;
+  /// The process group under torchrun; null with one process.
+  std::shared_ptr<train::Distributed> dist;
+  bool main_process() const { return !dist || dist->is_main(); }
 };
 
 EvalPlan plan_eval(const EvalArgs& a) {
@@ -62,6 +71,13 @@ EvalPlan plan_eval(const EvalArgs& a) {
   const std::string device_name = common::resolve_device(a.device);
   common::configure_cuda_speed(device_name);
   p.device = torch::Device(device_name);
+  if (const auto launch = train::launch_environment()) {
+    if (p.device.is_cuda()) p.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(launch->local_rank));
+    train::DistributedOptions d;
+    d.backend = a.dist_backend;
+    d.timeout = std::chrono::milliseconds(std::llround(a.dist_timeout_s * 1000));
+    p.dist = train::Distributed::join(*launch, p.device.str(), d);
+  }
 #ifndef ATTNKIT_HAVE_OPENCV
   if (!a.png.empty()) throw std::runtime_error("--png: this attnkit was built without OpenCV and cannot draw pictures");
 #endif
@@ -79,17 +95,38 @@ EvalPlan plan_eval(const EvalArgs& a) {
 /// What eval measures: accuracy and loss, and calibration at T = 1 and at the checkpoint's temperature.
 struct EvalOutcome {
   train::EvalResult result;
+  int64_t parameters = 0, multiply_adds_per_image = 0;
+  /// Wall time of the forward passes over the data set, and images per second.
+  double seconds = 0, images_per_s = 0;
   ReliabilityDiagram before, after;
   double nll_before = 0, nll_after = 0;
 };
 
 EvalOutcome run_evaluation(const EvalArgs& a, EvalPlan& p) {
+  EvalOutcome o;
+  // Counted on the model as loaded (CPU, float32), before it is moved or frozen.
+  o.parameters = count_parameters(*p.model);
+  o.multiply_adds_per_image = count_multiply_adds(
+      *p.model, torch::zeros({1, p.dataset.channels(), p.dataset.height(), p.dataset.width()}));
   p.precision = common::resolve_precision(a.precision, p.device);
   const auto net = train::prepare_network(p.model, p.device, p.precision.dtype, a.eager);
-  std::cerr << "eval: " << p.info.config.name() << " on " << p.device.str() << ", " << p.precision.description << ", "
-            << (net.frozen ? "inference path" : "eager") << ", " << train::calibration_note(p.info) << "\n";
-  EvalOutcome o;
-  o.result = train::evaluate_network(net, p.info, p.dataset, a.batch_size, a.tta);
+  if (p.main_process()) {
+    std::cerr << "eval: " << p.info.config.name() << " on " << p.device.str() << ", " << p.precision.description << ", "
+              << (net.frozen ? "inference path" : "eager") << ", " << train::calibration_note(p.info) << "\n";
+    if (p.dist) std::cerr << "data-parallel: " << p.dist->describe() << "; each process runs a share of the batches\n";
+  }
+  const auto start = std::chrono::steady_clock::now();
+  o.result = train::evaluate_network(net, p.info, p.dataset, a.batch_size, a.tta, p.dist.get());
+  o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  o.images_per_s = o.seconds > 0 ? static_cast<double>(o.result.count) / o.seconds : 0;
+  // A measurement, not a result: on stderr, so that stdout is the same for any threads or processes.
+  if (p.main_process()) {
+    char line[160];
+    std::snprintf(line, sizeof line, "eval: %lld images in %.1f s (%.0f images/s, %d thread(s)%s)\n",
+                  static_cast<long long>(o.result.count), o.seconds, o.images_per_s, at::get_num_threads(),
+                  p.dist ? " per process" : "");
+    std::cerr << line;
+  }
   const auto& logits = o.result.logits;
   const auto& labels = p.dataset.labels;
   const double t = p.info.temperature();
@@ -139,6 +176,8 @@ void print_json_report(const EvalPlan& p, const EvalOutcome& o) {
   j["correct"] = r.confusion.diagonal().sum().item<int64_t>();
   j["accuracy"] = acc.overall;
   j["loss"] = r.loss;
+  j["parameters"] = o.parameters;
+  j["multiply_adds_per_image"] = o.multiply_adds_per_image;
   j["classes"] = p.classes;
   j["per_class"] = nlohmann::json::array();
   for (size_t k = 0; k < p.classes.size(); ++k) {
@@ -175,13 +214,23 @@ void print_calibration(const EvalPlan& p, const EvalOutcome& o) {
   std::cout << "  temperature fitted on " << (split.empty() ? "data the checkpoint does not name" : split) << "\n";
 }
 
+/// 4326602 -> "4.33 M", 495000000 -> "495 M", 4.09e9 -> "4.09 G".
+std::string in_millions(double n) {
+  char text[32];
+  if (n >= 1e9) std::snprintf(text, sizeof text, "%.3g G", n / 1e9);
+  else std::snprintf(text, sizeof text, "%.3g M", n / 1e6);
+  return text;
+}
+
 void print_text_report(const EvalPlan& p, const EvalOutcome& o) {
   const auto& r = o.result;
   const auto acc = train::accuracy_from_confusion(r.confusion);
   const auto per_class_count = r.confusion.sum(1);
   const int64_t correct = r.confusion.diagonal().sum().item<int64_t>();
   const std::string split = split_of(p.data);
-  std::cout << "checkpoint: " << p.weights << " (" << p.info.config.name() << ", " << p.classes.size() << " classes)\n"
+  std::cout << "checkpoint: " << p.weights << " (" << p.info.config.name() << ", " << p.classes.size() << " classes, "
+            << in_millions(static_cast<double>(o.parameters)) << " parameters, "
+            << in_millions(static_cast<double>(o.multiply_adds_per_image)) << " multiply-adds per image)\n"
             << "data: " << p.data.path << " (" << r.count << " images" << (split.empty() ? "" : ", " + split + " split") << ")\n"
             << std::fixed << std::setprecision(2) << "accuracy: " << 100 * acc.overall << "% (" << correct << "/" << r.count
             << "), loss " << std::setprecision(4) << r.loss << "\n";
@@ -222,7 +271,7 @@ void report_eval(const EvalArgs& a, const EvalPlan& p, const EvalOutcome& o) {
 int run_eval(const EvalArgs& a) {
   EvalPlan plan = plan_eval(a);
   const auto outcome = run_evaluation(a, plan);
-  report_eval(a, plan, outcome);
+  if (plan.main_process()) report_eval(a, plan, outcome);
   return kOk;
 }
 
@@ -252,6 +301,12 @@ Runner add_eval_command(CLI::App& cli) {
   cmd->add_option("--precision", a->precision, std::string(common::kPrecisionHelp) +
                   ". Default float32: eval measures accuracy, and bfloat16 may move it by a few hundredths of a point")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_option("--dist-backend", a->dist_backend,
+                  "Under torchrun (torchrun --nproc-per-node N --no-python attnkit eval ...): auto (gloo on CPU, nccl on "
+                  "CUDA), gloo or nccl (not in this build yet; on CUDA pass gloo); rank 0 prints the numbers of the whole data set")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}))->capture_default_str();
+  cmd->add_option("--dist-timeout", a->dist_timeout_s, "Under torchrun: seconds a process waits for the others before it fails")
+      ->check(CLI::Range(1.0, 86400.0))->capture_default_str();
   cmd->add_flag("--eager", a->eager, common::kEagerHelp);
   cmd->add_flag("--tta", a->tta, "Average the logits of each image and its mirror");
   cmd->add_flag("--json", a->json, "Print the results as one JSON document");

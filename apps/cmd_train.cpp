@@ -9,6 +9,7 @@
 #include "train/calibrate_source.h"
 #include "train/calibration.h"
 #include "train/data_source.h"
+#include "train/distributed.h"
 #include "train/trainer.h"
 #ifdef ATTNKIT_HAVE_OPENCV
 #include "vision/plot.h"
@@ -16,6 +17,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -37,6 +40,9 @@ struct TrainArgs {
   bool no_hflip = false;
   bool no_nesterov = false;
   bool quiet = false;
+  /// Data-parallel runs under torchrun (train/distributed.h).
+  std::string dist_backend = "auto";
+  double dist_timeout_s = 300;
 };
 
 // ---- plan: resolved options and the data, every error before any training ----------------------
@@ -104,10 +110,23 @@ void load_training_data(const TrainArgs& a, uint64_t seed, TrainPlan& plan) {
   plan.val_description = train::whole_set_description(meta["val_data"]);
 }
 
+/// Under torchrun: joins the other processes (one device each, by LOCAL_RANK); rank 0 alone reports.
+void join_processes(const TrainArgs& a, train::TrainOptions& o) {
+  const auto launch = train::launch_environment();
+  if (!launch) return;
+  if (o.device == "cuda") o.device = "cuda:" + std::to_string(launch->local_rank);
+  train::DistributedOptions d;
+  d.backend = a.dist_backend;
+  d.timeout = std::chrono::milliseconds(std::llround(a.dist_timeout_s * 1000));
+  o.distributed = train::Distributed::join(*launch, o.device, d);
+  if (!o.distributed->is_main()) o.verbose = false;
+}
+
 TrainPlan plan_training(const TrainArgs& a) {
   TrainPlan plan;
   plan.options = a.options;
   resolve_runtime(a, plan.options);
+  join_processes(a, plan.options);
   load_training_data(a, plan.options.seed, plan);
   return plan;
 }
@@ -121,6 +140,14 @@ void print_plan(const TrainPlan& plan) {
             << t.height() << "x" << t.width() << ", " << t.classes.size() << " classes), validating on " << plan.val_set.size()
             << "; device " << o.device << ", amp " << o.amp << ", " << at::get_num_threads() << " thread(s), prefetch "
             << o.prefetch << " -> " << o.out_dir << "\n";
+  if (const auto& d = o.distributed) {
+    const int64_t w = d->world_size();
+    std::cerr << "data-parallel: " << d->describe() << "\n"
+              << "  --batch-size " << o.batch_size << " is the GLOBAL batch: each process trains on " << o.batch_size / w
+              << (o.batch_size % w ? " or " + std::to_string(o.batch_size / w + 1) : std::string()) << " images per step, the "
+              << w << " together on " << o.batch_size << " (same learning rate and schedule as one process with --batch-size "
+              << o.batch_size << ")\n";
+  }
 }
 
 /// curves.png next to the checkpoints (metrics.jsonl holds the same numbers where OpenCV is absent).
@@ -186,8 +213,10 @@ void calibrate_checkpoints(const train::TrainResult& result, const TrainPlan& pl
 
 int run_train(const TrainArgs& a) {
   const TrainPlan plan = plan_training(a);
-  if (!a.quiet) print_plan(plan);
+  const bool main_process = !plan.options.distributed || plan.options.distributed->is_main();
+  if (!a.quiet && main_process) print_plan(plan);
   const auto result = train::train_model(plan.options, plan.train_set, plan.val_set);
+  if (!main_process) return kOk;  // rank 0 reports and calibrates the files it wrote
   report_training(result, plan);
   calibrate_checkpoints(result, plan);
   return kOk;
@@ -278,12 +307,27 @@ void add_run_options(CLI::App* cmd, TrainArgs& a) {
                   "Batches the loader thread prepares ahead (0 = no thread; -1 = auto: 2 on CUDA or when LibTorch's "
                   "threads leave a core free, else 0, because on busy cores the thread slows training down)")
       ->check(CLI::Range(-1, 64))->capture_default_str();
+  cmd->add_option("--init-from", o.init_from,
+                  "Start from this checkpoint's weights and normalisation: the same backbone (depth, --width, classes), "
+                  "e.g. a plain network given SE/ECA/CBAM gates, which start neutral (the network computes what the "
+                  "checkpoint did) and are learnt by fine-tuning")
+      ->check(CLI::ExistingFile);
   o.out_dir.clear();
   cmd->add_option("--out", o.out_dir, "Output folder (checkpoints, metrics.jsonl, curves.png); default runs/MODEL");
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its last completed epoch");
   cmd->add_option("--stop-after", o.stop_after, "Stop after this many epochs of this invocation (0 = run all; --resume continues)")
       ->check(non_negative_number());
   cmd->add_flag("--quiet", a.quiet, "No progress or per-epoch lines on stderr");
+}
+
+void add_distributed_options(CLI::App* cmd, TrainArgs& a) {
+  cmd->add_option("--dist-backend", a.dist_backend,
+                  "Under torchrun: the c10d process group, auto (gloo on CPU, nccl on CUDA), gloo or nccl (not in this build yet; "
+                  "on CUDA pass gloo)")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}))->capture_default_str();
+  cmd->add_option("--dist-timeout", a.dist_timeout_s,
+                  "Under torchrun: seconds a process waits for the others (rendezvous, each all-reduce) before it fails")
+      ->check(CLI::Range(1.0, 86400.0))->capture_default_str();
 }
 
 }  // namespace
@@ -295,11 +339,16 @@ Runner add_train_command(CLI::App& cli) {
       "At the end best.pt and last.pt get a temperature fitted on the validation set (as attnkit calibrate\n"
       "does), so classify, visualize and stream show calibrated probabilities; without a validation set\n"
       "they stay uncalibrated. The checkpoints' metadata records the data, --val-size and --seed, so that\n"
-      "attnkit calibrate can draw the same validation split again.");
+      "attnkit calibrate can draw the same validation split again.\n\n"
+      "Several processes, GPUs or machines (PyTorch's torchrun and c10d):\n"
+      "  torchrun --nproc-per-node N --no-python attnkit train ...\n"
+      "--batch-size is then the global batch, split among the processes; rank 0 writes the files and prints.\n"
+      "A run restarted by torchrun (--max-restarts) continues from its last completed epoch.");
   add_data_options(cmd, *a);
   add_recipe_options(cmd, *a);
   add_schedule_and_augment_options(cmd, *a);
   add_run_options(cmd, *a);
+  add_distributed_options(cmd, *a);
   // Contradictory combinations are usage errors too (checked while parsing, so exit code 2).
   cmd->callback([a] {
     if (!a->options.milestones.empty() && a->options.schedule != "step")

@@ -24,6 +24,16 @@ attnkit_cli_test(NAME cli.eval_image_folder_unknown_class
   COMMAND attnkit_cli eval --data ${_data}/unknown EXIT 1
   MATCH "^attnkit: [^\n]*class folder 'Spaceship' is not one of the model's classes\n?$")
 set_tests_properties(cli.eval_image_folder_unknown_class PROPERTIES FIXTURES_REQUIRED cli_data)
+# The model's size: 4,326,602 parameters; multiply-adds of ResNet-20 x4 on 1x28x28 by hand: stem
+# 28*28*64*9 + 16 * (ResNet-20 x1's stage convolutions and shortcuts, 30,908,416) + fc 256*10 =
+# 494,988,800 (tests/test_multiply_adds.cpp has the x1 sum); the timing goes to stderr, not into the JSON.
+attnkit_cli_test(NAME cli.eval_reports_size_and_speed COMMAND attnkit_cli eval --data ${_data}/csv/list.csv --threads 2
+  MATCH "eval: 10 images in [0-9.]+ s \\([0-9]+ images/s, 2 thread\\(s\\)\\)"
+        "checkpoint: [^\n]* \\(resnet20, 10 classes, 4.33 M parameters, 495 M multiply-adds per image\\)\n")
+set_tests_properties(cli.eval_reports_size_and_speed PROPERTIES FIXTURES_REQUIRED cli_data)
+attnkit_cli_test(NAME cli.eval_json_has_the_exact_size COMMAND attnkit_cli eval --data ${_data}/csv/list.csv --json --threads 2
+  MATCH "\"multiply_adds_per_image\": 494988800,\n" "\"parameters\": 4326602,\n")
+set_tests_properties(cli.eval_json_has_the_exact_size PROPERTIES FIXTURES_REQUIRED cli_data)
 
 # Calibration in eval's report: ECE and NLL at T = 1 and at the checkpoint's temperature (here one set
 # by hand), the reliability diagram beside the confusion matrix, and the same numbers in --json.

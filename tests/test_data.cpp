@@ -411,6 +411,60 @@ TEST(Loader, EachImageOncePerEpochSameWithOrWithoutThread) {
   EXPECT_EQ(all_batches(dropping).size(), 10u);
 }
 
+// Data-parallel training (train/distributed.h): process k of n takes slice k of every global batch.
+TEST(Loader, ShardsTileEveryGlobalBatch) {
+  Dataset d = toy(103, 103);
+  LoaderOptions o;
+  o.batch_size = 10;
+  o.shuffle = true;
+  o.seed = 4;
+  o.epoch = 1;
+  o.norm = {{0.5}, {0.5}};
+  o.prefetch = 0;
+  BatchLoader whole(d.images, d.labels, o);
+  std::vector<Batch> one;
+  while (auto b = whole.next()) one.push_back(*b);
+  for (int64_t shards : {2, 3}) {
+    std::vector<std::vector<Batch>> parts(shards);
+    for (int64_t k = 0; k < shards; ++k) {
+      o.shard = k;
+      o.shards = shards;
+      BatchLoader loader(d.images, d.labels, o);
+      EXPECT_EQ(loader.num_batches(), whole.num_batches());  // the same steps on every process
+      while (auto b = loader.next()) parts[k].push_back(*b);
+    }
+    for (size_t i = 0; i < one.size(); ++i) {
+      std::vector<torch::Tensor> rows, labels;
+      for (int64_t k = 0; k < shards; ++k) {
+        const auto& b = parts[k][i];
+        EXPECT_EQ(b.global_size, one[i].global_size);
+        EXPECT_LE(std::abs(b.labels.size(0) - one[i].labels.size(0) / shards), 1);  // balanced
+        rows.push_back(b.indices);
+        labels.push_back(b.labels);
+      }
+      EXPECT_TRUE(torch::equal(torch::cat(rows), one[i].indices)) << "batch " << i << ", " << shards << " shards";
+      EXPECT_TRUE(torch::equal(torch::cat(labels), one[i].labels));
+    }
+  }
+  // Augmentation: shard 0 draws the one-process stream, the others their own.
+  o.train = true;
+  o.augment.hflip = true;
+  o.augment.crop_padding = 2;
+  o.shards = 2;
+  o.shard = 1;
+  o.batch_size = 20;
+  BatchLoader second(d.images, d.labels, o);
+  o.shard = 0;
+  BatchLoader first(d.images, d.labels, o);
+  const auto b1 = *second.next(), b0 = *first.next();
+  EXPECT_EQ(b0.images.size(0), b1.images.size(0));
+  const auto again = prepare_batch(d.images.index_select(0, b1.indices), o.norm, o.augment, true,
+                                   mix_seed(o.seed, static_cast<uint64_t>(o.epoch), 0));
+  EXPECT_FALSE(torch::equal(again, b1.images));  // not rank 0's random numbers on rank 1's images
+  o.shard = 2;
+  EXPECT_THROW(BatchLoader(d.images, d.labels, o), std::runtime_error);
+}
+
 TEST(Loader, WorkerErrorsReachTheCaller) {
   Dataset d = toy(20, 2);
   LoaderOptions o;

@@ -13,6 +13,7 @@
 #include "train/checkpoint_eval.h"
 #include "train/csv.h"
 #include "train/data_source.h"
+#include "train/distributed.h"
 #include "train/dataset.h"
 #include "train/idx.h"
 #include "train/loader.h"
@@ -157,6 +158,37 @@ TEST(Metrics, JsonLineAndHistoryRoundTrip) {
   ASSERT_EQ(back.size(), 2u);
   EXPECT_EQ(back[1].epoch, 3);
   EXPECT_DOUBLE_EQ(back[1].val_acc, 0.75);
+}
+
+// ---- torchrun's environment (train/distributed.h; the runs themselves: tests/python/check_distributed.py) ----
+
+TEST(Distributed, LaunchEnvironmentIsTorchrunsVariables) {
+  const char* names[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE",
+                         "TORCHELASTIC_RESTART_COUNT"};
+  for (const char* n : names) ::unsetenv(n);
+  EXPECT_FALSE(launch_environment().has_value());  // no torchrun: one process, as before
+  ::setenv("RANK", "1", 1);
+  ::setenv("WORLD_SIZE", "4", 1);
+  EXPECT_THAT(expect_runtime_error([] { launch_environment(); }), HasSubstr("MASTER_ADDR is not set"));
+  ::setenv("MASTER_ADDR", "10.0.0.1", 1);
+  ::setenv("MASTER_PORT", "29500", 1);
+  ::setenv("LOCAL_RANK", "1", 1);
+  ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);
+  ::setenv("TORCHELASTIC_RESTART_COUNT", "2", 1);
+  const auto e = launch_environment();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->rank, 1);
+  EXPECT_EQ(e->world_size, 4);
+  EXPECT_EQ(e->local_rank, 1);
+  EXPECT_EQ(e->master_addr, "10.0.0.1");
+  EXPECT_EQ(e->master_port, 29500);
+  EXPECT_TRUE(e->agent_store);
+  EXPECT_EQ(e->restart_count, 2);
+  ::setenv("RANK", "4", 1);
+  EXPECT_THAT(expect_runtime_error([] { launch_environment(); }), HasSubstr("RANK=4 is not below WORLD_SIZE=4"));
+  ::setenv("RANK", "x", 1);
+  EXPECT_THAT(expect_runtime_error([] { launch_environment(); }), HasSubstr("RANK='x' is not an integer"));
+  for (const char* n : names) ::unsetenv(n);
 }
 
 // ---- atomic files -----------------------------------------------------------------------------

@@ -52,7 +52,8 @@ CheckpointNetwork prepare_network(std::shared_ptr<Backbone> model, const torch::
   return net;
 }
 
-EvalResult evaluate_network(const CheckpointNetwork& net, const Checkpoint& info, const Dataset& data, int64_t batch_size, bool tta) {
+EvalResult evaluate_network(const CheckpointNetwork& net, const Checkpoint& info, const Dataset& data, int64_t batch_size, bool tta,
+                            const Distributed* dist) {
   const auto images = data.images.to(net.device), labels = data.labels.to(net.device);
   const auto forward = [&](const torch::Tensor& x) {
     const auto input = x.to(net.dtype);
@@ -60,7 +61,7 @@ EvalResult evaluate_network(const CheckpointNetwork& net, const Checkpoint& info
   };
   const auto& pre = info.preprocessing;
   return evaluate(forward, images, labels, static_cast<int64_t>(class_names_of(info).size()), {pre.mean, pre.std}, batch_size,
-                  false, tta);
+                  false, tta, dist);
 }
 
 }  // namespace attnkit::train

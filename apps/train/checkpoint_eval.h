@@ -40,8 +40,9 @@ struct CheckpointNetwork {
 CheckpointNetwork prepare_network(std::shared_ptr<Backbone> model, const torch::Device& device, c10::ScalarType dtype, bool eager);
 
 /// Runs `net` over `data` normalised as `info` says, `batch_size` images per forward; `tta` averages each
-/// image's logits with its mirror's. The result holds the logits (EvalResult::logits).
+/// image's logits with its mirror's. The result holds the logits (EvalResult::logits). With `dist` the
+/// batches are shared among the processes and every process gets the whole result (metrics.h: evaluate).
 EvalResult evaluate_network(const CheckpointNetwork& net, const Checkpoint& info, const Dataset& data, int64_t batch_size,
-                            bool tta = false);
+                            bool tta = false, const Distributed* dist = nullptr);
 
 }  // namespace attnkit::train

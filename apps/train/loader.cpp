@@ -21,6 +21,9 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
 BatchLoader::BatchLoader(torch::Tensor images, torch::Tensor labels, LoaderOptions options)
     : images_(std::move(images)), labels_(std::move(labels)), options_(std::move(options)) {
   if (options_.batch_size < 1) throw std::runtime_error("batch size must be >= 1, got " + std::to_string(options_.batch_size));
+  if (options_.shards < 1 || options_.shard < 0 || options_.shard >= options_.shards) {
+    throw std::runtime_error("loader shard " + std::to_string(options_.shard) + " of " + std::to_string(options_.shards));
+  }
   const int64_t n = labels_.size(0);
   num_batches_ = options_.drop_last ? n / options_.batch_size : (n + options_.batch_size - 1) / options_.batch_size;
   if (options_.shuffle) {
@@ -46,11 +49,14 @@ Batch BatchLoader::make(int64_t index) const {
   torch::NoGradGuard no_grad;
   const int64_t begin = index * options_.batch_size;
   const int64_t end = std::min(begin + options_.batch_size, labels_.size(0));
-  const auto idx = order_.slice(0, begin, end);
-  auto x = prepare_batch(images_.index_select(0, idx), options_.norm, options_.augment, options_.train,
-                         mix_seed(options_.seed, static_cast<uint64_t>(options_.epoch), static_cast<uint64_t>(index)));
+  // This process's slice of the global batch [begin, end): balanced, contiguous, in rank order.
+  const int64_t n = end - begin;
+  const auto idx = order_.slice(0, begin + n * options_.shard / options_.shards, begin + n * (options_.shard + 1) / options_.shards);
+  uint64_t seed = mix_seed(options_.seed, static_cast<uint64_t>(options_.epoch), static_cast<uint64_t>(index));
+  if (options_.shard > 0) seed = mix_seed(seed, 0xd157, static_cast<uint64_t>(options_.shard));
+  auto x = prepare_batch(images_.index_select(0, idx), options_.norm, options_.augment, options_.train, seed);
   if (options_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
-  return Batch{x, labels_.index_select(0, idx)};
+  return Batch{x, labels_.index_select(0, idx), idx, n};
 }
 
 void BatchLoader::work() {

@@ -5,6 +5,12 @@
 // ops). The permutation and each batch's augmentation are pure functions of (seed, epoch, batch
 // index), so the batches are identical whatever the thread timing, and a resumed run sees exactly
 // the batches the uninterrupted run would have seen.
+//
+// Data-parallel training (distributed.h) shards every batch: the permutation is the same on every
+// process, each global batch is cut into `shards` contiguous slices, and process `shard` takes its
+// slice, so the union over processes is exactly the one-process batch and every image is seen once per
+// epoch whatever the number of processes. Augmentation is drawn per process (rank 0's stream is the
+// one-process stream), so no two processes draw the same crops.
 #pragma once
 
 #include "augment.h"
@@ -41,6 +47,10 @@ struct LoaderOptions {
   int prefetch = 2;
   /// Return channels-last images (faster convolutions on CUDA tensor cores).
   bool channels_last = false;
+  /// This process's slice of every batch: slice `shard` of `shards` (data-parallel training); batch_size
+  /// stays the global batch size.
+  int64_t shard = 0;
+  int64_t shards = 1;
 };
 
 struct Batch {
@@ -48,6 +58,10 @@ struct Batch {
   torch::Tensor images;
   /// int64 [B] on the data's device.
   torch::Tensor labels;
+  /// int64 [B]: the rows of the data set these images are (on the data's device).
+  torch::Tensor indices;
+  /// Images in the global batch this one is a slice of (= B with one process).
+  int64_t global_size = 0;
 };
 
 class BatchLoader {

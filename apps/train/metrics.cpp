@@ -1,10 +1,12 @@
 #include "metrics.h"
 
+#include "distributed.h"
 #include "loader.h"
 
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/nn/functional/loss.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -88,31 +90,51 @@ std::string format_confusion(const torch::Tensor& confusion, const std::vector<s
 
 EvalResult evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& images,
                     const torch::Tensor& labels, int64_t classes, const Normalization& norm, int64_t batch_size,
-                    bool channels_last, bool hflip_tta) {
+                    bool channels_last, bool hflip_tta, const Distributed* dist) {
   torch::NoGradGuard no_grad;
+  const int64_t n = labels.size(0);
+  const int64_t batches = (n + batch_size - 1) / batch_size;
+  // With several processes each runs a contiguous block of the one-process batches, so every image goes
+  // through the network in the same batch as in a one-process run (the same logits, bit for bit).
+  const int64_t world = dist ? dist->world_size() : 1, rank = dist ? dist->rank() : 0;
+  const int64_t begin = std::min(n, batches * rank / world * batch_size);
+  const int64_t end = std::min(n, batches * (rank + 1) / world * batch_size);
   LoaderOptions opts;
   opts.batch_size = batch_size;
   opts.norm = norm;
   opts.prefetch = images.is_cuda() ? 0 : 2;
   opts.channels_last = channels_last;
-  BatchLoader loader(images, labels, opts);
-  auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(images.device()));
-  auto confusion = torch::zeros({classes * classes}, torch::TensorOptions().dtype(torch::kLong).device(images.device()));
-  std::vector<torch::Tensor> all_logits;  // kept on the device: one copy to the CPU at the end, no sync per batch
+  BatchLoader loader(images.slice(0, begin, end), labels.slice(0, begin, end), opts);
+  std::vector<torch::Tensor> pieces;  // kept on the device: one copy to the CPU at the end, no sync per batch
   while (auto batch = loader.next()) {
     auto logits = forward(batch->images).to(torch::kFloat);
     if (hflip_tta) logits = (logits + forward(batch->images.flip({3})).to(torch::kFloat)) / 2;
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, batch->labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+    pieces.push_back(logits);
+  }
+  const auto device = torch::TensorOptions().device(images.device());
+  torch::Tensor logits = pieces.empty() ? torch::empty({0, classes}, device.dtype(torch::kFloat)) : torch::cat(pieces);
+  if (dist) {
+    // Every process gets all logits: each fills its rows of a zero matrix and the sum is exact.
+    auto all = torch::zeros({n, classes}, torch::kFloat);
+    all.slice(0, begin, end).copy_(logits);
+    dist->all_reduce_sum(all);
+    logits = all.to(images.device());
+  }
+  // Scored batch by batch, as the one-process run has always summed its loss.
+  auto loss_sum = torch::zeros({}, device.dtype(torch::kDouble));
+  auto confusion = torch::zeros({classes * classes}, device.dtype(torch::kLong));
+  for (int64_t b = 0; b < batches; ++b) {
+    const auto l = logits.slice(0, b * batch_size, std::min(n, (b + 1) * batch_size));
+    const auto y = labels.slice(0, b * batch_size, std::min(n, (b + 1) * batch_size));
+    loss_sum += torch::nn::functional::cross_entropy(l, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .to(torch::kDouble);
-    confusion += torch::bincount(batch->labels * classes + logits.argmax(1), {}, classes * classes);
-    all_logits.push_back(logits);
+    confusion += torch::bincount(y * classes + l.argmax(1), {}, classes * classes);
   }
   EvalResult r;
-  r.count = labels.size(0);
+  r.count = n;
   r.loss = r.count > 0 ? loss_sum.item<double>() / static_cast<double>(r.count) : std::nan("");
   r.confusion = confusion.view({classes, classes}).cpu();
-  r.logits = all_logits.empty() ? torch::empty({0, classes}) : torch::cat(all_logits).cpu();
+  r.logits = logits.cpu();
   return r;
 }
 

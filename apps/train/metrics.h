@@ -12,6 +12,8 @@
 
 namespace attnkit::train {
 
+class Distributed;
+
 /// One line of the metrics log.
 struct EpochRecord {
   int64_t epoch = 0;  // 1-based
@@ -52,9 +54,10 @@ struct EvalResult {
 
 /// Runs `forward` (logits [B, K]) over uint8 images/labels already on the target device, in eval
 /// batches of `batch_size`, without augmentation. `hflip_tta` averages the logits of the image and
-/// its mirror.
+/// its mirror. With `dist` (data-parallel, distributed.h) each process runs a share of the batches and
+/// every process returns the whole result, equal to the one-process result.
 EvalResult evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& images,
                     const torch::Tensor& labels, int64_t classes, const Normalization& norm, int64_t batch_size,
-                    bool channels_last = false, bool hflip_tta = false);
+                    bool channels_last = false, bool hflip_tta = false, const Distributed* dist = nullptr);
 
 }  // namespace attnkit::train

@@ -1,6 +1,8 @@
 #include "trainer.h"
 
+#include "distributed.h"
 #include "loader.h"
+#include "warm_start.h"
 
 #include "common/device.h"
 #include "common/files.h"
@@ -18,6 +20,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -99,7 +102,7 @@ void save_state(const std::string& path, const TrainOptions& options, const Stat
   // Nothing in the loop draws from the global generators (the data pipeline has its own seeded
   // streams), but user code or future layers (dropout) may: keep them exact across a resume.
   archive.write("cpu_rng", cpu_generator().get_state());
-  if (options.device == "cuda") archive.write("cuda_rng", at::globalContext().defaultGenerator(at::kCUDA).get_state());
+  if (torch::Device(options.device).is_cuda()) archive.write("cuda_rng", at::globalContext().defaultGenerator(at::kCUDA).get_state());
   std::string bytes;
   archive.save_to([&bytes](const void* data, size_t size) -> size_t {
     bytes.append(static_cast<const char*>(data), size);
@@ -108,11 +111,13 @@ void save_state(const std::string& path, const TrainOptions& options, const Stat
   common::write_file_atomic(path, bytes);
 }
 
+/// `bytes`, where given, are the file's contents (read by rank 0 and broadcast); `path` names it in errors.
 void load_state(const std::string& path, const TrainOptions& options, State& s, torch::nn::Module& model,
-                torch::optim::Optimizer& optimizer, const torch::Device& device) {
+                torch::optim::Optimizer& optimizer, const torch::Device& device, const std::string* bytes = nullptr) {
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path, device);
+    if (bytes) archive.load_from(bytes->data(), bytes->size(), device);
+    else archive.load_from(path, device);
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + ": not a readable training state (" + e.what_without_backtrace() + ")");
   }
@@ -150,7 +155,7 @@ void load_state(const std::string& path, const TrainOptions& options, State& s, 
   s.history = records_from_tensor(history.cpu());
   archive.read("cpu_rng", cpu_rng);
   cpu_generator().set_state(cpu_rng.cpu());
-  if (options.device == "cuda" && archive.try_read("cuda_rng", cuda_rng)) {
+  if (torch::Device(options.device).is_cuda() && archive.try_read("cuda_rng", cuda_rng)) {
     at::Generator cuda_gen = at::globalContext().defaultGenerator(at::kCUDA);
     cuda_gen.set_state(cuda_rng.cpu());
   }
@@ -188,6 +193,8 @@ std::vector<std::string> recipe_fingerprint(const TrainOptions& o) {
   std::string ms;
   for (auto m : o.milestones) ms += (ms.empty() ? "" : ",") + std::to_string(m);
   r.push_back("--milestones=" + ms);
+  // Only when given, so that states written before the option existed still resume.
+  if (!o.init_from.empty()) r.push_back("--init-from=" + o.init_from);
   return r;
 }
 
@@ -199,6 +206,10 @@ void check_options(const TrainOptions& o, const Dataset& train_data) {
   train_data.validate("training data");
   if (o.epochs < 1) throw std::runtime_error("--epochs must be >= 1, got " + std::to_string(o.epochs));
   if (o.batch_size < 1) throw std::runtime_error("--batch-size must be >= 1, got " + std::to_string(o.batch_size));
+  if (o.distributed && o.batch_size < o.distributed->world_size()) {
+    throw std::runtime_error("--batch-size " + std::to_string(o.batch_size) + " is the global batch and must be at least the " +
+                             std::to_string(o.distributed->world_size()) + " processes");
+  }
   if (o.amp != "off" && o.amp != "bf16") throw std::runtime_error("--amp '" + o.amp + "': expected off or bf16");
   if (o.weights_dtype != "float32" && o.weights_dtype != "float16" && o.weights_dtype != "bfloat16")
     throw std::runtime_error("--weights-dtype '" + o.weights_dtype + "': expected float32, float16 or bfloat16");
@@ -239,8 +250,9 @@ struct RunFiles {
   std::string state, best, last, metrics;
 };
 
-RunFiles run_files(const std::string& out_dir) {
-  fs::create_directories(out_dir);
+/// The files in out_dir, which is made where `create` (rank 0 alone writes).
+RunFiles run_files(const std::string& out_dir, bool create = true) {
+  if (create) fs::create_directories(out_dir);
   const auto in_out = [&](const char* name) { return (fs::path(out_dir) / name).string(); };
   return {in_out("train_state.pt"), in_out("best.pt"), in_out("last.pt"), in_out("metrics.jsonl")};
 }
@@ -260,30 +272,65 @@ struct Run {
   ScheduleOptions schedule;
   RunFiles files;
   State state;
+  // Data-parallel training (distributed.h): null with one process.
+  std::shared_ptr<const Distributed> dist = o.distributed;
+  std::unique_ptr<GradientSync> sync;
+  double allreduce_ms = 0;        // one all-reduce of all gradients alone, for the epoch line
+  std::ofstream sample_log;       // ATTNKIT_LOG_SAMPLES (tests): the rows each step trained on
 
   bool has_val() const { return val_images.defined(); }
+  /// Rank 0, or the only process: writes the files.
+  bool main() const { return !dist || dist->is_main(); }
   int64_t num_classes() const { return static_cast<int64_t>(classes.size()); }
 };
 
 /// A new run, or the state of the run in out_dir with --resume; never silently over an old one.
+/// With several processes rank 0 alone looks at --out and sends the state to the others; a restart by
+/// torchrun (--max-restarts) continues from the last epoch as --resume does.
 void start_or_resume(Run& run) {
   const auto& o = run.o;
-  if (o.resume) {
-    if (!fs::exists(run.files.state)) throw std::runtime_error("--resume: no " + run.files.state + " (nothing to resume)");
-    load_state(run.files.state, o, run.state, run.model->module(), *run.optimizer, run.device);
-    if (o.verbose) std::cerr << "resuming " << o.out_dir << " after epoch " << run.state.epoch << "/" << o.epochs << "\n";
-  } else if (fs::exists(run.files.state)) {
-    throw std::runtime_error(o.out_dir + " already holds a training run (train_state.pt): pass --resume to continue it, "
-                             "or choose another --out folder");
+  bool resume = o.resume;
+  std::string problem;
+  if (run.main()) {
+    const bool saved = fs::exists(run.files.state);
+    if (run.dist && run.dist->launch().restart_count > 0 && saved) resume = true;
+    if (resume && !saved) problem = "--resume: no " + run.files.state + " (nothing to resume)";
+    if (!resume && saved) {
+      problem = o.out_dir + " already holds a training run (train_state.pt): pass --resume to continue it, "
+                            "or choose another --out folder";
+    }
   }
+  std::string bytes;
+  if (run.dist) {
+    throw_if_rank0_failed(*run.dist, problem);
+    if (run.main() && resume) bytes = common::read_file(run.files.state);
+    run.dist->broadcast(bytes);
+    resume = !bytes.empty();
+  } else if (!problem.empty()) {
+    throw std::runtime_error(problem);
+  }
+  if (!resume) return;
+  load_state(run.files.state, o, run.state, run.model->module(), *run.optimizer, run.device, run.dist ? &bytes : nullptr);
+  if (o.verbose) std::cerr << "resuming " << o.out_dir << " after epoch " << run.state.epoch << "/" << o.epochs << "\n";
 }
 
 // The order of the steps is part of the determinism contract (same seed, same weights).
 void plan_run(Run& run, const Dataset& train_data, const Dataset& val_data) {
   const auto& o = run.o;
   run.model = build_model_for(o, train_data, run.device);
+  auto [mean, stdev] = channel_stats(train_data);
+  if (!o.init_from.empty()) {
+    // The source's normalisation is part of what its weights compute, on resume too.
+    const Checkpoint source = read_checkpoint(o.init_from);
+    if (!o.resume) {
+      const auto report = warm_start(*run.model, source, o.init_from);
+      if (o.verbose)
+        std::cerr << "initialised from " << o.init_from << ": " << report.copied << " tensors copied, "
+                  << report.neutral_blocks << " new attention blocks started neutral\n";
+    }
+    if (source.preprocessing.mean.size() == mean.size()) mean = source.preprocessing.mean, stdev = source.preprocessing.std;
+  }
   run.optimizer = make_optimizer(run.model->module(), o.optimizer);
-  const auto [mean, stdev] = channel_stats(train_data);
   run.norm = {mean, stdev};
   run.preprocessing = Preprocessing::small(train_data.height(), mean, stdev);
   run.preprocessing.input_width = train_data.width();
@@ -296,8 +343,17 @@ void plan_run(Run& run, const Dataset& train_data, const Dataset& val_data) {
   }
   run.drop_last = train_data.size() >= o.batch_size;
   run.schedule = schedule_in_steps(o, run.drop_last ? train_data.size() / o.batch_size : 1);
-  run.files = run_files(o.out_dir);
+  run.files = run_files(o.out_dir, run.main());
   start_or_resume(run);
+  if (run.dist) {
+    // Every process starts from rank 0's weights and buffers, then averages its gradients with the others'.
+    run.dist->broadcast(run.model->module());
+    run.sync = std::make_unique<GradientSync>(*run.dist, run.model->module());
+    run.allreduce_ms = run.sync->time_allreduce_ms();
+  }
+  if (const char* log = std::getenv("ATTNKIT_LOG_SAMPLES")) {  // tests: which rows each step trains on
+    run.sample_log.open(std::string(log) + ".rank" + std::to_string(run.dist ? run.dist->rank() : 0), std::ios::app);
+  }
 }
 
 // ---- run: one epoch of steps, validation, the files ---------------------------------------------
@@ -326,6 +382,10 @@ LoaderOptions training_loader_options(const Run& run, int64_t epoch) {
   lo.epoch = epoch;
   lo.prefetch = run.o.prefetch;
   lo.channels_last = run.o.channels_last;
+  if (run.dist) {
+    lo.shard = run.dist->rank();
+    lo.shards = run.dist->world_size();
+  }
   return lo;
 }
 
@@ -345,6 +405,7 @@ double train_step(Run& run, const Batch& batch, RunningSums& sums) {
   const double lr = learning_rate(run.schedule, run.state.step);
   set_learning_rate(*run.optimizer, lr);
   torch::Tensor logits;
+  if (run.sync) run.sync->before_forward();
   {
     AutocastGuard autocast(run.device.type(), run.o.amp == "bf16", at::kBFloat16);
     logits = run.model->forward(batch.images);
@@ -352,11 +413,18 @@ double train_step(Run& run, const Batch& batch, RunningSums& sums) {
   const auto loss_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(run.o.label_smoothing);
   const auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), batch.labels, loss_options);
   run.optimizer->zero_grad(true);
-  loss.backward();
+  const int64_t b = batch.labels.size(0);
+  if (run.sync) run.sync->backward(loss, b, batch.global_size);  // averaged over the processes, overlapping backward
+  else loss.backward();
+  if (run.sample_log.is_open()) {
+    const auto rows = batch.indices.cpu().contiguous();
+    run.sample_log << run.state.step;
+    for (int64_t i = 0; i < rows.numel(); ++i) run.sample_log << ' ' << rows.data_ptr<int64_t>()[i];
+    run.sample_log << '\n' << std::flush;
+  }
   run.optimizer->step();
   ++run.state.step;
   ++sums.batches;
-  const int64_t b = batch.labels.size(0);
   sums.seen += b;
   torch::NoGradGuard no_grad;
   sums.loss += loss.detach().to(torch::kDouble) * static_cast<double>(b);
@@ -377,6 +445,15 @@ EpochRecord train_epoch(Run& run, BatchLoader& loader, common::ProgressBar& bar,
     bar.update(sums.batches, sums.loss.item<double>() / seen, static_cast<double>(sums.correct.item<int64_t>()) / seen,
                seen / elapsed_s(t0));
   }
+  if (run.dist) {
+    // The epoch's numbers over all processes.
+    auto totals = torch::stack({sums.loss.cpu(), sums.correct.cpu().to(torch::kDouble),
+                                torch::tensor(static_cast<double>(sums.seen), torch::kDouble)});
+    run.dist->all_reduce_sum(totals);
+    sums.loss = totals[0];
+    sums.correct = totals[1].round().to(torch::kLong);
+    sums.seen = static_cast<int64_t>(std::llround(totals[2].item<double>()));
+  }
   const double seen = static_cast<double>(std::max<int64_t>(sums.seen, 1));
   rec.train_loss = sums.loss.item<double>() / seen;
   rec.train_acc = static_cast<double>(sums.correct.item<int64_t>()) / seen;
@@ -391,7 +468,7 @@ void validate_epoch(Run& run, EpochRecord& rec) {
   AutocastGuard autocast(run.device.type(), run.o.amp == "bf16", at::kBFloat16);
   const auto forward = [&](const torch::Tensor& x) { return run.model->forward(x); };
   const auto r = evaluate(forward, run.val_images, run.val_labels, run.num_classes(), run.norm, run.o.eval_batch_size,
-                          run.o.channels_last, run.o.hflip_tta);
+                          run.o.channels_last, run.o.hflip_tta, run.dist.get());
   rec.val_loss = r.loss;
   rec.val_acc = accuracy_from_confusion(r.confusion).overall;
 }
@@ -406,8 +483,9 @@ void keep_epoch(Run& run, const EpochRecord& rec) {
   if (score > state.best_val_acc) {
     state.best_val_acc = score;
     state.best_epoch = rec.epoch;
-    save_model(run, run.files.best, rec.epoch);
+    if (run.main()) save_model(run, run.files.best, rec.epoch);
   }
+  if (!run.main()) return;  // every process keeps the same state; rank 0 alone writes it
   save_model(run, run.files.last, rec.epoch);
   write_metrics(run.files.metrics, state.history);
   save_state(run.files.state, run.o, state, run.model->module(), *run.optimizer);
@@ -437,7 +515,17 @@ void run_epoch(Run& run, int64_t epoch) {
   }
   if (run.has_val()) validate_epoch(run, rec);
   keep_epoch(run, rec);
-  bar.finish(epoch_line(rec, run.o.epochs, run.has_val()));
+  std::string line = epoch_line(rec, run.o.epochs, run.has_val());
+  if (run.dist && loader.num_batches() > 0) {
+    // What one all-reduce of every gradient costs alone, against a step (the Reducer overlaps most of it
+    // with backward, so this is an upper bound of the time communication adds).
+    const double step_ms = 1000 * rec.seconds / static_cast<double>(loader.num_batches());
+    std::ostringstream share;
+    share << std::fixed << std::setprecision(1) << "  (" << run.dist->world_size() << " processes; all-reduce "
+          << run.allreduce_ms << " ms = " << 100 * run.allreduce_ms / step_ms << "% of a " << step_ms << " ms step)";
+    line += share.str();
+  }
+  bar.finish(line);
 }
 
 }  // namespace
@@ -447,7 +535,14 @@ TrainResult train_model(const TrainOptions& o, const Dataset& train_data, const 
   Run run{o, torch::Device(o.device), train_data.classes};
   plan_run(run, train_data, val_data);
   const int64_t last_epoch = o.stop_after > 0 ? std::min(o.epochs, run.state.epoch + o.stop_after) : o.epochs;
-  for (int64_t epoch = run.state.epoch; epoch < last_epoch; ++epoch) run_epoch(run, epoch);
+  try {
+    for (int64_t epoch = run.state.epoch; epoch < last_epoch; ++epoch) run_epoch(run, epoch);
+  } catch (const CollectiveError& e) {
+    // One line: which process, what failed; the files hold the last completed epoch (atomic writes).
+    throw CollectiveError(std::string(e.what()) + (run.state.epoch > 0 ? "; " + run.files.state + " holds epoch " +
+                                                                              std::to_string(run.state.epoch)
+                                                                        : std::string("; no epoch was completed")));
+  }
 
   TrainResult result;
   result.history = run.state.history;

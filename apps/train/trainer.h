@@ -27,6 +27,8 @@
 
 namespace attnkit::train {
 
+class Distributed;
+
 struct TrainOptions {
   /// Registry name ("resnet20", "resnet20-cbam", "resnet18-se", ...).
   std::string model = "resnet20";
@@ -58,12 +60,17 @@ struct TrainOptions {
   int prefetch = 2;
   /// Average the logits of each validation image and its mirror.
   bool hflip_tta = false;
+  /// Start from this checkpoint's weights and normalisation (see warm_start.h); "" = from the seed.
+  std::string init_from;
   std::string out_dir = "runs/train";
   bool resume = false;
   /// Stop after this many epochs of this invocation (0 = run to `epochs`); for tests of resume.
   int64_t stop_after = 0;
   /// Print progress and epoch lines to stderr.
   bool verbose = true;
+  /// Data-parallel training over this group of processes (distributed.h); null = one process. batch_size
+  /// stays the global batch (each process takes its slice); rank 0 alone writes the files.
+  std::shared_ptr<const Distributed> distributed;
   /// Free-form strings stored in the checkpoints' metadata (data set, command line, ...).
   std::map<std::string, std::string> metadata;
 };

@@ -1,0 +1,2 @@
+// See ../README.md: nothing of gloo is needed from this header.
+#pragma once
