@@ -147,6 +147,12 @@ void print_plan(const TrainPlan& plan) {
               << (o.batch_size % w ? " or " + std::to_string(o.batch_size / w + 1) : std::string()) << " images per step, the "
               << w << " together on " << o.batch_size << " (same learning rate and schedule as one process with --batch-size "
               << o.batch_size << ")\n";
+    std::cerr << "  BatchNorm statistics: "
+              << (o.sync_batch_norm ? "synchronised over the global batch (--sync-bn)"
+                                    : "per process, of its slice (--sync-bn synchronises them)")
+              << "\n";
+  } else if (o.sync_batch_norm) {
+    std::cerr << "--sync-bn: one process, nothing to synchronise\n";
   }
 }
 
@@ -328,6 +334,10 @@ void add_distributed_options(CLI::App* cmd, TrainArgs& a) {
   cmd->add_option("--dist-timeout", a.dist_timeout_s,
                   "Under torchrun: seconds a process waits for the others (rendezvous, each all-reduce) before it fails")
       ->check(CLI::Range(1.0, 86400.0))->capture_default_str();
+  cmd->add_flag("--sync-bn", a.options.sync_batch_norm,
+                "Under torchrun: BatchNorm in training normalises with the mean and variance of the whole global batch "
+                "(all processes), as torch.nn.SyncBatchNorm does, instead of each process's slice; needed when the "
+                "slices are small. One all-reduce per BatchNorm layer in forward and in backward");
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include <attnkit/backbones/resnet.h>
+#include <attnkit/modules/batch_norm.h>
 #include <attnkit/modules/factory.h>
 #include <attnkit/modules/residual_epilogue.h>
 
@@ -60,6 +61,18 @@ torch::nn::Sequential make_shortcut(const ResidualBlockOptions& o, int64_t out) 
       torch::nn::BatchNorm2d(out));
 }
 
+// The shortcut of x: itself, or the 1x1 conv and its BatchNorm (through batch_norm(), synchronised in
+// data-parallel training like every other), or option A's zero padding.
+torch::Tensor forward_shortcut(torch::nn::Sequential& downsample, const torch::Tensor& x) {
+  if (!downsample) return x;
+  if (downsample->size() == 2) {
+    auto* conv = downsample[0]->as<torch::nn::Conv2d>();
+    auto* bn = downsample[1]->as<torch::nn::BatchNorm2d>();
+    if (conv && bn) return batch_norm(*bn, conv->forward(x));
+  }
+  return downsample->forward(x);
+}
+
 /// What every residual block does after its convolutions: registers its shortcut and its attention
 /// (both on `out` channels), initialises its layers as torchvision does, and zeroes `last_bn`'s weight
 /// with zero_init_last_bn.
@@ -101,9 +114,9 @@ void BasicBlockImpl::reset() {
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto y = F::relu(bn1(conv1(x)));
-  y = bn2(conv2(y));
-  return forward_add_relu(attn, y, downsample ? downsample->forward(x) : x);
+  auto y = F::relu(batch_norm(bn1, conv1(x)));
+  y = batch_norm(bn2, conv2(y));
+  return forward_add_relu(attn, y, forward_shortcut(downsample, x));
 }
 
 void BasicBlockImpl::pretty_print(std::ostream& s) const { print_block(s, "BasicBlock", options); }
@@ -123,10 +136,10 @@ void BottleneckImpl::reset() {
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto y = F::relu(bn1(conv1(x)));
-  y = F::relu(bn2(conv2(y)));
-  y = bn3(conv3(y));
-  return forward_add_relu(attn, y, downsample ? downsample->forward(x) : x);
+  auto y = F::relu(batch_norm(bn1, conv1(x)));
+  y = F::relu(batch_norm(bn2, conv2(y)));
+  y = batch_norm(bn3, conv3(y));
+  return forward_add_relu(attn, y, forward_shortcut(downsample, x));
 }
 
 void BottleneckImpl::pretty_print(std::ostream& s) const { print_block(s, "Bottleneck", options); }
@@ -228,7 +241,7 @@ const std::vector<torch::nn::Sequential>& ResNetCore::build(const detail::ResNet
 
 torch::Tensor ResNetCore::forward_stem(const torch::Tensor& x) {
   detail::check_image_input(x, layout_.in_channels, who_);
-  auto y = F::relu(bn1(conv1(x)));
+  auto y = F::relu(batch_norm(bn1, conv1(x)));
   if (layout_.stem == Stem::ImageNet) y = F::max_pool2d(y, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
   return y;
 }

@@ -50,7 +50,8 @@ torch::Tensor CBAMImpl::forward_fused(const torch::Tensor& x, const torch::Tenso
   ops::CbamConfig cfg = detail::channel_gate_config(options.pool(), shortcut);
   if (spatial && !detail::add_spatial_gate(*spatial, w, cfg)) {
     TORCH_CHECK(options.impl() != Implementation::Fused,
-                "CBAM: impl=fused cannot run a spatial BatchNorm with cumulative-average momentum");
+                "CBAM: impl=fused cannot run a spatial BatchNorm with cumulative-average momentum or ",
+                "synchronised statistics");
     return {};
   }
   auto y = ops::cbam(x, w, cfg, shortcut);

@@ -18,7 +18,8 @@ bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, cons
 ops::CbamConfig channel_gate_config(ChannelPool pool, const torch::Tensor& shortcut = {});
 
 /// Adds the spatial gate's conv and BatchNorm to the op's weights and config. Returns false where the
-/// fused op cannot express this gate (BatchNorm with cumulative-average momentum).
+/// fused op cannot express this gate (BatchNorm with cumulative-average momentum, or training with
+/// synchronised statistics: batch_norm.h).
 bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::CbamConfig& cfg);
 
 /// After a fused forward in training mode: what torch::nn::BatchNorm2d's own forward would also

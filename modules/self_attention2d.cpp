@@ -1,3 +1,4 @@
+#include <attnkit/modules/batch_norm.h>
 #include <attnkit/modules/ops/relpos_attention.h>
 #include <attnkit/modules/relative_position.h>
 #include <attnkit/modules/self_attention2d.h>
@@ -197,7 +198,7 @@ torch::Tensor SelfAttention2dImpl::forward_non_local(const torch::Tensor& x) {
   auto out = runs_fused(x) ? ops::relpos_attention(q, k, v, torch::Tensor(), h, w, scale)
                            : at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale);
   if (recording()) record_rows(q, k, scale, h, w);
-  return norm(z(out.transpose(-1, -2).reshape({n, rd, h, w}))) + x;
+  return batch_norm(norm, z(out.transpose(-1, -2).reshape({n, rd, h, w}))) + x;
 }
 
 std::function<void()> SelfAttention2dImpl::prepare_spatial_map(int64_t h, int64_t w,

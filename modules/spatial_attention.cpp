@@ -1,3 +1,4 @@
+#include <attnkit/modules/batch_norm.h>
 #include <attnkit/modules/fused_gates.h>
 #include <attnkit/modules/spatial_attention.h>
 
@@ -15,7 +16,7 @@ std::tuple<torch::Tensor, torch::Tensor> spatial_gate_reference(const torch::Ten
   auto mean = x.mean(1, /*keepdim=*/true);
   auto pooled = order == PoolOrder::MaxMean ? torch::cat({mx, mean}, 1) : torch::cat({mean, mx}, 1);
   auto m = torch::conv2d(pooled, conv_weight, {}, /*stride=*/1, /*padding=*/k / 2);
-  if (bn) m = bn->forward(m);
+  if (bn) m = batch_norm(*bn, m);
   m = torch::sigmoid(m);
   return {x * m, m};
 }
@@ -63,7 +64,8 @@ torch::Tensor SpatialAttentionImpl::forward_fused(const torch::Tensor& x, const 
   cfg.relu = shortcut.defined();
   if (!detail::add_spatial_gate(*this, w, cfg)) {
     TORCH_CHECK(options.impl() != Implementation::Fused,
-                "SpatialAttention: impl=fused cannot run a BatchNorm with cumulative-average momentum");
+                "SpatialAttention: impl=fused cannot run a BatchNorm with cumulative-average momentum or ",
+                "synchronised statistics");
     return {};
   }
   auto y = ops::cbam(x, w, cfg, shortcut);

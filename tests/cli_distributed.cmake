@@ -1,14 +1,14 @@
 # Data-parallel attnkit train/eval on c10d (issue 17): tests/python/check_distributed.py, one case per
 # test, each with 2 processes x 1 thread over loopback (Gloo), launched by the torchrun of the Python
 # environment. Included from tests/CMakeLists.txt when the program is built and that Python exists.
-# dist_parity (tests/distributed/dist_parity.cpp) is the parity case's network without BatchNorm.
+# dist_parity (tests/distributed/dist_parity.cpp) runs the parity case's networks (with and without BatchNorm).
 add_executable(dist_parity ${CMAKE_CURRENT_SOURCE_DIR}/distributed/dist_parity.cpp)
 target_link_libraries(dist_parity PRIVATE attnkit_app)
 attnkit_reuse_library_pch(dist_parity)
 
 get_filename_component(_venv_bin "${ATTNKIT_PYTHON}" DIRECTORY)
 set(_dist_work ${CMAKE_CURRENT_BINARY_DIR}/distributed)
-foreach(case parity sharding eval kill hang elastic two_nodes)
+foreach(case parity sync_bn sharding eval kill hang elastic two_nodes)
   add_test(NAME dist.${case}
     COMMAND "${ATTNKIT_PYTHON}" ${CMAKE_CURRENT_SOURCE_DIR}/python/check_distributed.py ${case}
       --attnkit $<TARGET_FILE:attnkit_cli> --parity $<TARGET_FILE:dist_parity> --torchrun ${_venv_bin}/torchrun

@@ -211,6 +211,25 @@ void throw_if_rank0_failed(const Distributed& dist, std::string message) {
   if (!message.empty()) throw std::runtime_error(message);
 }
 
+namespace {
+
+// BatchNorm's per-channel sums, all-reduced like any other tensor (blocking; inside backward too, where
+// the Reducer's own bucket all-reduces run: every process issues both in the same order).
+class ProcessGroupBatchNormSync : public attnkit::BatchNormSync {
+ public:
+  explicit ProcessGroupBatchNormSync(std::shared_ptr<const Distributed> dist) : dist_(std::move(dist)) {}
+  void all_reduce_sum(torch::Tensor& t) const override { dist_->all_reduce_sum(t); }
+
+ private:
+  std::shared_ptr<const Distributed> dist_;
+};
+
+}  // namespace
+
+std::shared_ptr<const attnkit::BatchNormSync> batch_norm_sync_of(std::shared_ptr<const Distributed> dist) {
+  TORCH_CHECK(dist, "batch_norm_sync_of: dist is null");
+  return std::make_shared<ProcessGroupBatchNormSync>(std::move(dist));
+}
 
 // ---- GradientSync -----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@
 // below that communicates turns that into a CollectiveError whose message is the one line to print.
 #pragma once
 
+#include <attnkit/modules/batch_norm.h>
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
@@ -110,6 +111,10 @@ class Distributed {
 /// rank 0), so that a check only rank 0 can make (the files in --out) stops all processes together.
 void throw_if_rank0_failed(const Distributed& dist, std::string message);
 
+
+/// The sync that makes BatchNorm use the statistics of the global batch (attnkit/modules/batch_norm.h):
+/// its all-reduces go through `dist`'s process group. Install it with attnkit::BatchNormSyncGuard.
+std::shared_ptr<const attnkit::BatchNormSync> batch_norm_sync_of(std::shared_ptr<const Distributed> dist);
 
 /// Gradients of `module` averaged over the processes during backward, as DistributedDataParallel does
 /// (c10d::Reducer). Make it after the parameters are final (built, loaded, broadcast); each step calls

@@ -275,6 +275,7 @@ struct Run {
   // Data-parallel training (distributed.h): null with one process.
   std::shared_ptr<const Distributed> dist = o.distributed;
   std::unique_ptr<GradientSync> sync;
+  std::unique_ptr<BatchNormSyncGuard> batch_norm_sync;  // --sync-bn: installed for the run's lifetime
   double allreduce_ms = 0;        // one all-reduce of all gradients alone, for the epoch line
   std::ofstream sample_log;       // ATTNKIT_LOG_SAMPLES (tests): the rows each step trained on
 
@@ -350,6 +351,7 @@ void plan_run(Run& run, const Dataset& train_data, const Dataset& val_data) {
     run.dist->broadcast(run.model->module());
     run.sync = std::make_unique<GradientSync>(*run.dist, run.model->module());
     run.allreduce_ms = run.sync->time_allreduce_ms();
+    if (o.sync_batch_norm) run.batch_norm_sync = std::make_unique<BatchNormSyncGuard>(batch_norm_sync_of(run.dist));
   }
   if (const char* log = std::getenv("ATTNKIT_LOG_SAMPLES")) {  // tests: which rows each step trains on
     run.sample_log.open(std::string(log) + ".rank" + std::to_string(run.dist ? run.dist->rank() : 0), std::ios::app);

@@ -71,6 +71,8 @@ struct TrainOptions {
   /// Data-parallel training over this group of processes (distributed.h); null = one process. batch_size
   /// stays the global batch (each process takes its slice); rank 0 alone writes the files.
   std::shared_ptr<const Distributed> distributed;
+  /// With `distributed`: BatchNorm statistics over the global batch (attnkit/modules/batch_norm.h).
+  bool sync_batch_norm = false;
   /// Free-form strings stored in the checkpoints' metadata (data set, command line, ...).
   std::map<std::string, std::string> metadata;
 };

@@ -5,7 +5,8 @@ One case per call (CTest runs each, tests/cli_distributed.cmake):
 
   parity    dist_parity (tests/distributed): K SGD steps on 2 processes == K steps on 1 process with the
             same global batch, in float64 (the algorithm: equal to rounding) and float32 (the tolerance
-            below), with an even and an uneven split of the batch.
+            below), with an even and an uneven split of the batch; for a network without BatchNorm, and
+            for one with BatchNorm under --sync-bn (and not without it).
   sharding  attnkit train under torchrun logs the rows of every step (ATTNKIT_LOG_SAMPLES): per step the
             two slices together are exactly the one-process batch, so each epoch every row is seen once
             (IDX data, a pixel CSV and, with OpenCV, an image folder).
@@ -28,6 +29,12 @@ Five steps with momentum accumulate lr*(1 + 1.9 + 2.71 + 3.44 + 4.1) ~ 1.3 such 
 their propagation through the network (a few times more for 5 small steps): ~1e-5, the tolerance. The
 measured difference is ~3e-8, one float32 ulp of the largest weights (|w| ~ 0.3). float64 must agree to
 1e-10 (u = 1.1e-16; measured ~3e-17).
+
+With BatchNorm (--net bn: resnet20-cbam at width 0.25, 19 BatchNorm layers) and --sync-bn, each layer
+adds two more reductions of the same length (mean and variance forward, sum dy and sum dy*xhat
+backward) and a gain of 1/std (<~10 for these activations) to the error's propagation: ten times the
+plain network's bound, 1e-4 (BN_FLOAT32_TOLERANCE; measured 1.6e-7, and 1e-15 in float64). Without
+--sync-bn the two runs part by ~0.04, which the case also checks so that it could fail.
 """
 import argparse
 import json
@@ -42,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 ARGS = None
+BN_FLOAT32_TOLERANCE = 1e-4
 
 
 def fail(msg):
@@ -81,20 +89,55 @@ def train_cmd(out, *more, epochs=2, images=600):
 
 # ---- parity -----------------------------------------------------------------------------------------
 
+def parity_diff(work, net, dtype, batch, sync_bn=False):
+    """max |w(2 processes) - w(1 process)| over the weights (and buffers) after 5 steps, and max |w|."""
+    tag = f"{net}-{dtype}-{batch}" + ("-sync" if sync_bn else "")
+    one, two = work / f"one-{tag}.bin", work / f"two-{tag}.bin"
+    common = ["--steps", "5", "--batch", str(batch), "--dtype", dtype, "--net", net]
+    run([ARGS.parity, *common, "--out", one], env=one_thread_env())
+    run(torchrun(2, ARGS.parity, *common, "--sync-bn", "1" if sync_bn else "0", "--out", two), env=one_thread_env())
+    w1, w2 = np.fromfile(one, dtype=np.float64), np.fromfile(two, dtype=np.float64)
+    if w1.shape != w2.shape or w1.size == 0:
+        fail(f"weights differ in size: {w1.shape} vs {w2.shape}")
+    diff = float(np.abs(w1 - w2).max())
+    print(f"parity {net} {dtype} global batch {batch}{' --sync-bn' if sync_bn else ''}: "
+          f"max |w(2 processes) - w(1 process)| = {diff:.3g} (max |w| = {np.abs(w1).max():.3g})")
+    return diff
+
+
 def case_parity(work):
     for dtype, batch, tol in [("float64", 32, 1e-10), ("float32", 32, 1e-5), ("float32", 33, 1e-5)]:
-        one, two = work / f"one-{dtype}-{batch}.bin", work / f"two-{dtype}-{batch}.bin"
-        common = ["--steps", "5", "--batch", str(batch), "--dtype", dtype]
-        run([ARGS.parity, *common, "--out", one], env=one_thread_env())
-        run(torchrun(2, ARGS.parity, *common, "--out", two), env=one_thread_env())
-        w1, w2 = np.fromfile(one, dtype=np.float64), np.fromfile(two, dtype=np.float64)
-        if w1.shape != w2.shape or w1.size == 0:
-            fail(f"weights differ in size: {w1.shape} vs {w2.shape}")
-        diff = float(np.abs(w1 - w2).max())
-        print(f"parity {dtype} global batch {batch}: max |w(2 processes) - w(1 process)| = {diff:.3g} "
-              f"(tolerance {tol:g}, max |w| = {np.abs(w1).max():.3g})")
+        diff = parity_diff(work, "plain", dtype, batch)
         if not diff <= tol:
             fail(f"{dtype} batch {batch}: weights differ by {diff:g} > {tol:g}")
+    # BatchNorm: with --sync-bn every layer sees the global batch's statistics, so 2 processes are the
+    # 1-process run again; without it each normalises its half, and the runs part (the test can tell).
+    for dtype, batch, tol in [("float64", 32, 1e-10), ("float32", 32, BN_FLOAT32_TOLERANCE),
+                              ("float32", 33, BN_FLOAT32_TOLERANCE)]:
+        diff = parity_diff(work, "bn", dtype, batch, sync_bn=True)
+        if not diff <= tol:
+            fail(f"bn {dtype} batch {batch} --sync-bn: weights differ by {diff:g} > {tol:g}")
+    diff = parity_diff(work, "bn", "float64", 32, sync_bn=False)
+    if not diff > 1e3 * 1e-10:
+        fail(f"bn without --sync-bn: 2 processes equal 1 ({diff:g}); the test could not tell them apart")
+
+
+# ---- sync_bn ----------------------------------------------------------------------------------------
+
+def case_sync_bn(work):
+    """attnkit train --sync-bn on 2 processes says so and trains; on 1 process it says there is nothing
+    to synchronise. (That the statistics are the global batch's is the parity case's.)"""
+    cmd = lambda out: [ARGS.attnkit, "train", "--data", ARGS.data, "--model", "resnet20-cbam", "--width", "0.25",
+                       "--epochs", "1", "--batch-size", "32", "--max-images", "256", "--val-size", "64", "--sync-bn",
+                       "--out", out, "--threads", "1"]
+    two = run(torchrun(2, *cmd(work / "two")), env=one_thread_env())
+    if "BatchNorm statistics: synchronised over the global batch (--sync-bn)" not in two.stderr:
+        fail("2 processes with --sync-bn: the plan does not say the statistics are synchronised:\n" + two.stderr)
+    if not (work / "two" / "best.pt").exists():
+        fail("2 processes with --sync-bn: no best.pt")
+    one = run(cmd(work / "one"), env=one_thread_env())
+    if "--sync-bn: one process, nothing to synchronise" not in one.stderr:
+        fail("1 process with --sync-bn: no word about it:\n" + one.stderr)
 
 
 # ---- sharding ---------------------------------------------------------------------------------------
@@ -361,7 +404,7 @@ def case_two_nodes(work):
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=["parity", "sharding", "eval", "kill", "hang", "elastic", "two_nodes"])
+    ap.add_argument("case", choices=["parity", "sync_bn", "sharding", "eval", "kill", "hang", "elastic", "two_nodes"])
     ap.add_argument("--attnkit", required=True)
     ap.add_argument("--parity", help="the dist_parity program")
     ap.add_argument("--torchrun", required=True)
