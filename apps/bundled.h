@@ -8,7 +8,7 @@
 namespace attnkit::app {
 
 /// File name of the default model inside weights/.
-inline constexpr const char* kBundledModelName = "fashion-mnist-resnet20x4.attnkit";
+inline constexpr const char* kBundledModelName = "fashion-mnist-resnet20x4-cbam.attnkit";
 
 /// Full path of the bundled model; throws std::runtime_error naming the folders searched when absent.
 std::string bundled_weights();

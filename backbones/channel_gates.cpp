@@ -39,8 +39,7 @@ std::vector<GateInfo> gates_of(Backbone& model) {
       const std::string stage = "layer" + std::to_string(s + 1);
       const std::string name = stage + "." + std::to_string(j++);
       GateInfo g;
-      if (auto* basic = dynamic_cast<BasicBlockImpl*>(any.ptr().get())) g = find_gate(basic->attn);
-      else if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(any.ptr().get())) g = find_gate(bottleneck->attn);
+      if (const auto parts = residual_block_parts(*any.ptr())) g = find_gate(parts->attn);
       if (!g.recorder) continue;
       g.layer = name;
       g.stage = stage;

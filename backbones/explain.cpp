@@ -105,12 +105,9 @@ Layout describe(Backbone& model) {
       b.name = layout.stages.back() + "." + std::to_string(j++);
       b.stage = s;
       b.module = any;
-      if (auto* basic = dynamic_cast<BasicBlockImpl*>(any.ptr().get())) {
-        b.stride = basic->options.stride();
-        describe_attention(basic->attn, b);
-      } else if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(any.ptr().get())) {
-        b.stride = bottleneck->options.stride();
-        describe_attention(bottleneck->attn, b);
+      if (const auto parts = residual_block_parts(*any.ptr())) {
+        b.stride = parts->options.stride();
+        describe_attention(parts->attn, b);
       }
       layout.blocks.push_back(std::move(b));
     }

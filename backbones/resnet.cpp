@@ -144,6 +144,13 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
 
 void BottleneckImpl::pretty_print(std::ostream& s) const { print_block(s, "Bottleneck", options); }
 
+std::optional<ResidualBlockParts> residual_block_parts(torch::nn::Module& module) {
+  if (auto* basic = dynamic_cast<BasicBlockImpl*>(&module)) return ResidualBlockParts{basic->options, basic->attn, basic->bn2};
+  if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(&module))
+    return ResidualBlockParts{bottleneck->options, bottleneck->attn, bottleneck->bn3};
+  return std::nullopt;
+}
+
 // ---- detail ------------------------------------------------------------------------------------
 
 namespace detail {

@@ -36,6 +36,7 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -119,6 +120,18 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl> {
   torch::nn::AnyModule attn;
 };
 TORCH_MODULE(Bottleneck);
+
+/// What every residual block has, whichever kind (BasicBlock or Bottleneck): its options, its attention
+/// (empty AnyModule when none) and the BatchNorm whose output the attention gates. For code that walks
+/// a model's blocks (explain, channel gates, warm starts) without knowing their kinds.
+struct ResidualBlockParts {
+  const ResidualBlockOptions& options;
+  torch::nn::AnyModule& attn;
+  torch::nn::BatchNorm2d& last_bn;
+};
+
+/// The parts of `module` when it is a residual block; nullopt for any other module.
+std::optional<ResidualBlockParts> residual_block_parts(torch::nn::Module& module);
 
 namespace detail {
 /// A stage of `blocks` residual blocks (Sequential named 0, 1, ...), the first with `stride`.

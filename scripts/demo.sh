@@ -19,8 +19,8 @@ echo
 echo "The bundled model on the ten sample images:"
 "$BUILD/bin/attnkit" classify weights/samples --top-k 3
 echo
-echo "Where it looks (Grad-CAM & co.), written to ./attnkit-visualize:"
+echo "Where it looks (its own CBAM maps, Grad-CAM & co.), written to ./attnkit-visualize:"
 "$BUILD/bin/attnkit" visualize weights/samples/0000-ankle-boot.png --method all --out attnkit-visualize --overwrite
 echo
 echo "The bundled model on the Fashion-MNIST test set (10,000 images):"
-"$BUILD/bin/attnkit" eval --weights weights/fashion-mnist-resnet20x4.attnkit
+"$BUILD/bin/attnkit" eval

@@ -248,7 +248,7 @@ elseif(STEP STREQUAL "window_keys")
   set(snaps ${WORK}/snapshots)
   file(REMOVE_RECURSE ${snaps})
   file(WRITE ${WORK}/keys.sh "
-\"$1\" stream --source \"videotestsrc is-live=true ! ${pipeline_caps}\" --out ${snaps} --json > ${WORK}/keys.out 2> ${WORK}/keys.err &
+\"$1\" stream --source \"videotestsrc is-live=true ! ${pipeline_caps}\" --method gradcam --out ${snaps} --json > ${WORK}/keys.out 2> ${WORK}/keys.err &
 pid=$!
 w=$(timeout 60 ${XDOTOOL} search --sync --name 'attnkit stream' | head -n 1)
 ${XDOTOOL} windowfocus --sync \"$w\"

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "testing.h"
+#include "testing_blocks.h"
 
 using namespace attnkit;
 using attnkit::testing::error_of;
@@ -13,16 +14,7 @@ using ::testing::HasSubstr;
 
 namespace {
 
-/// The attention module of every block, in order.
-std::vector<std::shared_ptr<torch::nn::Module>> block_attention(Backbone& model) {
-  std::vector<std::shared_ptr<torch::nn::Module>> out;
-  for (const auto& stage : model.stages())
-    for (const auto& any : *stage) {
-      auto* b = dynamic_cast<BasicBlockImpl*>(any.ptr().get());
-      out.push_back(b && !b->attn.is_empty() ? b->attn.ptr() : nullptr);
-    }
-  return out;
-}
+using attnkit::testing::block_attention;
 
 TEST(ChannelGates, WeightsAreWhatEachGateRecords) {
   for (const std::string name : {"resnet20-se", "resnet20-eca", "resnet20-[channel,,]", "resnet20-cbam"}) {

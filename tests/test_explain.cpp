@@ -13,12 +13,15 @@
 #include <map>
 
 #include "testing.h"
+#include "testing_blocks.h"
 
 using namespace attnkit;
 using attnkit::testing::all_close;
 using ::testing::HasSubstr;
 
 namespace {
+
+using attnkit::testing::block_attention;
 
 using attnkit::testing::error_of;
 
@@ -42,16 +45,6 @@ torch::Tensor recorded_map(Backbone& model, const torch::Tensor& x, AttentionMap
   return map;
 }
 
-/// The attention module of every block, in order (null where a block has none).
-std::vector<std::shared_ptr<torch::nn::Module>> block_attention(Backbone& model) {
-  std::vector<std::shared_ptr<torch::nn::Module>> out;
-  for (const auto& stage : model.stages())
-    for (const auto& any : *stage) {
-      auto* b = dynamic_cast<BasicBlockImpl*>(any.ptr().get());
-      out.push_back(b && !b->attn.is_empty() ? b->attn.ptr() : nullptr);
-    }
-  return out;
-}
 
 /// Per-image min-max to [0, 1], written out plainly (the reference's own normaliser).
 using attnkit::testing::float32_pair_tolerance;

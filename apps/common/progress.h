@@ -1,6 +1,7 @@
 // Progress on stderr (per epoch of training, over the files of classify): a redrawn bar (loss,
-// accuracy, images/s, ETA) when stderr is a terminal; otherwise nothing until the one summary line,
-// so logs stay readable.
+// accuracy, images/s, ETA) when stderr is a terminal; otherwise (a log file, nohup) the same text as a
+// plain line once a minute, so a long run's log shows it is alive and when it will end, and a short
+// run's log holds only its summary lines.
 #pragma once
 
 #include <chrono>
@@ -13,8 +14,8 @@ class ProgressBar {
  public:
   /// `enabled` = false prints nothing at all (quiet runs, tests).
   ProgressBar(std::string title, int64_t total_steps, bool enabled);
-  /// True when update() would redraw now (a terminal and ≥ 0.2 s since the last draw): lets the caller
-  /// skip synchronising device values it only needs for display.
+  /// True when update() would print now (≥ 0.2 s since the last draw on a terminal, ≥ 60 s elsewhere):
+  /// lets the caller skip synchronising device values it only needs for display.
   bool due() const;
   /// Redraws the bar with the training numbers: "loss 0.1234 acc 95.00% 812 img/s".
   void update(int64_t step, double loss, double acc, double images_per_s);

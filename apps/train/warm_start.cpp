@@ -109,10 +109,8 @@ void start_neutral(torch::nn::Module& attn, torch::nn::BatchNorm2d& last_bn, con
 template <typename Fn>
 void for_each_attended_block(torch::nn::Module& root, Fn&& fn) {
   for (const auto& item : root.named_modules()) {
-    if (auto* basic = dynamic_cast<BasicBlockImpl*>(item.value().get()); basic && !basic->attn.is_empty())
-      fn(item.key(), *basic->attn.ptr(), basic->bn2);
-    if (auto* bottleneck = dynamic_cast<BottleneckImpl*>(item.value().get()); bottleneck && !bottleneck->attn.is_empty())
-      fn(item.key(), *bottleneck->attn.ptr(), bottleneck->bn3);
+    if (const auto parts = residual_block_parts(*item.value()); parts && !parts->attn.is_empty())
+      fn(item.key(), *parts->attn.ptr(), parts->last_bn);
   }
 }
 
