@@ -8,7 +8,11 @@ Two phases, so that the long one may share the machine and the timed one need no
           on the test set. Resumable: a finished run is kept, an interrupted one continues (--resume).
   speed   on an idle machine: training images/s (one epoch of --speed-images images, the first epoch's
           rate) and inference images/s (`attnkit eval` of the 10,000 test images), per model.
-  table   the Markdown table from what the two phases saved (runs/compare-attention/*.json).
+  table   the Markdown table from what the two phases saved.
+
+Training runs go to --out (runs/compare-attention, not in the repository); each finished run's result
+(test accuracy, size, time) and the speeds go to --results (weights/compare-attention, in the
+repository: the data behind weights/README.md's table, and what lets a later session skip finished runs).
 
   python scripts/compare_attention.py train --attnkit build/bin/attnkit
   python scripts/compare_attention.py speed --attnkit build/bin/attnkit
@@ -48,11 +52,11 @@ def cpu_name():
 
 
 def train_phase(a):
-    out = Path(a.out)
+    out, results = Path(a.out), Path(a.results)
     for model in a.models:
         for seed in a.seeds:
             run_dir = out / f"{model}-s{seed}"
-            result = out / f"{model}-s{seed}.json"
+            result = results / f"{model}-s{seed}.json"
             if result.exists():
                 continue
             finished = (run_dir / "metrics.jsonl").exists() and len(
@@ -74,7 +78,7 @@ def train_phase(a):
 
 
 def speed_phase(a):
-    out = Path(a.out)
+    out, results = Path(a.out), Path(a.results)
     speeds = {"cpu": cpu_name(), "threads": a.threads, "models": {}}
     for model in a.models:
         tmp = out / f"speed-{model}"
@@ -88,7 +92,7 @@ def speed_phase(a):
             sys.exit(f"no images/s in eval's output:\n{ev.stderr}")
         speeds["models"][model] = {"train_images_per_s": train_ips, "inference_images_per_s": float(m.group(3))}
         print(f"{model}: train {train_ips:.0f} images/s, inference {m.group(3)} images/s", flush=True)
-    (out / "speed.json").write_text(json.dumps(speeds, indent=1))
+    (results / "speed.json").write_text(json.dumps(speeds, indent=1))
 
 
 def mean_std(xs):
@@ -98,7 +102,7 @@ def mean_std(xs):
 
 
 def table_phase(a):
-    out = Path(a.out)
+    out = Path(a.results)
     speed = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else {"models": {}}
     rows = []
     base = None
@@ -142,8 +146,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-images", type=int, default=6144)
     ap.add_argument("--out", default="runs/compare-attention")
+    ap.add_argument("--results", default="weights/compare-attention")
     a = ap.parse_args()
     Path(a.out).mkdir(parents=True, exist_ok=True)
+    Path(a.results).mkdir(parents=True, exist_ok=True)
     {"train": train_phase, "speed": speed_phase, "table": table_phase}[a.phase](a)
 
 
