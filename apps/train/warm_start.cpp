@@ -9,7 +9,7 @@
 
 #include <torch/torch.h>
 
-#include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -31,13 +31,6 @@ void check_same_backbone(const ModelConfig& model, const ModelConfig& source, co
   if (!same)
     throw std::runtime_error("--init-from " + path + ": it holds " + describe(source) + ", this run builds " +
                              describe(model) + "; only the attention may differ");
-}
-
-std::map<std::string, torch::Tensor> tensors_of(torch::nn::Module& m) {
-  std::map<std::string, torch::Tensor> all;
-  for (const auto& item : m.named_parameters()) all[item.key()] = item.value();
-  for (const auto& item : m.named_buffers()) all[item.key()] = item.value();
-  return all;
 }
 
 void zero_if_defined(const torch::Tensor& t) {
@@ -119,30 +112,25 @@ void for_each_attended_block(torch::nn::Module& root, Fn&& fn) {
 WarmStartReport warm_start(Backbone& model, const Checkpoint& source, const std::string& path) {
   check_same_backbone(model.config(), source.config, path);
   auto& root = model.module();
-  auto targets = tensors_of(root);
-  WarmStartReport report;
-  torch::NoGradGuard no_grad;
-  for (const auto& [name, tensor] : source.state) {
-    auto it = targets.find(name);
-    if (it == targets.end())
-      throw std::runtime_error("--init-from " + path + ": its tensor " + name + " has no counterpart in " +
-                               model.config().name() + " (a checkpoint with attention cannot start a model without it)");
-    if (it->second.sizes() != tensor.sizes())
-      throw std::runtime_error("--init-from " + path + ": " + name + " has shape " + c10::str(tensor.sizes()) +
-                               ", the model's has " + c10::str(it->second.sizes()));
-    it->second.copy_(tensor);
-    targets.erase(it);
-    ++report.copied;
-  }
-  for (const auto& [name, tensor] : targets)
+  // The checkpoint's tensors all land in the model (load_state_dict checks names and shapes before it
+  // copies); what the model has beyond them may only be attention, started neutral below.
+  const auto loaded = load_state_dict(root, source.state, /*strict=*/false);
+  if (!loaded.unexpected.empty())
+    throw std::runtime_error("--init-from " + path + ": its tensor " + loaded.unexpected.front() + " has no counterpart in " +
+                             model.config().name() + " (a checkpoint with attention cannot start a model without it)");
+  const std::set<std::string> missing(loaded.missing.begin(), loaded.missing.end());
+  for (const auto& name : missing)
     if (name.find("attn.") == std::string::npos)
       throw std::runtime_error("--init-from " + path + ": it has no " + name + " (not an attention tensor)");
+  WarmStartReport report;
+  report.copied = static_cast<int64_t>(loaded.loaded.size());
+  torch::NoGradGuard no_grad;
   for_each_attended_block(root, [&](const std::string& block, torch::nn::Module& attn, torch::nn::BatchNorm2d& bn) {
-    size_t missing = 0;
+    size_t absent = 0;
     const auto params = attn.named_parameters();
-    for (const auto& p : params) missing += targets.count(block + ".attn." + p.key());
-    if (missing == 0) return;  // the checkpoint has this block's attention
-    if (missing != params.size())
+    for (const auto& p : params) absent += missing.count(block + ".attn." + p.key());
+    if (absent == 0) return;  // the checkpoint has this block's attention
+    if (absent != params.size())
       throw std::runtime_error("--init-from " + path + ": it has only part of " + block + ".attn");
     start_neutral(attn, bn, block, path);
     ++report.neutral_blocks;
