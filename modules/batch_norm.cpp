@@ -157,19 +157,23 @@ torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weigh
                                       m.count, sync);
 }
 
+std::shared_ptr<const BatchNormSync> batch_norm_sync_for(const torch::nn::BatchNorm2dImpl& bn) {
+  return bn.is_training() ? batch_norm_sync() : nullptr;
+}
+
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
-  auto sync = bn.is_training() ? batch_norm_sync() : nullptr;
+  auto sync = batch_norm_sync_for(bn);
   if (!sync) return bn.forward(x);
   TORCH_CHECK(x.dim() == 4, "batch_norm: expected a 4-D input [N, C, H, W], got ", x.sizes());
   const auto& o = bn.options;
+  const bool track = o.track_running_stats();
   double momentum = o.momentum().value_or(0.0);
-  if (o.track_running_stats()) {
+  if (track) {
     torch::NoGradGuard no_grad;
     bn.num_batches_tracked.add_(1);
     // momentum None: the cumulative average, as torch::nn::BatchNorm2d does.
     if (!o.momentum()) momentum = 1.0 / static_cast<double>(bn.num_batches_tracked.item<int64_t>());
   }
-  const bool track = o.track_running_stats();
   return sync_batch_norm(x, o.affine() ? bn.weight : torch::Tensor(), o.affine() ? bn.bias : torch::Tensor(),
                          track ? bn.running_mean : torch::Tensor(), track ? bn.running_var : torch::Tensor(), momentum,
                          o.eps(), std::move(sync));

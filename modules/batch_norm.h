@@ -46,6 +46,10 @@ class BatchNormSyncGuard {
   std::shared_ptr<const BatchNormSync> previous_;
 };
 
+/// The sync batch_norm(bn, ·) applies now: the installed one while `bn` is training, else null (then
+/// batch_norm is bn(x)). Code that computes a BatchNorm its own way (the fused CBAM op) asks it too.
+std::shared_ptr<const BatchNormSync> batch_norm_sync_for(const torch::nn::BatchNorm2dImpl& bn);
+
 /// `bn(x)`, or, in training mode with a sync installed, the same BatchNorm with the statistics of the
 /// global batch: running mean and (unbiased) variance updated from them, num_batches_tracked counted.
 torch::Tensor batch_norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);

@@ -24,7 +24,7 @@ bool add_spatial_gate(SpatialAttentionImpl& spatial, ops::CbamWeights& w, ops::C
     auto& bn = *spatial.bn;
     if (!bn.options.momentum().has_value()) return false;
     // Synchronised statistics need the other processes' sums between pooling and normalising.
-    if (bn.is_training() && batch_norm_sync()) return false;
+    if (batch_norm_sync_for(bn)) return false;
     cfg.bn_momentum = *bn.options.momentum();
     cfg.bn_eps = bn.options.eps();
     cfg.bn_training = bn.is_training() || !bn.options.track_running_stats();
