@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <ATen/autocast_mode.h>
 
+#include <limits>
 #include <thread>
 
 #include "testing.h"
@@ -389,6 +390,23 @@ TEST(FusedCbam, OddShapes) {
     check_against_reference(torch::randn({3, 19, 1, 1}, torch::kDouble).contiguous(fmt), make_case(19, 4, 7, torch::kDouble));
     check_against_reference(torch::randn({1, 33, 3, 17}, torch::kDouble).contiguous(fmt), make_case(33, 16, 5, torch::kDouble));
     check_against_reference(torch::randn({0, 8, 4, 4}, torch::kDouble).contiguous(fmt), make_case(8, 2, 3, torch::kDouble));
+  }
+}
+
+// The channels-last channel pool splits positions into chunks of 256 so that batch 1 keeps both
+// threads busy: a map of several chunks with a partial last one, and a NaN in the last chunk still
+// reaches its channel's maximum (so every output of its image is NaN), as in the NCHW path.
+TEST(FusedCbam, ChannelsLastPoolOverManyPositions) {
+  torch::manual_seed(12);
+  check_against_reference(torch::randn({2, 40, 23, 29}, torch::kDouble).contiguous(torch::MemoryFormat::ChannelsLast),
+                          make_case(40, 8, 7, torch::kDouble));
+  auto c = make_case(40, 8, 7, torch::kFloat);
+  auto x = torch::randn({2, 40, 23, 29});
+  x[0][5][22][28].fill_(std::numeric_limits<float>::quiet_NaN());
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    auto y = attnkit::ops::cbam(x.contiguous(fmt), c.w, c.cfg);
+    EXPECT_TRUE(y[0].isnan().all().item<bool>()) << fmt;
+    EXPECT_TRUE(y[1].isfinite().all().item<bool>()) << fmt;
   }
 }
 

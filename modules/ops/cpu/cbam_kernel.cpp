@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -30,6 +31,8 @@ using at::Tensor;
 constexpr int64_t kBlock = 512;
 // Rows (channels in NCHW, positions in NHWC) folded into a block's partial results per sweep.
 constexpr int kRows = 8;
+// Positions per task of the NHWC channel pool (see channel_pool_impl).
+constexpr int64_t kPositionChunk = 256;
 
 struct Shape {
   int64_t n, c, p;
@@ -101,16 +104,25 @@ void channel_pool_impl(const Tensor& x, bool nhwc, Tensor& avg_t, Tensor& max_t)
     });
     return;
   }
+  // Tasks: (image, block of kBlock channels, chunk of kPositionChunk positions). Splitting the
+  // positions too keeps both threads busy at batch 1, where a 256-channel map is one channel block.
+  // The chunks are fixed by P alone, so the result does not depend on the thread count: partial
+  // sums and maxima per chunk, then combined in chunk order.
   const int64_t blocks = (C + kBlock - 1) / kBlock;
-  at::parallel_for(0, N * blocks, grain_for(std::min(kBlock, C) * P), [&](int64_t b, int64_t e) {
+  const int64_t chunks = (P + kPositionChunk - 1) / kPositionChunk;
+  std::vector<A> partial_sum(chunks > 1 ? N * chunks * C : 0), partial_max(partial_sum.size());
+  const int64_t chunk_len = std::min(kPositionChunk, P);
+  at::parallel_for(0, N * blocks * chunks, grain_for(std::min(kBlock, C) * chunk_len), [&](int64_t b, int64_t e) {
     alignas(64) A sum[kBlock];
     alignas(64) A m[kBlock];
     for (int64_t t = b; t < e; ++t) {
-      const int64_t n = t / blocks, c0 = (t % blocks) * kBlock, cn = std::min(kBlock, C - c0);
+      const int64_t n = t / (blocks * chunks), c0 = (t / chunks % blocks) * kBlock, chunk = t % chunks;
+      const int64_t cn = std::min(kBlock, C - c0);
+      const int64_t p_begin = chunk * kPositionChunk, p_end = std::min(P, p_begin + kPositionChunk);
       std::fill(sum, sum + cn, A(0));
       std::fill(m, m + cn, ninf);
-      for (int64_t p0 = 0; p0 < P; p0 += kRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, P - p0));
+      for (int64_t p0 = p_begin; p0 < p_end; p0 += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, p_end - p0));
         const T* row = xp + (n * P + p0) * C + c0;
         for (int64_t j = 0; j < cn; j += K) {
           const int cnt = static_cast<int>(std::min<int64_t>(K, cn - j));
@@ -124,11 +136,30 @@ void channel_pool_impl(const Tensor& x, bool nhwc, Tensor& avg_t, Tensor& max_t)
           vm.store(m + j);
         }
       }
-      for (int64_t j = 0; j < cn; ++j) {
-        avg[n * C + c0 + j] = sum[j] / static_cast<A>(P);
-        mx[n * C + c0 + j] = m[j];
+      if (chunks == 1) {
+        for (int64_t j = 0; j < cn; ++j) {
+          avg[n * C + c0 + j] = sum[j] / static_cast<A>(P);
+          mx[n * C + c0 + j] = m[j];
+        }
+      } else {
+        std::copy(sum, sum + cn, partial_sum.data() + (n * chunks + chunk) * C + c0);
+        std::copy(m, m + cn, partial_max.data() + (n * chunks + chunk) * C + c0);
       }
     }
+  });
+  if (chunks == 1) return;
+  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        A total = 0, best = ninf;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+          total += partial_sum[(n * chunks + chunk) * C + c];
+          const A v = partial_max[(n * chunks + chunk) * C + c];
+          if (v > best || std::isnan(v)) best = v;  // NaN propagates, as at::vec::maximum above
+        }
+        avg[n * C + c] = total / static_cast<A>(P);
+        mx[n * C + c] = best;
+      }
   });
 }
 
