@@ -8,7 +8,7 @@ attnkit_reuse_library_pch(dist_parity)
 
 get_filename_component(_venv_bin "${ATTNKIT_PYTHON}" DIRECTORY)
 set(_dist_work ${CMAKE_CURRENT_BINARY_DIR}/distributed)
-foreach(case parity sync_bn sharding eval kill hang elastic two_nodes)
+foreach(case parity sync_bn sharding eval kill kill_sync_bn hang elastic two_nodes)
   add_test(NAME dist.${case}
     COMMAND "${ATTNKIT_PYTHON}" ${CMAKE_CURRENT_SOURCE_DIR}/python/check_distributed.py ${case}
       --attnkit $<TARGET_FILE:attnkit_cli> --parity $<TARGET_FILE:dist_parity> --torchrun ${_venv_bin}/torchrun

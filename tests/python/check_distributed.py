@@ -16,6 +16,8 @@ One case per call (CTest runs each, tests/cli_distributed.cmake):
   kill      2 processes launched with torchrun's variables; rank 1 is SIGKILLed mid-epoch: rank 0 exits
             non-zero within --dist-timeout with one line, the last checkpoint is intact, and --resume on
             1 process finishes the run.
+  kill_sync_bn  the same under --sync-bn: rank 0 meets the dead rank inside BatchNorm's all-reduce
+            (in forward or in autograd's backward) and fails the same way.
   hang      the same with rank 1 stopped (SIGSTOP): rank 0 fails within --dist-timeout.
   elastic   torchrun --max-restarts 1; rank 1 is killed after epoch 1; torchrun restarts both and the
             run continues from the last epoch and finishes.
@@ -225,14 +227,14 @@ def case_eval(work):
 
 # ---- faults -----------------------------------------------------------------------------------------
 
-def launch_two(out, epochs, images, timeout_s):
+def launch_two(out, epochs, images, timeout_s, *more):
     """The two ranks with the variables torchrun sets, rank 0 hosting the store (no agent)."""
     port = free_port()
     procs = []
     for rank in (0, 1):
         env = one_thread_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                              MASTER_PORT=str(port))
-        cmd = [str(c) for c in train_cmd(out, "--dist-timeout", str(timeout_s), epochs=epochs, images=images)]
+        cmd = [str(c) for c in train_cmd(out, "--dist-timeout", str(timeout_s), *more, epochs=epochs, images=images)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -286,16 +288,23 @@ def check_intact_and_resume(out, epochs_done, epochs):
     print(f"last checkpoint intact (epoch {epochs_done}); --resume on 1 process finished epochs {epochs_done + 1}..{epochs}")
 
 
-def case_kill(work):
-    out, timeout_s, epochs = work / "killed", 20, 3
-    procs = launch_two(out, epochs, 1500, timeout_s)
+def case_kill(work, *more, what="kill"):
+    out, timeout_s, epochs = work / what, 20, 3
+    procs = launch_two(out, epochs, 1500, timeout_s, *more)
     wait_for_epochs(out, 1, procs)
     time.sleep(0.3)  # into epoch 2
     procs[1].send_signal(signal.SIGKILL)
     started = time.time()
     procs[1].wait()
-    check_survivor(procs[0], started, timeout_s, "kill")
+    check_survivor(procs[0], started, timeout_s, what)
     check_intact_and_resume(out, len((out / "metrics.jsonl").read_text().splitlines()), epochs)
+
+
+def case_kill_sync_bn(work):
+    # With --sync-bn every BatchNorm all-reduces in forward and again in backward (inside autograd's
+    # engine), so most of a step's collectives are BatchNorm's: wherever the survivor meets the dead
+    # rank, it must fail the same way (one line, non-zero, checkpoint intact).
+    case_kill(work, "--sync-bn", what="kill_sync_bn")
 
 
 def case_hang(work):
@@ -404,7 +413,7 @@ def case_two_nodes(work):
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=["parity", "sync_bn", "sharding", "eval", "kill", "hang", "elastic", "two_nodes"])
+    ap.add_argument("case", choices=["parity", "sync_bn", "sharding", "eval", "kill", "kill_sync_bn", "hang", "elastic", "two_nodes"])
     ap.add_argument("--attnkit", required=True)
     ap.add_argument("--parity", help="the dist_parity program")
     ap.add_argument("--torchrun", required=True)
