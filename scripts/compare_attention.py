@@ -7,7 +7,8 @@ Two phases, so that the long one may share the machine and the timed one need no
   train   every (model, seed) run with `attnkit train`, then `attnkit eval --json` of its best epoch
           on the test set. Resumable: a finished run is kept, an interrupted one continues (--resume).
   speed   on an idle machine: training images/s (one epoch of --speed-images images, the first epoch's
-          rate) and inference images/s (`attnkit eval` of the 10,000 test images), per model.
+          rate) and inference images/s (`attnkit eval` of the 10,000 test images), per model: the
+          median of --repeats rounds over all models.
   table   the Markdown table from what the two phases saved.
 
 Training runs go to --out (runs/compare-attention, not in the repository); each finished run's result
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,8 @@ from pathlib import Path
 MODELS = ["resnet20", "resnet20-se", "resnet20-eca", "resnet20-cbam"]
 
 
-def recipe(a):
-    return ["--width", str(a.width), "--epochs", str(a.epochs), "--batch-size", "128", "--lr", "0.1",
+def recipe(a, epochs=None):
+    return ["--width", str(a.width), "--epochs", str(epochs or a.epochs), "--batch-size", "128", "--lr", "0.1",
             "--warmup-epochs", "0.5", "--label-smoothing", "0.1", "--erasing", "0.5", "--threads", str(a.threads),
             "--device", "cpu", "--weights-dtype", "float16"]
 
@@ -78,20 +80,28 @@ def train_phase(a):
 
 
 def speed_phase(a):
+    """Median of --repeats measurements per model, the models interleaved round by round so that a
+    slow spell of a shared machine does not fall on one model."""
     out, results = Path(a.out), Path(a.results)
-    speeds = {"cpu": cpu_name(), "threads": a.threads, "models": {}}
-    for model in a.models:
-        tmp = out / f"speed-{model}"
-        subprocess.run(["rm", "-rf", str(tmp)])
-        run([a.attnkit, "train", "--model", model, *recipe(a), "--epochs", "1", "--max-images", str(a.speed_images),
-             "--val-size", "0", "--out", tmp, "--quiet"])
-        train_ips = json.loads((tmp / "metrics.jsonl").read_text().splitlines()[0])["images_per_s"]
-        ev = run([a.attnkit, "eval", "--weights", tmp / "last.pt", "--threads", str(a.threads)])
-        m = re.search(r"eval: (\d+) images in ([0-9.]+) s \((\d+) images/s", ev.stderr + ev.stdout)
-        if not m:
-            sys.exit(f"no images/s in eval's output:\n{ev.stderr}")
-        speeds["models"][model] = {"train_images_per_s": train_ips, "inference_images_per_s": float(m.group(3))}
-        print(f"{model}: train {train_ips:.0f} images/s, inference {m.group(3)} images/s", flush=True)
+    speeds = {"cpu": cpu_name(), "threads": a.threads, "repeats": a.repeats, "models": {}}
+    runs = {model: {"train": [], "inference": []} for model in a.models}
+    for _ in range(a.repeats):
+        for model in a.models:
+            tmp = out / f"speed-{model}"
+            subprocess.run(["rm", "-rf", str(tmp)])
+            run([a.attnkit, "train", "--model", model, *recipe(a, epochs=1), "--max-images", str(a.speed_images),
+                 "--val-size", "0", "--out", tmp, "--quiet"])
+            runs[model]["train"].append(json.loads((tmp / "metrics.jsonl").read_text().splitlines()[0])["images_per_s"])
+            ev = run([a.attnkit, "eval", "--weights", tmp / "last.pt", "--threads", str(a.threads)])
+            m = re.search(r"eval: (\d+) images in ([0-9.]+) s \((\d+) images/s", ev.stderr + ev.stdout)
+            if not m:
+                sys.exit(f"no images/s in eval's output:\n{ev.stderr}")
+            runs[model]["inference"].append(float(m.group(3)))
+    for model, r in runs.items():
+        speeds["models"][model] = {"train_images_per_s": statistics.median(r["train"]),
+                                   "inference_images_per_s": statistics.median(r["inference"]),
+                                   "train_runs": r["train"], "inference_runs": r["inference"]}
+        print(f"{model}: train {r['train']} images/s, inference {r['inference']} images/s", flush=True)
     (results / "speed.json").write_text(json.dumps(speeds, indent=1))
 
 
@@ -145,6 +155,7 @@ def main():
     ap.add_argument("--width", type=float, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-images", type=int, default=6144)
+    ap.add_argument("--repeats", type=int, default=3, help="speed: measurements per model (the median is kept)")
     ap.add_argument("--out", default="runs/compare-attention")
     ap.add_argument("--results", default="weights/compare-attention")
     a = ap.parse_args()
