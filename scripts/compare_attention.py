@@ -120,7 +120,9 @@ def table_phase(a):
           "| training images/s | inference images/s |")
     print("|---|---|---|---|---|---|---|---|")
     for model in a.models:
-        results = [json.loads(p.read_text()) for p in sorted(out.glob(f"{model}-s*.json"))]
+        # resnet20-s0.json, not resnet20-se-s0.json
+        results = [json.loads(p.read_text()) for p in sorted(out.glob(f"{model}-s*.json"))
+                   if re.fullmatch(re.escape(model) + r"-s\d+\.json", p.name)]
         if not results:
             continue
         accs = [100 * r["test_accuracy"] for r in results]
@@ -129,13 +131,17 @@ def table_phase(a):
             base = (m, s, len(accs))
         sp = speed["models"].get(model, {})
         fmt = lambda k: f"{sp[k]:,.0f}" if k in sp else "—"
-        print(f"| {model} | {m:.2f} ± {s:.2f}% | {len(accs)} | {', '.join(f'{x:.2f}' for x in accs)} "
+        spread = f"{m:.2f} ± {s:.2f}%" if len(accs) > 1 else f"{m:.2f}%"
+        print(f"| {model} | {spread} | {len(accs)} | {', '.join(f'{x:.2f}' for x in accs)} "
               f"| {results[0]['parameters']:,} | {results[0]['multiply_adds_per_image'] / 1e6:.1f} M "
               f"| {fmt('train_images_per_s')} | {fmt('inference_images_per_s')} |")
         rows.append((model, m, s, len(accs)))
     if base and len(rows) > 1:
         print()
         for model, m, s, n in rows[1:]:
+            if n < 2 or base[2] < 2:
+                print(f"{model} - {rows[0][0]}: {m - base[0]:+.2f} points (seed noise unknown: fewer than 2 seeds)")
+                continue
             # Welch's t statistic of the difference to the plain network: |t| > ~2.8 (3 + 3 seeds, 95%)
             # says the difference exceeds what the seeds alone give.
             se = math.sqrt(s ** 2 / n + base[1] ** 2 / base[2])
