@@ -266,6 +266,7 @@ def check_survivor(p, started, timeout_s, what):
         fail(f"{what}: expected one 'attnkit: rank 0 of 2: the process group failed' line, stderr:\n{err}")
     if took > timeout_s + 30:
         fail(f"{what}: rank 0 took {took:.0f} s, --dist-timeout is {timeout_s} s")
+    return err
 
 
 def check_intact_and_resume(out, epochs_done, epochs):
@@ -296,15 +297,18 @@ def case_kill(work, *more, what="kill"):
     procs[1].send_signal(signal.SIGKILL)
     started = time.time()
     procs[1].wait()
-    check_survivor(procs[0], started, timeout_s, what)
+    err = check_survivor(procs[0], started, timeout_s, what)
     check_intact_and_resume(out, len((out / "metrics.jsonl").read_text().splitlines()), epochs)
+    return err
 
 
 def case_kill_sync_bn(work):
     # With --sync-bn every BatchNorm all-reduces in forward and again in backward (inside autograd's
     # engine), so most of a step's collectives are BatchNorm's: wherever the survivor meets the dead
     # rank, it must fail the same way (one line, non-zero, checkpoint intact).
-    case_kill(work, "--sync-bn", what="kill_sync_bn")
+    err = case_kill(work, "--sync-bn", what="kill_sync_bn")
+    if "BatchNorm statistics: synchronised over the global batch" not in err:
+        fail("kill_sync_bn: rank 0's plan does not say its BatchNorm statistics were synchronised:\n" + err)
 
 
 def case_hang(work):
