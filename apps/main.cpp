@@ -2,6 +2,7 @@
 // main() only parses; each subcommand lives in its own file. Every error becomes one readable line
 // on stderr and a non-zero exit code.
 #include "commands.h"
+#include "common/allocator.h"
 #include "common/files.h"
 
 #include <attnkit/attnkit.h>
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   using namespace attnkit::app;
   // Ctrl-C or a kill mid-write leaves no temporary file behind.
   attnkit::common::remove_unfinished_files_on_termination();
+  attnkit::common::keep_freed_memory_for_reuse();
   CLI::App cli{"attnkit: attention blocks for CNNs on LibTorch.\n"
                "Classify images, train and evaluate models, draw attention heatmaps, benchmark the kernels.",
                "attnkit"};
