@@ -410,60 +410,6 @@ TEST(FusedCbam, ChannelsLastPoolOverManyPositions) {
   }
 }
 
-// Channels-last with an eval-mode spatial gate, the op pools, gates and scales each image's rows in
-// one sweep (cpu/cbam_rows_kernel.cpp): one band per image when the batch divides among the threads,
-// else bands that pool their k/2-row halos twice, and the separate passes where those bands would be
-// thinner than 2k rows. Each shape below is run with 1 and 2 threads, which between them take every
-// route: the sweep in one band (1 thread), in two bands (2 threads, odd batch, H >= 4k) and the
-// passes (2 threads, odd batch, H < 4k). Every value is computed by the same code on every route, so
-// the results must be bit-identical, and right against the float64 reference.
-TEST(FusedCbam, ChannelsLastRowSweep) {
-  torch::manual_seed(13);
-  struct Shape {
-    int64_t n, c, h, w, k;
-  };
-  const std::vector<Shape> shapes = {{1, 24, 30, 9, 7},   // 2 threads: two bands of 15 rows
-                                     {3, 40, 29, 31, 3},  // two bands of 15 and 14 rows, k = 3
-                                     {1, 8, 20, 6, 7},    // 2 threads: bands too thin, the passes
-                                     {2, 16, 5, 4, 7}};   // one band per image with either count
-  const int prev = torch::get_num_threads();
-  for (const auto& sh : shapes) {
-    SCOPED_TRACE(::testing::Message() << "x [" << sh.n << ", " << sh.c << ", " << sh.h << ", " << sh.w << "], k " << sh.k);
-    for (int threads : {1, 2}) {
-      torch::set_num_threads(threads);
-      check_against_reference(
-          torch::randn({sh.n, sh.c, sh.h, sh.w}, torch::kDouble).contiguous(torch::MemoryFormat::ChannelsLast),
-          make_case(sh.c, 4, sh.k, torch::kDouble));
-    }
-    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-      auto c = make_case(sh.c, 4, sh.k, torch::kFloat);
-      c.cfg.relu = true;
-      auto x = torch::randn({sh.n, sh.c, sh.h, sh.w}).to(dtype).contiguous(torch::MemoryFormat::ChannelsLast);
-      auto res = torch::randn({sh.n, sh.c, sh.h, sh.w}).to(dtype).contiguous(torch::MemoryFormat::ChannelsLast);
-      std::vector<torch::Tensor> runs[2];
-      for (int threads : {1, 2}) {
-        torch::set_num_threads(threads);
-        auto xi = x.clone().requires_grad_(dtype == torch::kFloat);
-        torch::Tensor y;
-        if (dtype == torch::kFloat) {
-          y = attnkit::ops::cbam(xi, c.w, c.cfg, res);
-          runs[threads - 1] = {y, torch::autograd::grad({y}, {xi}, {torch::ones_like(y)})[0]};
-        } else {
-          torch::AutoGradMode no_grad(false);
-          at::autocast::set_autocast_enabled(at::kCPU, true);  // float32 weights on bfloat16 maps
-          y = attnkit::ops::cbam(xi, c.w, c.cfg, res);
-          at::autocast::set_autocast_enabled(at::kCPU, false);
-          runs[threads - 1] = {y};
-        }
-        EXPECT_TRUE(y.is_contiguous(torch::MemoryFormat::ChannelsLast)) << dtype;
-      }
-      for (size_t i = 0; i < runs[0].size(); ++i)
-        EXPECT_TRUE(runs[0][i].equal(runs[1][i])) << dtype << (i ? " grad x" : " output");
-    }
-  }
-  torch::set_num_threads(prev);
-}
-
 TEST(FusedCbam, Variants) {
   torch::manual_seed(5);
   auto x = torch::randn({2, 24, 6, 7}, torch::kDouble);

@@ -4,7 +4,6 @@
 // Compiled once per CPU capability, like cbam_kernel.cpp.
 #include "cbam_kernel.h"
 
-#include "cbam_row_parts.h"
 #include "vec_util.h"
 
 #include <ATen/Dispatch.h>
@@ -19,6 +18,12 @@ inline namespace CPU_CAPABILITY {
 namespace {
 
 using at::Tensor;
+
+template <typename A>
+at::vec::Vectorized<A> sigmoid_of(const at::vec::Vectorized<A>& v) {
+  using V = at::vec::Vectorized<A>;
+  return V(1) / (V(1) + v.neg().exp());
+}
 
 // p[i] = sigmoid(p[i]) for i < n.
 template <typename A>
@@ -43,8 +48,38 @@ A dot(const A* a, const A* b, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The k×k convolution of the spatial gate (its row kernel is in cbam_row_parts.h). A task copies the
-// rows its outputs need (of every input map) into a zero-padded window once, then computes its rows.
+// The k×k convolution of the spatial gate. A task copies the rows its outputs need (of both maps)
+// into a zero-padded window once, so the taps need no bounds checks; each output row is computed in
+// chunks of up to kConvVectors vectors held in registers through all 2·k·k taps (accumulating in
+// memory instead made the conv latency-bound: it cost more than a pass over x at small maps).
+constexpr int kConvVectors = 4;
+
+// One chunk of NV vectors of an output row: the accumulators' count is a compile-time constant so
+// that they stay in registers. src: the chunk's first input (map 0, top tap row) in the padded
+// window; the second map is `map_stride` further, each tap row `row_stride`.
+template <typename A, int NV>
+void conv_chunk(const A* src, int maps, int64_t map_stride, int64_t row_stride, const A* w, int64_t k,
+                const at::vec::Vectorized<A>& scale, const at::vec::Vectorized<A>& shift, bool sigmoid, A* out,
+                int64_t len) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = V(0);
+  for (int i = 0; i < maps; ++i)
+    for (int64_t dy = 0; dy < k; ++dy) {
+      const A* row = src + i * map_stride + dy * row_stride;
+      const A* wr = w + (i * k + dy) * k;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        const V wv(wr[dx]);
+        for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(V::loadu(row + dx + v * K), wv, acc[v]);
+      }
+    }
+  for (int v = 0; v < NV; ++v) {
+    V o = acc[v] * scale + shift;
+    if (sigmoid) o = sigmoid_of(o);
+    o.store(out + v * K, static_cast<int>(std::min<int64_t>(K, len - v * K)));
+  }
+}
 
 // Rows h0 - r .. h0 - r + rows - 1 of sample n of each of the `maps` inputs in[i] [N, H*W], into
 // `window` ([maps, rows, Wp], row y at offset r): zeros outside the map and around it.
@@ -65,8 +100,11 @@ void pad_rows(std::vector<A>& window, const A* const* in, int maps, int64_t n, i
 template <typename A>
 void conv_maps(const A* const* in, int maps, int64_t N, int64_t H, int64_t W, const A* w, int64_t k, A scale, A shift,
                bool sigmoid, A* out) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
   const int64_t r = k / 2;
-  const int64_t Wp = padded_width<A>(W, k);
+  const int64_t Wp = W + 2 * r + kConvVectors * K;  // [r zeros][W values][zeros]: chunks may overrun W
+  const V vscale(scale), vshift(shift);
   at::parallel_for(0, N * H, grain_for(W * k * k * maps), [&](int64_t b, int64_t e) {
     std::vector<A> window;
     for (int64_t t = b; t < e;) {
@@ -74,8 +112,19 @@ void conv_maps(const A* const* in, int maps, int64_t N, int64_t H, int64_t W, co
       const int64_t n = t / H, h0 = t % H, h1 = std::min(H, h0 + (e - t));
       const int64_t rows = h1 - h0 + 2 * r;
       pad_rows(window, in, maps, n, H, W, h0, rows, r, Wp);
-      for (int64_t h = h0; h < h1; ++h)
-        conv_row(window.data(), maps, rows, Wp, h - h0, W, w, k, scale, shift, sigmoid, out + (n * H + h) * W);
+      for (int64_t h = h0; h < h1; ++h) {
+        A* o = out + (n * H + h) * W;
+        for (int64_t j0 = 0; j0 < W; j0 += kConvVectors * K) {
+          const A* src = window.data() + (h - h0) * Wp + j0;
+          const int64_t len = std::min<int64_t>(kConvVectors * K, W - j0);
+          switch ((len + K - 1) / K) {
+            case 1: conv_chunk<A, 1>(src, maps, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, o + j0, len); break;
+            case 2: conv_chunk<A, 2>(src, maps, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, o + j0, len); break;
+            case 3: conv_chunk<A, 3>(src, maps, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, o + j0, len); break;
+            default: conv_chunk<A, 4>(src, maps, rows * Wp, Wp, w, k, vscale, vshift, sigmoid, o + j0, len); break;
+          }
+        }
+      }
       t += h1 - h0;
     }
   });

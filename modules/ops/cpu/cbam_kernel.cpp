@@ -10,7 +10,6 @@
 // as a scalar fix-up after the vectorised sweep: it touches one element per row.
 #include "cbam_kernel.h"
 
-#include "cbam_row_parts.h"
 #include "kernel_dispatch.h"
 #include "vec_util.h"
 
@@ -219,7 +218,26 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
     return;
   }
   at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) gated_pool_position(xp + r * C, g + (r / P) * C, C, zmax[r], zmean[r]);
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / P;
+      const T* row = xp + r * C;
+      const A* gn = g + n * C;
+      V vs(0), vm(ninf);
+      int64_t c = 0;
+      for (; c + K <= C; c += K) {
+        const V v = L::load(row + c) * V::loadu(gn + c);
+        vs += v;
+        vm = at::vec::maximum(vm, v);
+      }
+      if (c < C) {
+        const int rem = static_cast<int>(C - c);
+        const V v = L::load(row + c, rem) * V::loadu(gn + c, rem);
+        vs += v;
+        vm = at::vec::maximum(vm, V::set(V(ninf), v, rem));
+      }
+      zmax[r] = horizontal_max(vm);
+      zmean[r] = horizontal_sum(vs) * inv_c;
+    }
   });
 }
 
@@ -260,8 +278,15 @@ void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tenso
     return;
   }
   at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r)
-      apply_position(xp + r * C, g + (r / P) * C, s ? s[r] : A(1), rp ? rp + r * C : nullptr, relu, op + r * C, C);
+    for (int64_t r = b; r < e; ++r) {
+      const A* gn = g + (r / P) * C;
+      const V sp(s ? s[r] : A(1));
+      for (int64_t c = 0; c < C; c += K) {
+        const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
+        const V v = L::load(xp + r * C + c, cnt) * V::loadu(gn + c, cnt) * sp;
+        L::store(op + r * C + c, finish(v, r * C + c, cnt), cnt);
+      }
+    }
   });
 }
 
@@ -562,6 +587,6 @@ ATTNKIT_DEFINE_KERNEL_TABLE(CbamKernelTable, cbam_kernel_table, CPU_CAPABILITY::
                             CPU_CAPABILITY::backward_input, CPU_CAPABILITY::spatial_conv,
                             CPU_CAPABILITY::mlp_gate, CPU_CAPABILITY::eca_gate,
                             CPU_CAPABILITY::spatial_conv_backward, CPU_CAPABILITY::mlp_gate_backward,
-                            CPU_CAPABILITY::eca_gate_backward, CPU_CAPABILITY::gate_rows)
+                            CPU_CAPABILITY::eca_gate_backward)
 
 }  // namespace attnkit::ops::cpu

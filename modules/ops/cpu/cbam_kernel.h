@@ -1,7 +1,6 @@
-// What the files of the CPU CBAM kernels share (all compiled once per CPU capability, in the
-// capability's namespace): cbam_kernel.cpp (the passes over the feature map, and the table) lists
-// the small math of cbam_gates_kernel.cpp (the spatial conv, the MLP and ECA gates, their backward)
-// and the row sweep of cbam_rows_kernel.cpp.
+// What the two files of the CPU CBAM kernels share (both compiled once per CPU capability, in the
+// capability's namespace): cbam_kernel.cpp (the passes over the feature map, and the table) calls
+// the small math of cbam_gates_kernel.cpp (the spatial conv, the MLP and ECA gates, their backward).
 #pragma once
 
 #include "../detail/cbam_kernels.h"
@@ -34,10 +33,6 @@ void spatial_conv_backward(const at::Tensor& zmax, const at::Tensor& zmean, int6
 void mlp_gate_backward(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& w1, const at::Tensor& b1,
                        const at::Tensor& w2, const at::Tensor& g, const at::Tensor& dg, at::Tensor& davg,
                        at::Tensor& dmax, at::Tensor& dw1, at::Tensor& db1, at::Tensor& dw2, at::Tensor& db2);
-// The table's row-sweep entry (cbam_rows_kernel.cpp).
-bool gate_rows(const at::Tensor& x, const at::Tensor& g, int64_t H, int64_t W, const at::Tensor& weight, double scale,
-               double shift, const at::Tensor& residual, bool relu, at::Tensor& zmax, at::Tensor& zmean, at::Tensor& s,
-               at::Tensor& out);
 void eca_gate_backward(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& weight, const at::Tensor& g,
                        const at::Tensor& dg, at::Tensor& davg, at::Tensor& dmax, at::Tensor& dweight);
 

@@ -3,10 +3,8 @@
 // CBAM touches the big feature map x only in these passes. The rest (the channel MLP on [N, C]
 // descriptors, the k×k convolution on the [N, 2, H, W] pooled map) is tiny: a table may run it in
 // direct loops (optional entries), else the op composes it from ATen ops. Direct loops matter at
-// batch 1, where a dozen ATen calls on tensors of a few kB cost more than a pass over x.
-// Forward: channel_pool (read x) -> gated_pool (read x) -> apply_gates (read x, write y):
-// four passes of memory traffic, against ten or more for the same math composed from ATen ops;
-// three where gate_rows does the last two in one sweep.
+// batch 1, where a dozen ATen calls on tensors of a few kB cost more than a pass over x. Forward:  channel_pool (read x) -> gated_pool (read x) -> apply_gates (read x, write y):
+// four passes of memory traffic, against ten or more for the same math composed from ATen ops.
 // Backward: backward_spatial (read dy, x) -> backward_gate (read dy, x) -> backward_input
 // (read dy, x, write dx).
 //
@@ -82,16 +80,6 @@ struct CbamKernelTable {
   void (*eca_gate_backward)(const at::Tensor& avg, const at::Tensor& max, const at::Tensor& weight,
                             const at::Tensor& g, const at::Tensor& dg, at::Tensor& davg, at::Tensor& dmax,
                             at::Tensor& dweight);
-
-  /// Optional (nullptr, or returning false having written nothing: the op runs gated_pool,
-  /// spatial_conv and apply_gates in turn). Those three in one sweep over each image's rows, for
-  /// channels-last x ([N, H*W, C]) with a spatial gate whose epilogue is one affine map (no
-  /// BatchNorm, or BatchNorm with running statistics): zmax, zmean and s = sigmoid(scale * conv +
-  /// shift) [N, H*W] and out (+ residual, ReLU) exactly as those passes write them, reading x from
-  /// memory once instead of twice. A kernel may decline shapes where the sweep would not pay.
-  bool (*gate_rows)(const at::Tensor& x, const at::Tensor& g, int64_t H, int64_t W, const at::Tensor& weight,
-                    double scale, double shift, const at::Tensor& residual, bool relu, at::Tensor& zmax,
-                    at::Tensor& zmean, at::Tensor& s, at::Tensor& out);
 };
 
 namespace cpu {

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <functional>
-#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -155,20 +154,6 @@ std::pair<double, double> running_stats(const CbamWeights& w, const CbamConfig& 
   return {scalar_of(w.bn_running_mean, 0.0), 1.0 / std::sqrt(scalar_of(w.bn_running_var, 1.0) + cfg.bn_eps)};
 }
 
-/// The spatial gate's conv bias and BatchNorm as one affine map of the conv's output, where they are
-/// one: no BatchNorm, or BatchNorm normalising with its running statistics. Empty in training mode.
-struct Affine {
-  double scale, shift;
-};
-std::optional<Affine> folded_epilogue(const CbamWeights& w, const CbamConfig& cfg) {
-  if (cfg.use_bn && cfg.bn_training) return std::nullopt;
-  const double bias = scalar_of(w.spatial_bias, 0.0);
-  if (!cfg.use_bn) return Affine{1.0, bias};
-  const auto [mean, invstd] = running_stats(w, cfg);
-  const double scale = scalar_of(w.bn_weight, 1.0) * invstd;
-  return Affine{scale, (bias - mean) * scale + scalar_of(w.bn_bias, 0.0)};
-}
-
 /// s = sigmoid(bn(conv([zmax, zmean]))) as [N, H*W]. `update_stats` lets BatchNorm touch its
 /// running statistics (the forward pass) or not (backward's recomputation). `conv`: the table's
 /// direct convolution when it has one and no gradient is wanted (forward), else ATen's conv2d.
@@ -184,13 +169,20 @@ Tensor spatial_gate(const Tensor& zmax, const Tensor& zmean, int64_t H, int64_t 
     const Tensor wk = spatial_kernel(w, cfg, t);
     // Its epilogue applies the conv bias and, in eval mode, BatchNorm: both are one affine map of the
     // conv's output, so the whole gate is one pass over the small map.
-    if (const auto affine = folded_epilogue(w, cfg)) {
+    const double bias = scalar_of(w.spatial_bias, 0.0);
+    if (!cfg.use_bn || !cfg.bn_training) {
+      double scale = 1.0, shift = bias;
+      if (cfg.use_bn) {
+        const auto [mean, invstd] = running_stats(w, cfg);
+        scale = scalar_of(w.bn_weight, 1.0) * invstd;
+        shift = (bias - mean) * scale + scalar_of(w.bn_bias, 0.0);
+      }
       Tensor s = at::empty({N, H * W}, zmax.options());
-      conv->spatial_conv(zmax, zmean, H, W, wk, affine->scale, affine->shift, /*sigmoid=*/true, s);
+      conv->spatial_conv(zmax, zmean, H, W, wk, scale, shift, /*sigmoid=*/true, s);
       return s;
     }
     a = at::empty({N, H * W}, zmax.options());
-    conv->spatial_conv(zmax, zmean, H, W, wk, 1.0, scalar_of(w.spatial_bias, 0.0), /*sigmoid=*/false, a);
+    conv->spatial_conv(zmax, zmean, H, W, wk, 1.0, bias, /*sigmoid=*/false, a);
     a = a.view({N, 1, H, W});
   } else {
     const Tensor z = cfg.spatial_max_first ? at::stack({zmax, zmean}, 1) : at::stack({zmean, zmax}, 1);
@@ -376,22 +368,15 @@ Forward forward_impl(const CbamKernelTable& k, const Tensor& x, const CbamWeight
   } else {
     f.g = at::ones({N, C}, acc);  // the spatial gate alone
   }
-  // The residual joins in x's layout (a copy only if it comes in another one).
-  const Tensor res_flat = residual.defined() ? flat_like(residual, in.nhwc) : Tensor();
   if (w.spatial_weight.defined()) {
     f.zmax = at::empty({N, H * W}, acc);
     f.zmean = at::empty({N, H * W}, acc);
-    const auto affine = folded_epilogue(w, cfg);
-    if (in.nhwc && k.gate_rows && affine) {  // the gate and the scaling in one sweep, where the table has one
-      f.s = at::empty({N, H * W}, acc);
-      if (k.gate_rows(in.flat, f.g, H, W, spatial_kernel(w, cfg, acc_type(x.scalar_type())), affine->scale,
-                      affine->shift, res_flat, cfg.relu, f.zmax, f.zmean, f.s, out_flat))
-        return f;
-    }
     k.gated_pool(in.flat, in.nhwc, f.g, f.zmax, f.zmean);
     at::NoGradGuard no_grad;
     f.s = spatial_gate(f.zmax, f.zmean, H, W, w, cfg, /*update_stats=*/true, &k).contiguous();
   }
+  // The residual joins in x's layout (a copy only if it comes in another one).
+  const Tensor res_flat = residual.defined() ? flat_like(residual, in.nhwc) : Tensor();
   k.apply_gates(in.flat, in.nhwc, f.g, f.s, res_flat, cfg.relu, out_flat);
   return f;
 }
