@@ -4,6 +4,7 @@
 // (next to this test in build/bin), on PGM files written here by hand.
 //
 // The training code belongs to the program, not to the library: the test links the apps library.
+#include "common/allocator.h"
 #include "common/csv.h"
 #include "common/dataset.h"
 #include "common/files.h"
@@ -20,12 +21,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #ifdef ATTNKIT_HAVE_ZLIB
 #include <zlib.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #endif
 
 namespace {
@@ -67,6 +73,26 @@ std::string expect_runtime_error(const std::function<void()>& f) {
 }
 
 // ---- IDX -------------------------------------------------------------------------------------------
+
+// The program's allocator settings (apps/common/allocator.h): a block the size of one of ResNet-50's
+// batch-8 feature maps comes from the heap, not an mmap of its own, and freeing it keeps the memory
+// in the process for the next map. (With glibc's defaults, in a fresh process, both fail: the block
+// is mmapped and unmapped on free.)
+TEST(Allocator, FreedFeatureMapsStayForReuse) {
+#if !defined(__GLIBC__)
+  GTEST_SKIP() << "the settings are glibc's";
+#else
+  attnkit::common::keep_freed_memory_for_reuse();
+  constexpr size_t kMap = size_t{8} * 256 * 56 * 56 * sizeof(float);  // 25.7 MB
+  const size_t mmapped_before = mallinfo2().hblks;
+  void* map = std::malloc(kMap);
+  ASSERT_NE(map, nullptr);
+  EXPECT_EQ(mallinfo2().hblks, mmapped_before) << "the block was an mmap of its own";
+  std::memset(map, 1, kMap);  // touch it, as a convolution writing its output would
+  std::free(map);
+  EXPECT_GE(mallinfo2().fordblks, kMap) << "the freed block went back to the kernel";
+#endif
+}
 
 TEST(Idx, ReadsUint8ImagesInFileOrder) {
   const auto dir = temp_dir("idx_u8");
