@@ -254,16 +254,21 @@ torch::Tensor run_block(const FrozenNetwork& net, const FrozenBlock& b, const to
   if (b.conv3) y = b.conv2->forward(y, /*relu=*/true);
   auto shortcut = shortcut_of(b, x);
   const FrozenConv& last = b.last();
-  if (b.attn.is_empty()) {
-    const bool shortcut_is_ours = b.downsample.has_value() || may_overwrite_input || b.parameter_free_shortcut;
+  // The block's output may go into the shortcut's buffer when nothing else holds it: one tensor
+  // fewer, and memory the residual read has just brought into cache.
+  const bool shortcut_is_ours = b.downsample.has_value() || may_overwrite_input || b.parameter_free_shortcut;
+  if (b.attn.is_empty())
     return shortcut_is_ours ? last.forward_add_relu_into(y, shortcut) : last.forward_add_relu(y, shortcut);
-  }
   auto pre_attention = last.forward(y, /*relu=*/false);
   auto* epilogue = dynamic_cast<ResidualEpilogue*>(b.attn.ptr().get());
   torch::Tensor out;
   {
     AutocastScope autocast(net.device.type(), net.autocast_attention);
-    out = epilogue ? epilogue->forward_add_relu(pre_attention, shortcut) : b.attn.forward(pre_attention);
+    if (epilogue)
+      out = shortcut_is_ours ? epilogue->forward_add_relu_into(pre_attention, shortcut)
+                             : epilogue->forward_add_relu(pre_attention, shortcut);
+    else
+      out = b.attn.forward(pre_attention);
   }
   // Under autocast a composite block may hand back float32; attention without a channels-last kernel
   // hands back NCHW. The next convolution wants the frozen dtype, channels-last.

@@ -45,7 +45,7 @@ bool CBAMImpl::records_maps() const {
   return recording() || channel->recording() || (spatial && spatial->recording());
 }
 
-torch::Tensor CBAMImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
+torch::Tensor CBAMImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
   ops::CbamWeights w{channel->fc1->weight, channel->fc1->bias, channel->fc2->weight, channel->fc2->bias};
   ops::CbamConfig cfg = detail::channel_gate_config(options.pool(), shortcut);
   if (spatial && !detail::add_spatial_gate(*spatial, w, cfg)) {
@@ -54,7 +54,7 @@ torch::Tensor CBAMImpl::forward_fused(const torch::Tensor& x, const torch::Tenso
                 "synchronised statistics");
     return {};
   }
-  auto y = ops::cbam(x, w, cfg, shortcut);
+  auto y = detail::fused_op(x, w, cfg, shortcut, into_shortcut);
   if (spatial) detail::count_batch(*spatial, cfg);
   return y;
 }

@@ -105,7 +105,7 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl>, public Gate, public Spat
  private:
   void check_input(const torch::Tensor& x) const override;
   std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
-  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) override;
   bool records_maps() const override;
 };
 

@@ -58,9 +58,9 @@ std::tuple<torch::Tensor, torch::Tensor> ChannelAttentionImpl::forward_composite
 
 // Auto runs fused: 1.3x the composite forward and about 4x its forward+backward at 8x256x56x56 on
 // the 2-core AVX-512 machine (attnkit bench --op channel).
-torch::Tensor ChannelAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
-                   detail::channel_gate_config(options.pool(), shortcut), shortcut);
+torch::Tensor ChannelAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
+  return detail::fused_op(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
+                          detail::channel_gate_config(options.pool(), shortcut), shortcut, into_shortcut);
 }
 
 void ChannelAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -52,12 +52,12 @@ std::tuple<torch::Tensor, torch::Tensor> ECAImpl::forward_composite(const torch:
   return eca_reference(x, conv->weight);
 }
 
-torch::Tensor ECAImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
+torch::Tensor ECAImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
   // ECA is the fused CBAM op with the average-pooled descriptor, ECA's 1-D conv in place of the MLP
   // and no spatial gate.
   ops::CbamWeights w;
   w.eca_weight = conv->weight;
-  return ops::cbam(x, w, detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut);
+  return detail::fused_op(x, w, detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut, into_shortcut);
 }
 
 void ECAImpl::pretty_print(std::ostream& stream) const {

@@ -70,7 +70,7 @@ class ECAImpl : public torch::nn::Cloneable<ECAImpl>, public Gate {
  private:
   void check_input(const torch::Tensor& x) const override;
   std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
-  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) override;
 
   int64_t kernel_size_ = 0;
 };

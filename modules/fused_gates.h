@@ -13,6 +13,11 @@ namespace attnkit::detail {
 /// (implementation.h) with the devices that op has kernels for.
 bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, const char* who, bool auto_fused = true);
 
+/// ops::cbam(x, w, cfg, shortcut), or, with `into_shortcut` where no gradient is wanted,
+/// ops::cbam_into_residual into the shortcut (returned then).
+torch::Tensor fused_op(const torch::Tensor& x, const ops::CbamWeights& w, const ops::CbamConfig& cfg,
+                       const torch::Tensor& shortcut, bool into_shortcut);
+
 /// The op's configuration for a channel gate pooling with `pool` (no spatial gate yet), with the
 /// residual epilogue's ReLU when a shortcut is given (forward_add_relu).
 ops::CbamConfig channel_gate_config(ChannelPool pool, const torch::Tensor& shortcut = {});

@@ -58,10 +58,10 @@ std::tuple<torch::Tensor, torch::Tensor> Gate::forward_with_attention(const torc
   return result;
 }
 
-torch::Tensor Gate::run(const torch::Tensor& x, const torch::Tensor& shortcut) {
+torch::Tensor Gate::run(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
   check_input(x);
   if (detail::use_fused(implementation(), x, records_maps(), name_)) {
-    auto y = forward_fused(x, shortcut);
+    auto y = forward_fused(x, shortcut, into_shortcut);
     if (y.defined()) return y;
   }
   return detail::add_relu(std::get<0>(forward_with_attention(x)), shortcut);

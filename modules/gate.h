@@ -48,11 +48,16 @@ class Gate : public AttentionMapRecorder, public ResidualEpilogue, public HasImp
  public:
   /// x: [N, C, H, W] floating, on the parameters' device and dtype. Returns x gated, same shape.
   /// Runs the fused op where the block's Implementation allows it, else the composite math.
-  torch::Tensor forward(const torch::Tensor& x) { return run(x, torch::Tensor()); }
+  torch::Tensor forward(const torch::Tensor& x) { return run(x, torch::Tensor(), /*into_shortcut=*/false); }
   /// relu(forward(x) + shortcut), the end of a residual block, in the fused op's last pass when
   /// forward runs fused (see residual_epilogue.h).
   torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) final {
-    return run(x, shortcut);
+    return run(x, shortcut, /*into_shortcut=*/false);
+  }
+  /// forward_add_relu written into `shortcut` when the fused op runs and no gradient is wanted
+  /// (ops::cbam_into_residual); see residual_epilogue.h.
+  torch::Tensor forward_add_relu_into(const torch::Tensor& x, torch::Tensor& shortcut) final {
+    return run(x, shortcut, /*into_shortcut=*/true);
   }
   /// forward(x) by the composite math, and the block's attention map (see its header); records the
   /// map when recording() is on.
@@ -68,15 +73,16 @@ class Gate : public AttentionMapRecorder, public ResidualEpilogue, public HasImp
   virtual void check_input(const torch::Tensor& x) const = 0;
   /// The composite math: (x gated, attention map). Neither checks x nor records.
   virtual std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) = 0;
-  /// The fused op on x, with the residual epilogue when shortcut is defined; an undefined tensor
-  /// where the op cannot express the block's current state (the composite math runs instead).
-  virtual torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) = 0;
+  /// The fused op on x, with the residual epilogue when shortcut is defined (written into it when
+  /// `into_shortcut` and no gradient is wanted: detail::fused_op); an undefined tensor where the op
+  /// cannot express the block's current state (the composite math runs instead).
+  virtual torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) = 0;
   /// Whether this block or a gate inside it records a map (the fused op builds none).
   virtual bool records_maps() const { return recording(); }
 
  private:
-  /// forward (shortcut undefined) or forward_add_relu.
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut);
+  /// forward (shortcut undefined), forward_add_relu or forward_add_relu_into.
+  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut);
 
   const char* name_;
 };

@@ -18,6 +18,13 @@ class ResidualEpilogue {
   virtual ~ResidualEpilogue() = default;
   /// relu(forward(x) + shortcut), where shortcut has the output's shape, dtype and device.
   virtual torch::Tensor forward_add_relu(const torch::Tensor& x, const torch::Tensor& shortcut) = 0;
+  /// forward_add_relu, written into `shortcut` where the block can (its fused op, no gradient
+  /// wanted): no new tensor, and the output's memory is the shortcut's, already in cache. Returns
+  /// the result, which is then `shortcut` itself; otherwise a new tensor, `shortcut` untouched. For
+  /// callers that own the shortcut (InferenceModel). By default: forward_add_relu.
+  virtual torch::Tensor forward_add_relu_into(const torch::Tensor& x, torch::Tensor& shortcut) {
+    return forward_add_relu(x, shortcut);
+  }
 };
 
 /// relu(block(x) + shortcut), through the block's ResidualEpilogue when it has one; an empty block is

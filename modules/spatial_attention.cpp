@@ -57,7 +57,7 @@ std::tuple<torch::Tensor, torch::Tensor> SpatialAttentionImpl::forward_composite
   return spatial_gate_reference(x, options.pool_order(), conv->weight, bn);
 }
 
-torch::Tensor SpatialAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
+torch::Tensor SpatialAttentionImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
   // The fused CBAM op with no channel gate (g = 1).
   ops::CbamWeights w;
   ops::CbamConfig cfg;
@@ -68,7 +68,7 @@ torch::Tensor SpatialAttentionImpl::forward_fused(const torch::Tensor& x, const 
                 "synchronised statistics");
     return {};
   }
-  auto y = ops::cbam(x, w, cfg, shortcut);
+  auto y = detail::fused_op(x, w, cfg, shortcut, into_shortcut);
   detail::count_batch(*this, cfg);
   return y;
 }

@@ -93,7 +93,7 @@ class SpatialAttentionImpl : public torch::nn::Cloneable<SpatialAttentionImpl>,
  private:
   void check_input(const torch::Tensor& x) const override;
   std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
-  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) override;
 };
 
 TORCH_MODULE(SpatialAttention);

@@ -42,11 +42,11 @@ std::tuple<torch::Tensor, torch::Tensor> SqueezeExciteImpl::forward_composite(co
 // Auto runs fused: the same two passes over x as ATen's mean + multiply, so the forward gains little
 // (1.1x at 8x256x56x56, 1.3x at 3x67x15x15 on the 2-core AVX-512 machine, attnkit bench --op se);
 // forward+backward 1.2-1.5x at the large shape.
-torch::Tensor SqueezeExciteImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) {
+torch::Tensor SqueezeExciteImpl::forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) {
   // SE is the fused CBAM op with the average-pooled descriptor only and no spatial gate; the op
   // takes the 1×1-conv weights [out, in, 1, 1] as they are.
-  return ops::cbam(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
-                   detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut);
+  return detail::fused_op(x, {fc1->weight, fc1->bias, fc2->weight, fc2->bias},
+                          detail::channel_gate_config(ChannelPool::Avg, shortcut), shortcut, into_shortcut);
 }
 
 void SqueezeExciteImpl::pretty_print(std::ostream& stream) const {

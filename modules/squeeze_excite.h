@@ -65,7 +65,7 @@ class SqueezeExciteImpl : public torch::nn::Cloneable<SqueezeExciteImpl>, public
  private:
   void check_input(const torch::Tensor& x) const override;
   std::tuple<torch::Tensor, torch::Tensor> forward_composite(const torch::Tensor& x) override;
-  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut) override;
+  torch::Tensor forward_fused(const torch::Tensor& x, const torch::Tensor& shortcut, bool into_shortcut) override;
 
   int64_t hidden_ = 0;
 };

@@ -633,10 +633,78 @@ TEST(FusedCbam, BadInputNamesTheArgument) {
   expect_residual_error(torch::randn({2, 16, 5, 5}, torch::kDouble), "residual must have x's dtype Float, got Double");
 }
 
+// cbam_into_residual: the op's result written into the residual's own buffer (the inference path's
+// block ends). Same kernels, same order as cbam() with that residual, so the same bits; every gate
+// combination, both layouts, with and without ReLU, a residual in the other layout (copied in),
+// bfloat16 maps under autocast; refused where a gradient is wanted.
+TEST(FusedCbam, IntoResidual) {
+  torch::manual_seed(14);
+  const std::vector<std::pair<const char*, Case>> cases = {
+      {"cbam", make_case(24, 4, 7, torch::kFloat)},
+      {"channel gate alone", make_case(24, 4, 7, torch::kFloat, /*spatial=*/false)},
+      {"eca + spatial", make_eca_case(5, torch::kFloat, /*spatial=*/true)},
+      {"spatial alone", make_spatial_case(3, torch::kFloat)}};
+  torch::NoGradGuard no_grad;
+  for (const auto& [what, c0] : cases) {
+    const int64_t C = c0.w.fc2_weight.defined() ? 24 : 8;
+    for (auto x_fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast})
+      for (auto res_fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast})
+        for (bool relu : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << what << ", x " << x_fmt << ", residual " << res_fmt << ", relu " << relu);
+          Case c = c0;
+          c.cfg.relu = relu;
+          auto x = torch::randn({3, C, 9, 11}).contiguous(x_fmt);
+          auto residual = torch::randn({3, C, 9, 11}).contiguous(res_fmt);
+          const auto expected = attnkit::ops::cbam(x, c.w, c.cfg, residual);
+          const void* buffer = residual.data_ptr();
+          const auto version = residual._version();
+          auto& result = attnkit::ops::cbam_into_residual(residual, x, c.w, c.cfg);
+          EXPECT_EQ(&result, &residual);
+          EXPECT_EQ(residual.data_ptr(), buffer) << "written into the residual's buffer";
+          EXPECT_TRUE(residual.equal(expected));
+          EXPECT_GT(residual._version(), version) << "the residual is marked as changed";
+        }
+  }
+  // bfloat16 maps with float32 weights, under autocast (the bfloat16 inference path).
+  auto c = make_case(24, 4, 7, torch::kFloat);
+  c.cfg.relu = true;
+  auto x = torch::randn({2, 24, 8, 6}).to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto residual = torch::randn({2, 24, 8, 6}).to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  const auto expected = attnkit::ops::cbam(x, c.w, c.cfg, residual);
+  attnkit::ops::cbam_into_residual(residual, x, c.w, c.cfg);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  EXPECT_EQ(residual.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(residual.equal(expected)) << "bfloat16 under autocast";
+}
+
+TEST(FusedCbam, IntoResidualRefusesGradientsAndBadResiduals) {
+  auto c = make_case(16, 4, 7, torch::kFloat);
+  auto x = torch::randn({2, 16, 5, 5});
+  auto expect_error = [&](torch::Tensor residual, const torch::Tensor& input, const std::string& what) {
+    try {
+      attnkit::ops::cbam_into_residual(residual, input, c.w, c.cfg);
+      ADD_FAILURE() << "expected an error: " << what;
+    } catch (const c10::Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(what));
+    }
+  };
+  const auto residual = torch::randn({2, 16, 5, 5});
+  const auto before = residual.clone();
+  expect_error(residual, x.clone().requires_grad_(true), "requires a gradient");
+  EXPECT_TRUE(residual.equal(before)) << "a refused call leaves the residual as it was";
+  expect_error(torch::Tensor(), x, "residual is undefined");
+  expect_error(torch::randn({2, 16, 5, 4}), x, "residual must have x's shape [2, 16, 5, 5], got [2, 16, 5, 4]");
+  expect_error(torch::randn({2, 16, 5, 5}, torch::kDouble), x, "residual must have x's dtype Float, got Double");
+}
+
 TEST(FusedCbam, CallableThroughTheDispatcher) {
   // torch.ops.attnkit.cbam is what Python sees once libattnkit is loaded.
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::cbam", "");
   EXPECT_THAT(toString(op.schema()), HasSubstr("attnkit::cbam(Tensor x"));
+  // The into-residual variant says that it writes its residual (alias annotation c!).
+  auto into = c10::Dispatcher::singleton().findSchemaOrThrow("attnkit::_cbam_into_residual", "");
+  EXPECT_THAT(toString(into.schema()), HasSubstr("Tensor(c!)? residual"));
 }
 
 }  // namespace
@@ -685,6 +753,26 @@ void expect_same_module_results(const Options& opts, bool training) {
     zr.backward(dy);
     EXPECT_TRUE(all_close(sc.grad(), scr.grad(), 1e-10)) << "grad shortcut";
     EXPECT_TRUE(all_close(x.grad(), xr.grad(), 1e-10)) << "grad x through forward_add_relu";
+
+    // forward_add_relu_into: into the shortcut's buffer on the fused path without gradients, the
+    // same bits as forward_add_relu; a new tensor on the composite path or where x wants a gradient.
+    if (training) continue;  // (another forward would update BatchNorm's running statistics again)
+    auto expected = fused->forward_add_relu(x, sc).detach();
+    auto into = sc.detach().clone(), kept = sc.detach().clone();
+    torch::Tensor out, out_composite;
+    {
+      torch::NoGradGuard no_grad;
+      out = fused->forward_add_relu_into(x.detach(), into);
+      out_composite = composite->forward_add_relu_into(xr.detach(), kept);
+    }
+    EXPECT_EQ(out.data_ptr(), into.data_ptr()) << "fused: written into the shortcut";
+    EXPECT_TRUE(out.equal(expected)) << "forward_add_relu_into";
+    EXPECT_TRUE(kept.equal(sc.detach())) << "composite: the shortcut is left as it was";
+    EXPECT_TRUE(all_close(out_composite, zr, 1e-10)) << "composite forward_add_relu_into";
+    auto with_grad = sc.detach().clone();
+    auto out_grad = fused->forward_add_relu_into(x, with_grad);
+    EXPECT_TRUE(with_grad.equal(sc.detach())) << "x wants a gradient: the shortcut is left as it was";
+    EXPECT_TRUE(out_grad.requires_grad());
   }
 }
 

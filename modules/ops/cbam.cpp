@@ -1,7 +1,8 @@
 // attnkit::cbam: the public function and the ops' schemas.
 //
-// Three ops, each registered per dispatch key by its own file:
+// Four ops, each registered per dispatch key by its own file:
 //   cbam            the op users call (torch.ops.attnkit.cbam)      cpu/cbam_dispatch.cpp (CPU)
+//   _cbam_into_residual  cbam written into its residual (inference) (the same files)
 //   _cbam_forward   cbam's output plus what backward needs          cuda/cbam_dispatch.cpp (CUDA)
 //   _cbam_backward  the gradients from those                        autograd/cbam.cpp (Autograd)
 //                                                                   autocast/cbam.cpp (Autocast)
@@ -37,8 +38,23 @@ at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg
   return detail::call_cbam<at::Tensor>("attnkit::cbam", detail::CbamArgs{x, w, cfg, residual});
 }
 
+at::Tensor& cbam_into_residual(at::Tensor& residual, const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
+  TORCH_CHECK(residual.defined(), "attnkit::cbam_into_residual: residual is undefined");
+  TORCH_CHECK(x.defined(), "attnkit::cbam_into_residual: x is undefined");
+  detail::check_same_device("attnkit::cbam_into_residual", x, "x",
+                            {{&w.fc1_weight, "fc1_weight"}, {&w.fc1_bias, "fc1_bias"}, {&w.fc2_weight, "fc2_weight"},
+                             {&w.fc2_bias, "fc2_bias"}, {&w.spatial_weight, "spatial_weight"},
+                             {&w.spatial_bias, "spatial_bias"}, {&w.bn_weight, "bn_weight"}, {&w.bn_bias, "bn_bias"},
+                             {&w.bn_running_mean, "bn_running_mean"}, {&w.bn_running_var, "bn_running_var"},
+                             {&w.eca_weight, "eca_weight"}, {&residual, "residual"}});
+  TORCH_CHECK(has_fused_kernels(x.device()), "attnkit::cbam_into_residual: no fused kernel for device ", x.device(),
+              " in this build");
+  detail::call_cbam<void>("attnkit::_cbam_into_residual", detail::CbamArgs{x, w, cfg, residual});
+  return residual;
+}
+
 namespace {
-// cbam and _cbam_forward take the same arguments (detail::cbam_kernel maps them to CbamArgs).
+// cbam, _cbam_into_residual and _cbam_forward take the same arguments (detail::cbam_kernel maps them to CbamArgs).
 const std::string kCbamArgs =
     "Tensor x, Tensor? fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
     "Tensor? spatial_weight, Tensor? spatial_bias, Tensor? bn_weight, Tensor? bn_bias, "
@@ -49,6 +65,11 @@ const std::string kCbamArgs =
 
 TORCH_LIBRARY_FRAGMENT(attnkit, m) {
   m.def(("cbam(" + kCbamArgs + ") -> Tensor").c_str());
+  // The same, written into the residual: inference only (its Autograd kernel refuses gradients).
+  std::string into_args = kCbamArgs;
+  const std::string residual_arg = "Tensor? residual=None";
+  into_args.replace(into_args.find(residual_arg), residual_arg.size(), "Tensor(c!)? residual=None");
+  m.def(("_cbam_into_residual(" + into_args + ") -> ()").c_str());
   m.def(("_cbam_forward(" + kCbamArgs +
          ") -> (Tensor out, Tensor avg, Tensor max, Tensor g, Tensor zmax, Tensor zmean, Tensor s)")
             .c_str());

@@ -61,6 +61,13 @@ struct CbamConfig {
 /// after it (and without the tensor in between). Both are optional and independent.
 at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual = {});
 
+/// cbam(x, w, cfg, residual), written into `residual` instead of a new tensor, and returned: the end
+/// of a ResNet block in inference without allocating the output (its buffer is the shortcut's, read
+/// in the same pass). Inference only: an error where grad mode is on and x, the residual or a
+/// weight requires a gradient. The residual is checked as in cbam(); in another layout than x it
+/// receives a copy of the result.
+at::Tensor& cbam_into_residual(at::Tensor& residual, const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg);
+
 /// True when attnkit has fused kernels for tensors on this device.
 bool has_fused_kernels(const at::Device& device);
 

@@ -96,8 +96,24 @@ Tensor cbam_autograd(const CbamArgs& a) {
   return CbamFunction::apply(a.x, at::TensorList(inputs), a);
 }
 
+// _cbam_into_residual has no backward: it overwrites the residual, which autograd may need. So it
+// refuses inputs that want a gradient, and marks the residual as changed (its version counter) for
+// anything that saved it earlier.
+void cbam_into_residual_autograd(const CbamArgs& a) {
+  TORCH_CHECK(!needs_grad(a), "attnkit::cbam_into_residual: x, the residual or a weight requires a gradient; "
+              "it is for inference (torch::NoGradGuard), use attnkit::ops::cbam to train");
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    call_cbam<void>("attnkit::_cbam_into_residual", a);
+  }
+  torch::autograd::impl::bump_version(a.residual);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkit, Autograd, m) { m.impl("cbam", &cbam_kernel<Tensor, &cbam_autograd>); }
+TORCH_LIBRARY_IMPL(attnkit, Autograd, m) {
+  m.impl("cbam", &cbam_kernel<Tensor, &cbam_autograd>);
+  m.impl("_cbam_into_residual", &cbam_kernel<void, &cbam_into_residual_autograd>);
+}
 
 }  // namespace attnkit::ops::detail

@@ -349,14 +349,29 @@ struct Forward {
   bool nhwc;
 };
 
+/// A tensor of x's shape and layout to write the output into, and its flat kernel view: `into`
+/// itself where it already has x's layout (the apply pass reads each residual element before it
+/// writes the output element in its place), else a new tensor.
+std::pair<Tensor, Tensor> output_for(const Tensor& x, bool nhwc, const Tensor& into) {
+  if (into.defined()) {
+    const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+    if (nhwc && into.is_contiguous(at::MemoryFormat::ChannelsLast))
+      return {into, into.permute({0, 2, 3, 1}).view({N, P, C})};
+    if (!nhwc && into.is_contiguous()) return {into, into.view({N, C, P})};
+  }
+  return empty_like_layout(x, nhwc);
+}
+
+/// The forward pass; with `into` defined (the residual, for cbam_into_residual) the output is
+/// written into it.
 Forward forward_impl(const CbamKernelTable& k, const Tensor& x, const CbamWeights& w, const CbamConfig& cfg,
-                     const Tensor& residual) {
+                     const Tensor& residual, const Tensor& into = {}) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto acc = x.options().dtype(acc_type(x.scalar_type()));
   Forward f;
   const Layout in = kernel_layout(x);
   f.nhwc = in.nhwc;
-  auto [out, out_flat] = empty_like_layout(x, in.nhwc);
+  auto [out, out_flat] = output_for(x, in.nhwc, into);
   f.out = out;
   if (N == 0) return f;
   if (has_channel_gate(w)) {
@@ -530,6 +545,13 @@ void check_cbam_inputs(const CbamArgs& a) {
 CbamSaved cbam_forward(const CbamKernelTable& k, const CbamArgs& a) {
   Forward f = forward_impl(k, a.x, a.w, a.cfg, a.residual);
   return {f.out, f.avg, f.max, f.g, f.zmax, f.zmean, f.s};
+}
+
+void cbam_forward_into_residual(const CbamKernelTable& k, const CbamArgs& a) {
+  TORCH_CHECK(a.residual.defined(), "attnkit::cbam_into_residual: residual is undefined");
+  const Tensor out = forward_impl(k, a.x, a.w, a.cfg, a.residual, /*into=*/a.residual).out;
+  // A residual in another layout than x: the output was computed apart, copy it in.
+  if (!out.is_same(a.residual)) a.residual.copy_(out);
 }
 
 std::vector<Tensor> cbam_backward(const CbamKernelTable& k, const Tensor& grad, const Tensor& x, const CbamSaved& saved,

@@ -19,6 +19,9 @@ void check_cbam_inputs(const CbamArgs& a);
 /// The forward pass: the output and what backward needs.
 CbamSaved cbam_forward(const CbamKernelTable& k, const CbamArgs& a);
 
+/// The forward pass written into a.residual (defined, checked): cbam_into_residual.
+void cbam_forward_into_residual(const CbamKernelTable& k, const CbamArgs& a);
+
 /// The backward pass from the output's gradient: one gradient per kGrad* slot (cbam_args.h), for
 /// the slots whose bit is set in `needs_grad` (undefined otherwise).
 std::vector<at::Tensor> cbam_backward(const CbamKernelTable& k, const at::Tensor& grad, const at::Tensor& x,
@@ -37,6 +40,11 @@ CbamForwardResult cbam_forward_saving(const CbamArgs& a) {
   return to_tuple(cbam_forward(Table(), a));
 }
 template <const CbamKernelTable& (*Table)()>
+void cbam_into_residual_kernel(const CbamArgs& a) {
+  check_cbam_inputs(a);
+  cbam_forward_into_residual(Table(), a);
+}
+template <const CbamKernelTable& (*Table)()>
 std::vector<at::Tensor> cbam_backward_kernel(const at::Tensor& grad, const at::Tensor& x, const OptTensorList& saved,
                                              const OptTensorList& weights, bool pool_avg, bool pool_max,
                                              bool spatial_max_first, bool use_bn, bool bn_training, double bn_eps,
@@ -45,10 +53,12 @@ std::vector<at::Tensor> cbam_backward_kernel(const at::Tensor& grad, const at::T
   return cbam_backward(Table(), grad, x, saved_from(saved), weights_from(weights), cfg, has_residual, needs_grad);
 }
 
-/// Registers attnkit::cbam, _cbam_forward and _cbam_backward for one device's dispatch key.
+/// Registers attnkit::cbam, _cbam_into_residual, _cbam_forward and _cbam_backward for one device's
+/// dispatch key.
 template <const CbamKernelTable& (*Table)()>
 void register_cbam_kernels(torch::Library& m) {
   m.impl("cbam", &cbam_kernel<at::Tensor, &cbam_output<Table>>);
+  m.impl("_cbam_into_residual", &cbam_kernel<void, &cbam_into_residual_kernel<Table>>);
   m.impl("_cbam_forward", &cbam_kernel<CbamForwardResult, &cbam_forward_saving<Table>>);
   m.impl("_cbam_backward", &cbam_backward_kernel<Table>);
 }
