@@ -7,19 +7,10 @@ bool use_fused(Implementation impl, const torch::Tensor& x, bool recording, cons
   return use_fused_kernel(impl, FusedOp::Cbam, x.device(), ops::has_fused_kernels(x.device()), recording, who, auto_fused);
 }
 
-namespace {
-bool wants_gradient(const torch::Tensor& x, const ops::CbamWeights& w, const torch::Tensor& shortcut) {
-  if (!torch::GradMode::is_enabled()) return false;
-  for (const auto* t : {&x, &shortcut, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
-                        &w.spatial_bias, &w.bn_weight, &w.bn_bias, &w.eca_weight})
-    if (t->defined() && t->requires_grad()) return true;
-  return false;
-}
-}  // namespace
-
 torch::Tensor fused_op(const torch::Tensor& x, const ops::CbamWeights& w, const ops::CbamConfig& cfg,
                        const torch::Tensor& shortcut, bool into_shortcut) {
-  if (!into_shortcut || !shortcut.defined() || wants_gradient(x, w, shortcut)) return ops::cbam(x, w, cfg, shortcut);
+  if (!into_shortcut || !shortcut.defined() || ops::cbam_needs_gradient(x, w, shortcut))
+    return ops::cbam(x, w, cfg, shortcut);
   torch::Tensor out = shortcut;  // the same tensor: the op writes its storage
   return ops::cbam_into_residual(out, x, w, cfg);
 }

@@ -12,6 +12,7 @@
 #include "detail/cbam_args.h"
 #include "detail/device_check.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
 #include <string>
@@ -25,30 +26,38 @@ bool has_fused_kernels(const at::Device& device) {
   return device.is_cpu();
 }
 
-at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual) {
-  TORCH_CHECK(x.defined(), "attnkit::cbam: x is undefined");
-  detail::check_same_device("attnkit::cbam", x, "x",
+namespace {
+/// What the public functions check before the dispatcher: x defined, every tensor on x's device,
+/// a fused kernel for that device. `op` names the function in the messages.
+void check_before_dispatch(const char* op, const at::Tensor& x, const CbamWeights& w, const at::Tensor& residual) {
+  TORCH_CHECK(x.defined(), op, ": x is undefined");
+  detail::check_same_device(op, x, "x",
                             {{&w.fc1_weight, "fc1_weight"}, {&w.fc1_bias, "fc1_bias"}, {&w.fc2_weight, "fc2_weight"},
                              {&w.fc2_bias, "fc2_bias"}, {&w.spatial_weight, "spatial_weight"},
                              {&w.spatial_bias, "spatial_bias"}, {&w.bn_weight, "bn_weight"}, {&w.bn_bias, "bn_bias"},
                              {&w.bn_running_mean, "bn_running_mean"}, {&w.bn_running_var, "bn_running_var"},
                              {&w.eca_weight, "eca_weight"}, {&residual, "residual"}});
-  TORCH_CHECK(has_fused_kernels(x.device()), "attnkit::cbam: no fused kernel for device ", x.device(),
+  TORCH_CHECK(has_fused_kernels(x.device()), op, ": no fused kernel for device ", x.device(),
               " in this build; use the module's composite implementation");
+}
+}  // namespace
+
+bool cbam_needs_gradient(const at::Tensor& x, const CbamWeights& w, const at::Tensor& residual) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto* t : {&x, &residual, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias, &w.spatial_weight,
+                        &w.spatial_bias, &w.bn_weight, &w.bn_bias, &w.eca_weight})
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg, const at::Tensor& residual) {
+  check_before_dispatch("attnkit::cbam", x, w, residual);
   return detail::call_cbam<at::Tensor>("attnkit::cbam", detail::CbamArgs{x, w, cfg, residual});
 }
 
 at::Tensor& cbam_into_residual(at::Tensor& residual, const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg) {
-  TORCH_CHECK(residual.defined(), "attnkit::cbam_into_residual: residual is undefined");
-  TORCH_CHECK(x.defined(), "attnkit::cbam_into_residual: x is undefined");
-  detail::check_same_device("attnkit::cbam_into_residual", x, "x",
-                            {{&w.fc1_weight, "fc1_weight"}, {&w.fc1_bias, "fc1_bias"}, {&w.fc2_weight, "fc2_weight"},
-                             {&w.fc2_bias, "fc2_bias"}, {&w.spatial_weight, "spatial_weight"},
-                             {&w.spatial_bias, "spatial_bias"}, {&w.bn_weight, "bn_weight"}, {&w.bn_bias, "bn_bias"},
-                             {&w.bn_running_mean, "bn_running_mean"}, {&w.bn_running_var, "bn_running_var"},
-                             {&w.eca_weight, "eca_weight"}, {&residual, "residual"}});
-  TORCH_CHECK(has_fused_kernels(x.device()), "attnkit::cbam_into_residual: no fused kernel for device ", x.device(),
-              " in this build");
+  // (An undefined residual is the op's error, which names it, as for direct callers of the op.)
+  check_before_dispatch("attnkit::cbam_into_residual", x, w, residual);
   detail::call_cbam<void>("attnkit::_cbam_into_residual", detail::CbamArgs{x, w, cfg, residual});
   return residual;
 }

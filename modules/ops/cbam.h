@@ -68,6 +68,11 @@ at::Tensor cbam(const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg
 /// receives a copy of the result.
 at::Tensor& cbam_into_residual(at::Tensor& residual, const at::Tensor& x, const CbamWeights& w, const CbamConfig& cfg);
 
+/// Whether autograd would record cbam(x, w, cfg, residual): grad mode is on and x, the residual or a
+/// differentiable weight (not BatchNorm's running statistics) requires a gradient. Where it would,
+/// cbam_into_residual refuses.
+bool cbam_needs_gradient(const at::Tensor& x, const CbamWeights& w, const at::Tensor& residual = {});
+
 /// True when attnkit has fused kernels for tensors on this device.
 bool has_fused_kernels(const at::Device& device);
 

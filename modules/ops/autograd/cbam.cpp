@@ -76,13 +76,7 @@ struct CbamFunction : public torch::autograd::Function<CbamFunction> {
   }
 };
 
-bool needs_grad(const CbamArgs& a) {
-  if (!at::GradMode::is_enabled()) return false;
-  if (a.x.requires_grad() || (a.residual.defined() && a.residual.requires_grad())) return true;
-  for (const auto& t : differentiable(a.w))
-    if (t.defined() && t.requires_grad()) return true;
-  return false;
-}
+bool needs_grad(const CbamArgs& a) { return cbam_needs_gradient(a.x, a.w, a.residual); }
 
 Tensor cbam_autograd(const CbamArgs& a) {
   if (!needs_grad(a)) {

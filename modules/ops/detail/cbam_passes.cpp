@@ -353,12 +353,8 @@ struct Forward {
 /// itself where it already has x's layout (the apply pass reads each residual element before it
 /// writes the output element in its place), else a new tensor.
 std::pair<Tensor, Tensor> output_for(const Tensor& x, bool nhwc, const Tensor& into) {
-  if (into.defined()) {
-    const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-    if (nhwc && into.is_contiguous(at::MemoryFormat::ChannelsLast))
-      return {into, into.permute({0, 2, 3, 1}).view({N, P, C})};
-    if (!nhwc && into.is_contiguous()) return {into, into.view({N, C, P})};
-  }
+  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (into.defined() && into.is_contiguous(layout)) return {into, flat_like(into, nhwc)};  // a view, no copy
   return empty_like_layout(x, nhwc);
 }
 
