@@ -518,8 +518,14 @@ TEST(FusedCbam, ReducedPrecision) {
 
 TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
   torch::manual_seed(9);
-  for (auto c : {make_case(64, 16, 7, torch::kFloat), make_eca_case(5, torch::kFloat, /*spatial=*/true),
-                 make_spatial_case(7, torch::kFloat)}) {
+  // The 1024-channel case splits the MLP's weight rows and the per-position passes across threads
+  // at a 7×7 map (the 64-channel maps run their small math in one task).
+  const std::vector<std::pair<Case, std::vector<int64_t>>> cases = {
+      {make_case(64, 16, 7, torch::kFloat), {3, 64, 20, 20}},
+      {make_case(1024, 16, 7, torch::kFloat), {2, 1024, 7, 7}},
+      {make_eca_case(5, torch::kFloat, /*spatial=*/true), {3, 64, 20, 20}},
+      {make_spatial_case(7, torch::kFloat), {3, 64, 20, 20}}};
+  for (auto [c, shape] : cases) {
     for (auto* p : params(c.w))
       if (p->defined()) p->requires_grad_(true);
     // The channel gate's first weight (the spatial gate alone: BatchNorm's weight).
@@ -527,7 +533,7 @@ TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
     auto& first = mlp ? c.w.fc1_weight : c.w.eca_weight.defined() ? c.w.eca_weight : c.w.bn_weight;
     for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
       SCOPED_TRACE(mlp ? "mlp" : c.w.eca_weight.defined() ? "eca" : "spatial");
-      auto x = torch::randn({3, 64, 20, 20}).contiguous(fmt);
+      auto x = torch::randn(shape).contiguous(fmt);
       std::vector<torch::Tensor> runs[2];
       const int prev = torch::get_num_threads();
       for (int threads : {1, 2}) {

@@ -35,18 +35,6 @@ void sigmoid_in_place(A* p, int64_t n) {
   }
 }
 
-// Dot product of two contiguous rows of length n.
-template <typename A>
-A dot(const A* a, const A* b, int64_t n) {
-  using V = at::vec::Vectorized<A>;
-  constexpr int K = V::size();
-  V acc(0);
-  int64_t i = 0;
-  for (; i + K <= n; i += K) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);
-  if (i < n) acc = at::vec::fmadd(V::loadu(a + i, n - i), V::loadu(b + i, n - i), acc);
-  return lane_sum(acc);
-}
-
 // ---------------------------------------------------------------------------------------------
 // The k×k convolution of the spatial gate. A task copies the rows its outputs need (of both maps)
 // into a zero-padded window once, so the taps need no bounds checks; each output row is computed in
@@ -200,40 +188,103 @@ void spatial_conv_backward_impl(const Tensor& zmax_t, const Tensor& zmean_t, int
 }
 
 // ---------------------------------------------------------------------------------------------
-// The channel gate's MLP on the [N, C] descriptors. Both descriptors share each weight row's read,
-// and since fc2 is linear, f(avg) + f(max) = w2 (relu(h_avg) + relu(h_max)) + 2 b2: one fc2 product.
+// The channel gate's MLP on the [N, C] descriptors: two matrix-vector products whose weights (up to
+// 2 MB at C = 2048) usually come from memory, so the loops are built to stream them once at full
+// speed. A dot product in one accumulator is bound by the FMA's latency, not by the reads: with
+// the weights in cache that was most of the gate's time at 7×7 maps.
+
+// out[j] = dot(w, d[j]) for ND descriptor rows of length n: w is read once for all of them, and U
+// independent accumulators per descriptor hide the FMA latency. Fixed order: thread-count independent.
+template <typename A, int ND>
+void row_dots(const A* w, const A* const* d, int64_t n, A* out) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  constexpr int U = 4;
+  V acc[ND][U];
+  for (int j = 0; j < ND; ++j)
+    for (int u = 0; u < U; ++u) acc[j][u] = V(0);
+  int64_t i = 0;
+  for (; i + U * K <= n; i += U * K)
+    for (int u = 0; u < U; ++u) {
+      const V wv = V::loadu(w + i + u * K);
+      for (int j = 0; j < ND; ++j) acc[j][u] = at::vec::fmadd(wv, V::loadu(d[j] + i + u * K), acc[j][u]);
+    }
+  for (; i < n; i += K) {
+    const int cnt = static_cast<int>(std::min<int64_t>(K, n - i));
+    const V wv = V::loadu(w + i, cnt);  // loadu with a count fills the other lanes with zeros
+    for (int j = 0; j < ND; ++j) acc[j][0] = at::vec::fmadd(wv, V::loadu(d[j] + i, cnt), acc[j][0]);
+  }
+  for (int j = 0; j < ND; ++j) out[j] = lane_sum((acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]));
+}
+
+// out[r] = dot(w + r * ld, h) for NR consecutive weight rows of length n: h is loaded once per step
+// for all rows, and the rows' accumulators are NR independent chains.
+template <typename A, int NR>
+void rows_dot(const A* w, int64_t ld, const A* h, int64_t n, A* out) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int K = V::size();
+  V acc[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = V(0);
+  for (int64_t i = 0; i < n; i += K) {
+    const int cnt = static_cast<int>(std::min<int64_t>(K, n - i));
+    const V hv = V::loadu(h + i, cnt);
+    for (int r = 0; r < NR; ++r) acc[r] = at::vec::fmadd(V::loadu(w + r * ld + i, cnt), hv, acc[r]);
+  }
+  for (int r = 0; r < NR; ++r) out[r] = lane_sum(acc[r]);
+}
+
+// Both descriptors share each weight row's read, and since fc2 is linear, f(avg) + f(max) =
+// w2 (relu(h_avg) + relu(h_max)) + 2 b2: one fc2 product. Tasks own weight rows and loop over the
+// batch inside, so each row is read from memory once per call, not once per sample.
 template <typename A>
 void mlp_gate_impl(const Tensor& avg_t, const Tensor& max_t, const Tensor& w1_t, const Tensor& b1_t,
                    const Tensor& w2_t, const Tensor& b2_t, Tensor& g_t) {
   const int64_t N = g_t.size(0), C = g_t.size(1), R = w1_t.size(0);
-  const A* d[2] = {avg_t.defined() ? avg_t.data_ptr<A>() : nullptr, max_t.defined() ? max_t.data_ptr<A>() : nullptr};
+  const A* avg = avg_t.defined() ? avg_t.data_ptr<A>() : nullptr;
+  const A* mx = max_t.defined() ? max_t.data_ptr<A>() : nullptr;
   const A* w1 = w1_t.data_ptr<A>();
   const A* w2 = w2_t.data_ptr<A>();
   const A* b1 = b1_t.defined() ? b1_t.data_ptr<A>() : nullptr;
   const A* b2 = b2_t.defined() ? b2_t.data_ptr<A>() : nullptr;
-  const A terms = static_cast<A>((d[0] != nullptr) + (d[1] != nullptr));
+  const A terms = static_cast<A>((avg != nullptr) + (mx != nullptr));
   A* g = g_t.data_ptr<A>();
   std::vector<A> hidden(N * R);
-  // fc1 + relu, summed over the descriptors: one task per block of weight rows.
-  at::parallel_for(0, N * R, grain_for(C), [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t n = t / R, r = t % R;
-      A h = 0;
-      for (const A* dn : d) {
-        if (!dn) continue;
-        const A v = dot(w1 + r * C, dn + n * C, C) + (b1 ? b1[r] : A(0));
-        h += std::max(v, A(0));
+  // fc1 + relu, summed over the descriptors.
+  at::parallel_for(0, R, grain_for(N * C), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const A bias = b1 ? b1[r] : A(0);
+      for (int64_t n = 0; n < N; ++n) {
+        A dots[2];
+        if (avg && mx) {
+          const A* d[2] = {avg + n * C, mx + n * C};
+          row_dots<A, 2>(w1 + r * C, d, C, dots);
+          hidden[n * R + r] = std::max(dots[0] + bias, A(0)) + std::max(dots[1] + bias, A(0));
+        } else {
+          const A* d[1] = {(avg ? avg : mx) + n * C};
+          row_dots<A, 1>(w1 + r * C, d, C, dots);
+          hidden[n * R + r] = std::max(dots[0] + bias, A(0));
+        }
       }
-      hidden[t] = h;
     }
   });
-  // fc2 and the sigmoid: g is [N, C] contiguous, so a task's range of (n, c) is one run of g.
-  at::parallel_for(0, N * C, grain_for(R), [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t n = t / C, c = t % C;
-      g[t] = dot(w2 + c * R, hidden.data() + n * R, R) + (b2 ? terms * b2[c] : A(0));
+  // fc2 and the sigmoid, kRowsPerDot rows of w2 at a time.
+  constexpr int64_t kRowsPerDot = 8;
+  const int64_t blocks = (C + kRowsPerDot - 1) / kRowsPerDot;
+  at::parallel_for(0, blocks, grain_for(N * kRowsPerDot * R), [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t c0 = blk * kRowsPerDot, rows = std::min(kRowsPerDot, C - c0);
+      for (int64_t n = 0; n < N; ++n) {
+        A* gn = g + n * C + c0;
+        const A* h = hidden.data() + n * R;
+        if (rows == kRowsPerDot) {
+          rows_dot<A, kRowsPerDot>(w2 + c0 * R, R, h, R, gn);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) rows_dot<A, 1>(w2 + (c0 + r) * R, R, h, R, gn + r);
+        }
+        for (int64_t r = 0; r < rows; ++r) gn[r] += b2 ? terms * b2[c0 + r] : A(0);
+        sigmoid_in_place(gn, rows);
+      }
     }
-    sigmoid_in_place(g + b, e - b);
   });
 }
 
@@ -274,7 +325,10 @@ void mlp_gate_backward_impl(const Tensor& avg_t, const Tensor& max_t, const Tens
         if (!d[j]) continue;
         A* dp = dpre.data() + (j * N + n) * R;
         for (int64_t r = 0; r < R; ++r) {
-          const A pre = dot(w1 + r * C, d[j] + n * C, C) + (b1 ? b1[r] : A(0));
+          const A* row[1] = {d[j] + n * C};
+          A pre;
+          row_dots<A, 1>(w1 + r * C, row, C, &pre);  // as forward computed it
+          pre += b1 ? b1[r] : A(0);
           hsum[n * R + r] += std::max(pre, A(0));
           dp[r] = pre > A(0) ? dh[r] : A(0);
         }

@@ -217,77 +217,106 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
     });
     return;
   }
+  // A position's channels in kChains interleaved sums and maxima: one chain of dependent adds along
+  // the row was bound by the add's latency (about 3x a read of the row from L3).
+  constexpr int kChains = 4;  // combined below as a fixed tree of four
   at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / P;
       const T* row = xp + r * C;
       const A* gn = g + n * C;
-      V vs(0), vm(ninf);
+      V vs[kChains], vm[kChains];
+      for (int u = 0; u < kChains; ++u) {
+        vs[u] = V(0);
+        vm[u] = V(ninf);
+      }
       int64_t c = 0;
+      for (; c + kChains * K <= C; c += kChains * K)
+        for (int u = 0; u < kChains; ++u) {
+          const V v = L::load(row + c + u * K) * V::loadu(gn + c + u * K);
+          vs[u] += v;
+          vm[u] = at::vec::maximum(vm[u], v);
+        }
       for (; c + K <= C; c += K) {
         const V v = L::load(row + c) * V::loadu(gn + c);
-        vs += v;
-        vm = at::vec::maximum(vm, v);
+        vs[0] += v;
+        vm[0] = at::vec::maximum(vm[0], v);
       }
       if (c < C) {
         const int rem = static_cast<int>(C - c);
         const V v = L::load(row + c, rem) * V::loadu(gn + c, rem);
-        vs += v;
-        vm = at::vec::maximum(vm, V::set(V(ninf), v, rem));
+        vs[0] += v;
+        vm[0] = at::vec::maximum(vm[0], V::set(V(ninf), v, rem));
       }
-      zmax[r] = horizontal_max(vm);
-      zmean[r] = horizontal_sum(vs) * inv_c;
+      zmax[r] = horizontal_max(at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3])));
+      zmean[r] = horizontal_sum((vs[0] + vs[1]) + (vs[2] + vs[3])) * inv_c;
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-template <typename T>
-void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t, const Tensor& res_t, bool relu,
-                      Tensor& out) {
+// The last pass over one row of n elements: out = x * a * b (+ residual) (then ReLU), the channel
+// gate times the spatial gate, each either one value per element (a pointer) or one for the row.
+// NCHW rows: a = the channel's gate (scalar), b = the spatial gate (row, or none); NHWC rows: a = the
+// channel gates (row), b = the position's spatial gate (scalar). Everything the loop reads is a
+// local or an argument, and whole vectors go through plain loads and stores: with the partial
+// store's memcpy inside the loop, the compiler reloaded every captured variable after each store.
+template <typename T, bool kResidual, bool kRelu>
+void gate_row(const T* x, const acc_t<T>* a_row, acc_t<T> a, const acc_t<T>* b_row, acc_t<T> b, const T* res, T* out,
+              int64_t n) {
   using L = Lanes<T>;
-  using A = typename L::A;
+  using A = acc_t<T>;
   using V = typename L::V;
   constexpr int K = L::kSize;
-  const Shape sh = shape_of(x, nhwc);
-  const int64_t N = sh.n, C = sh.c, P = sh.p;
-  const T* xp = x.data_ptr<T>();
-  const T* rp = res_t.defined() ? res_t.data_ptr<T>() : nullptr;
-  T* op = out.data_ptr<T>();
-  const A* g = g_t.data_ptr<A>();
-  const A* s = opt_ptr<T>(s_t);
-  // The epilogue on the `cnt` values at flat offset `off`: + residual, ReLU.
-  auto finish = [rp, relu](V v, int64_t off, int cnt) {
-    if (rp) v = v + L::load(rp + off, cnt);
-    if (relu) v = at::vec::maximum(v, V(0));  // propagates NaN, as torch.relu
+  const V va(a), vb(b);
+  auto value = [&](int64_t i, int cnt) {
+    V v = L::load(x + i, cnt) * (a_row ? V::loadu(a_row + i, cnt) : va);
+    v = v * (b_row ? V::loadu(b_row + i, cnt) : vb);
+    if constexpr (kResidual) v = v + L::load(res + i, cnt);
+    if constexpr (kRelu) v = at::vec::maximum(v, V(A(0)));  // propagates NaN, as torch.relu
     return v;
   };
+  int64_t i = 0;
+  for (; i + K <= n; i += K) L::store(out + i, value(i, K));
+  if (i < n) {
+    const int cnt = static_cast<int>(n - i);
+    L::store(out + i, value(i, cnt), cnt);
+  }
+}
+
+template <typename T, bool kResidual, bool kRelu>
+void apply_gates_rows(const T* xp, bool nhwc, const Shape& sh, const acc_t<T>* g, const acc_t<T>* s, const T* rp,
+                      T* op) {
+  using A = acc_t<T>;
+  const int64_t N = sh.n, C = sh.c, P = sh.p;
   if (!nhwc) {
-    at::parallel_for(0, N * C, grain_for(P), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const V gc(g[r]);
-        const A* srow = s ? s + (r / C) * P : nullptr;
-        for (int64_t i = 0; i < P; i += K) {
-          const int cnt = static_cast<int>(std::min<int64_t>(K, P - i));
-          V v = L::load(xp + r * P + i, cnt) * gc;
-          if (srow) v = v * V::loadu(srow + i, cnt);
-          L::store(op + r * P + i, finish(v, r * P + i, cnt), cnt);
-        }
-      }
+    at::parallel_for(0, N * C, grain_for(P), [=](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        gate_row<T, kResidual, kRelu>(xp + r * P, nullptr, g[r], s ? s + (r / C) * P : nullptr, A(1),
+                                      rp ? rp + r * P : nullptr, op + r * P, P);
     });
     return;
   }
-  at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const A* gn = g + (r / P) * C;
-      const V sp(s ? s[r] : A(1));
-      for (int64_t c = 0; c < C; c += K) {
-        const int cnt = static_cast<int>(std::min<int64_t>(K, C - c));
-        const V v = L::load(xp + r * C + c, cnt) * V::loadu(gn + c, cnt) * sp;
-        L::store(op + r * C + c, finish(v, r * C + c, cnt), cnt);
-      }
-    }
+  at::parallel_for(0, N * P, grain_for(C), [=](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      gate_row<T, kResidual, kRelu>(xp + r * C, g + (r / P) * C, A(1), nullptr, s ? s[r] : A(1),
+                                    rp ? rp + r * C : nullptr, op + r * C, C);
   });
+}
+
+template <typename T>
+void apply_gates_impl(const Tensor& x, bool nhwc, const Tensor& g_t, const Tensor& s_t, const Tensor& res_t, bool relu,
+                      Tensor& out) {
+  const Shape sh = shape_of(x, nhwc);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = res_t.defined() ? res_t.data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+  const acc_t<T>* g = g_t.data_ptr<acc_t<T>>();
+  const acc_t<T>* s = opt_ptr<T>(s_t);
+  if (rp && relu) apply_gates_rows<T, true, true>(xp, nhwc, sh, g, s, rp, op);
+  else if (rp) apply_gates_rows<T, true, false>(xp, nhwc, sh, g, s, rp, op);
+  else if (relu) apply_gates_rows<T, false, true>(xp, nhwc, sh, g, s, rp, op);
+  else apply_gates_rows<T, false, false>(xp, nhwc, sh, g, s, rp, op);
 }
 
 // ---------------------------------------------------------------------------------------------
