@@ -33,6 +33,7 @@ struct BenchArgs {
   int64_t batch = 0;           // overrides N when > 0
   int threads = 0;             // 0: LibTorch's default
   std::string dtype = "float32";
+  std::string layout = "nchw";  // or nhwc: channels-last, the layout of InferenceModel's feature maps
   std::string device = "auto";
   std::string attention = "cbam";
   std::string pass = "both";
@@ -294,6 +295,7 @@ struct OpCase {
 OpCase plan_op(const std::string& op, const BenchArgs& args, const torch::Device& device, torch::ScalarType dtype) {
   OpCase c{op, input_shape(op, args)};
   c.x = torch::randn(c.shape, torch::TensorOptions().device(device).dtype(dtype));
+  if (args.layout == "nhwc") c.x = c.x.contiguous(torch::MemoryFormat::ChannelsLast);
   if (!is_resnet(op)) c.x.requires_grad_(true);  // forward passes run under NoGradGuard
   c.impls = is_resnet(op) ? resnet_impls(op, c.x, args) : impls_for(op, c.x);
   // The yardstick: copying x once (read + write), what any elementwise pass at least costs.
@@ -353,13 +355,20 @@ PassResult time_pass(OpCase& c, const std::string& pass, const BenchArgs& args, 
 
 // ---- report: one JSON row per impl, then (without --json) the table -------------------------------
 
+/// The input's memory layout as it is (not as asked): "nhwc" for channels-last, else "nchw". A
+/// tensor that is both (one channel, or 1×1 maps) counts as nchw.
+std::string layout_of(const torch::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(torch::MemoryFormat::ChannelsLast) ? "nhwc" : "nchw";
+}
+
 std::vector<nlohmann::json> result_rows(const OpCase& c, const std::string& pass, const BenchArgs& args,
                                         const torch::Device& device, PassResult& r) {
   auto& t = r.timing;
   const bool resnet = is_resnet(c.op);
   std::vector<nlohmann::json> rows;
   for (const auto& [name, timing] : t) {
-    nlohmann::json row = {{"op", c.op}, {"pass", pass}, {"shape", shape_str(c.shape)}, {"dtype", args.dtype},
+    nlohmann::json row = {{"op", c.op}, {"pass", pass}, {"shape", shape_str(c.shape)}, {"layout", layout_of(c.x)},
+                          {"dtype", args.dtype},
                           {"device", device.str()}, {"threads", torch::get_num_threads()}, {"impl", name},
                           {"median_ms", timing.median_ms}, {"min_ms", timing.min_ms}};
     if (resnet) row["attention"] = args.attention;
@@ -386,13 +395,14 @@ std::string optional_column(const nlohmann::json& row, const char* key, int prec
 
 void print_table(const std::vector<nlohmann::json>& rows) {
   std::cout << std::left << std::setw(10) << "op" << std::setw(10) << "pass" << std::setw(16) << "shape"
-            << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(14) << "impl" << std::right
+            << std::setw(8) << "layout" << std::setw(10) << "dtype" << std::setw(8) << "threads" << std::setw(14) << "impl" << std::right
             << std::setw(11) << "median ms" << std::setw(11) << "min ms" << std::setw(10) << "speed-up"
             << std::setw(10) << "x copy" << std::setw(10) << "x sdpa" << std::setw(10) << "x none" << std::setw(12)
             << "peak MB" << "\n";
   for (const auto& r : rows) {
     std::cout << std::left << std::setw(10) << r["op"].get<std::string>() << std::setw(10) << r["pass"].get<std::string>()
-              << std::setw(16) << r["shape"].get<std::string>() << std::setw(10) << r["dtype"].get<std::string>()
+              << std::setw(16) << r["shape"].get<std::string>() << std::setw(8) << r["layout"].get<std::string>()
+              << std::setw(10) << r["dtype"].get<std::string>()
               << std::setw(8) << r["threads"].get<int>() << std::setw(14) << r["impl"].get<std::string>() << std::right
               << std::fixed << std::setprecision(3) << std::setw(11) << r["median_ms"].get<double>() << std::setw(11)
               << r["min_ms"].get<double>() << std::setw(10) << optional_column(r, "vs_composite", 2, "x") << std::setw(10)
@@ -461,6 +471,10 @@ Runner add_bench_command(CLI::App& cli) {
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--dtype", args->dtype, "Element type")
       ->check(CLI::IsMember({"float32", "float64", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_option("--layout", args->layout,
+                  "Memory layout of the input: nchw (contiguous) or nhwc (channels-last, the layout InferenceModel "
+                  "runs the attention blocks on)")
+      ->check(CLI::IsMember({"nchw", "nhwc"}))->capture_default_str();
   cmd->add_option("--device", args->device, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--attention", args->attention, "Attention block inside the resnets")->capture_default_str();
@@ -469,7 +483,7 @@ Runner add_bench_command(CLI::App& cli) {
   cmd->add_option("--iters", args->iters, "Timed runs per case (default: about one second's worth, 5 to 200)")
       ->check(positive_number());
   cmd->add_option("--warmup", args->warmup, "Untimed runs before timing")->check(non_negative_number())->capture_default_str();
-  cmd->add_flag("--json", args->json, "One JSON object per line: op, pass, shape, dtype, threads, impl, median_ms, min_ms, ...");
+  cmd->add_flag("--json", args->json, "One JSON object per line: op, pass, shape, layout, dtype, threads, impl, median_ms, min_ms, ...");
   return [cmd, args]() -> int { return cmd->parsed() ? run_bench(*args) : -1; };
 }
 
