@@ -219,7 +219,8 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
   }
   // A position's channels in kChains interleaved sums and maxima: one chain of dependent adds along
   // the row was bound by the add's latency (about 3x a read of the row from L3).
-  constexpr int kChains = 4;  // combined below as a fixed tree of four
+  constexpr int kChains = 4;
+  static_assert(kChains == 4, "the chains are combined below as a fixed tree of four");
   at::parallel_for(0, N * P, grain_for(C), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t n = r / P;
