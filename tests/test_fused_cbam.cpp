@@ -523,6 +523,7 @@ TEST(FusedCbam, SameResultWithOneAndTwoThreads) {
   const std::vector<std::pair<Case, std::vector<int64_t>>> cases = {
       {make_case(64, 16, 7, torch::kFloat), {3, 64, 20, 20}},
       {make_case(1024, 16, 7, torch::kFloat), {2, 1024, 7, 7}},
+      {make_case(1024, 16, 7, torch::kFloat), {2, 1024, 1, 1}},  // one position: read channels-last
       {make_eca_case(5, torch::kFloat, /*spatial=*/true), {3, 64, 20, 20}},
       {make_spatial_case(7, torch::kFloat), {3, 64, 20, 20}}};
   for (auto [c, shape] : cases) {
