@@ -410,6 +410,28 @@ TEST(FusedCbam, ChannelsLastPoolOverManyPositions) {
   }
 }
 
+// The spatial gate's per-position max and mean over channels (lanes combined by shuffle trees in
+// the vector copies): a NaN at one position reaches exactly the outputs whose k×k window holds that
+// position, as in the composite reference, and the other outputs match it. C = 70 runs the
+// four-chain loop, the single-vector loop and a partial tail; the NaN sits in the tail's channels.
+TEST(FusedCbam, NanAtOnePositionReachesItsWindowOnly) {
+  torch::manual_seed(21);
+  Case c = make_spatial_case(7, torch::kFloat);
+  auto x = torch::randn({2, 70, 12, 13});
+  x[1][68][5][6].fill_(std::numeric_limits<float>::quiet_NaN());
+  const auto ref = reference_cbam(x, c.w, c.cfg);
+  for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    SCOPED_TRACE(fmt == torch::MemoryFormat::Contiguous ? "contiguous" : "channels-last");
+    const auto y = attnkit::ops::cbam(x.contiguous(fmt), c.w, c.cfg);
+    EXPECT_TRUE(y.isnan().equal(ref.isnan()));
+    EXPECT_TRUE(y[1][0][5][6].isnan().item<bool>());       // the NaN's own position
+    EXPECT_TRUE(y[1][0][11][12].isfinite().item<bool>());  // outside its 7x7 window
+    EXPECT_TRUE(y[0].isfinite().all().item<bool>());
+    const auto finite = ref.isfinite();
+    EXPECT_TRUE(torch::allclose(y.masked_select(finite), ref.masked_select(finite), 1e-5, 1e-6));
+  }
+}
+
 TEST(FusedCbam, Variants) {
   torch::manual_seed(5);
   auto x = torch::randn({2, 24, 6, 7}, torch::kDouble);

@@ -51,19 +51,29 @@ void conv_chunk(const A* src, int maps, int64_t map_stride, int64_t row_stride, 
                 int64_t len) {
   using V = at::vec::Vectorized<A>;
   constexpr int K = V::size();
-  V acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = V(0);
+  // Even and odd taps along a row in two sets of accumulators: each chain of dependent FMAs is half
+  // as long (one set ran at the FMA's latency, about a third of its throughput).
+  V acc[NV], acc_odd[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = acc_odd[v] = V(0);
   for (int i = 0; i < maps; ++i)
     for (int64_t dy = 0; dy < k; ++dy) {
       const A* row = src + i * map_stride + dy * row_stride;
       const A* wr = w + (i * k + dy) * k;
-      for (int64_t dx = 0; dx < k; ++dx) {
-        const V wv(wr[dx]);
-        for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(V::loadu(row + dx + v * K), wv, acc[v]);
+      int64_t dx = 0;
+      for (; dx + 1 < k; dx += 2) {
+        const V w_even(wr[dx]), w_odd(wr[dx + 1]);
+        for (int v = 0; v < NV; ++v) {
+          acc[v] = at::vec::fmadd(V::loadu(row + dx + v * K), w_even, acc[v]);
+          acc_odd[v] = at::vec::fmadd(V::loadu(row + dx + 1 + v * K), w_odd, acc_odd[v]);
+        }
+      }
+      if (dx < k) {
+        const V w_last(wr[dx]);
+        for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(V::loadu(row + dx + v * K), w_last, acc[v]);
       }
     }
   for (int v = 0; v < NV; ++v) {
-    V o = acc[v] * scale + shift;
+    V o = (acc[v] + acc_odd[v]) * scale + shift;
     if (sigmoid) o = sigmoid_of(o);
     o.store(out + v * K, static_cast<int>(std::min<int64_t>(K, len - v * K)));
   }

@@ -249,8 +249,10 @@ void gated_pool_impl(const Tensor& x, bool nhwc, const Tensor& g_t, Tensor& zmax
         vs[0] += v;
         vm[0] = at::vec::maximum(vm[0], V::set(V(ninf), v, rem));
       }
-      zmax[r] = horizontal_max(at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3])));
-      zmean[r] = horizontal_sum((vs[0] + vs[1]) + (vs[2] + vs[3])) * inv_c;
+      // Lanes combined by shuffle trees: a chain of eight dependent scalar steps per position was as
+      // long as the whole row's loads at C = 64-256.
+      zmax[r] = lane_max(at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3])));
+      zmean[r] = lane_sum((vs[0] + vs[1]) + (vs[2] + vs[3])) * inv_c;
     }
   });
 }

@@ -70,6 +70,17 @@ inline A horizontal_sum(const at::vec::Vectorized<A>& v) {
 }
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// 256-bit steps of the lane reductions below. nan_max_*: max per lane, NaN where either is NaN (as
+// at::vec::maximum and torch.amax).
+inline __m256 add_256(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+inline __m256d add_256(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
+inline __m256 nan_max_256(__m256 a, __m256 b) { return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
+inline __m256d nan_max_256(__m256d a, __m256d b) {
+  return _mm256_or_pd(_mm256_max_pd(a, b), _mm256_cmp_pd(a, b, _CMP_UNORD_Q));
+}
+inline __m128 nan_max_128(__m128 a, __m128 b) { return _mm_or_ps(_mm_max_ps(a, b), _mm_cmpunord_ps(a, b)); }
+inline __m128d nan_max_128(__m128d a, __m128d b) { return _mm_or_pd(_mm_max_pd(a, b), _mm_cmpunord_pd(a, b)); }
+
 inline float lane_sum_256(__m256 x) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -79,19 +90,36 @@ inline double lane_sum_256(__m256d x) {
   const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
+inline float lane_max_256(__m256 x) {
+  __m128 m = nan_max_128(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = nan_max_128(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(nan_max_128(m, _mm_shuffle_ps(m, m, 1)));
+}
+inline double lane_max_256(__m256d x) {
+  const __m128d m = nan_max_128(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  return _mm_cvtsd_f64(nan_max_128(m, _mm_unpackhi_pd(m, m)));
+}
 #endif
 
-/// Sum of the lanes as a balanced tree of shuffles and adds (short dependency chains, for sums taken
-/// once per dot product), the same order on every call. (AVX-512: the halves go through memory, as
-/// GCC 12 warns about its own 512-bit extract intrinsics.)
-template <typename A>
-inline A lane_sum(const at::vec::Vectorized<A>& v) {
 #if defined(CPU_CAPABILITY_AVX512)
+/// `combine` of an AVX-512 vector's two 256-bit halves. The halves go through memory, as GCC 12 warns
+/// about its own 512-bit extract intrinsics.
+template <typename A, typename Combine>
+inline auto fold_halves(const at::vec::Vectorized<A>& v, Combine combine) {
   alignas(64) A buf[at::vec::Vectorized<A>::size()];
   v.store(buf);
   constexpr int half = at::vec::Vectorized<A>::size() / 2;
-  if constexpr (std::is_same_v<A, float>) return lane_sum_256(_mm256_add_ps(_mm256_load_ps(buf), _mm256_load_ps(buf + half)));
-  else return lane_sum_256(_mm256_add_pd(_mm256_load_pd(buf), _mm256_load_pd(buf + half)));
+  if constexpr (std::is_same_v<A, float>) return combine(_mm256_load_ps(buf), _mm256_load_ps(buf + half));
+  else return combine(_mm256_load_pd(buf), _mm256_load_pd(buf + half));
+}
+#endif
+
+/// Sum of the lanes as a balanced tree of shuffles and adds (short dependency chains, for sums taken
+/// once per dot product or position), the same order on every call.
+template <typename A>
+inline A lane_sum(const at::vec::Vectorized<A>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return lane_sum_256(fold_halves(v, [](auto lo, auto hi) { return add_256(lo, hi); }));
 #elif defined(CPU_CAPABILITY_AVX2)
   return lane_sum_256(v);
 #else
@@ -111,6 +139,19 @@ inline A horizontal_max(const at::vec::Vectorized<A>& v) {
   A m = buf[0];
   for (int i = 1; i < at::vec::Vectorized<A>::size(); ++i) m = nan_max(m, buf[i]);
   return m;
+}
+
+/// Max of the lanes, NaN if any lane is NaN, as lane_sum's tree: for maxima taken once per
+/// position, where horizontal_max's chain of compares would be the loop's latency.
+template <typename A>
+inline A lane_max(const at::vec::Vectorized<A>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return lane_max_256(fold_halves(v, [](auto lo, auto hi) { return nan_max_256(lo, hi); }));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return lane_max_256(v);
+#else
+  return horizontal_max(v);
+#endif
 }
 
 }  // namespace CPU_CAPABILITY
