@@ -5,8 +5,11 @@
 #include <torch/nn/module.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -27,9 +30,9 @@ struct Counted : at::ObserverContext {};
 std::vector<int64_t> sizes_of(const c10::IValue& v) { return v.isTensor() ? v.toTensor().sizes().vec() : std::vector<int64_t>{}; }
 
 int64_t product(const std::vector<int64_t>& v, size_t from = 0, size_t to = SIZE_MAX) {
-  int64_t p = 1;
-  for (size_t i = from; i < std::min(to, v.size()); ++i) p *= v[i];
-  return p;
+  const size_t end = std::min(to, v.size());
+  // Over iterators: GCC 12 warned (-Waggressive-loop-optimizations) on the indexed loop once inlined.
+  return std::accumulate(v.begin() + std::min(from, end), v.begin() + end, int64_t{1}, std::multiplies<>());
 }
 
 /// aten::convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
