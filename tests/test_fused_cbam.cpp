@@ -412,13 +412,14 @@ TEST(FusedCbam, ChannelsLastPoolOverManyPositions) {
 
 // The spatial gate's per-position max and mean over channels (lanes combined by shuffle trees in
 // the vector copies): a NaN at one position reaches exactly the outputs whose k×k window holds that
-// position, as in the composite reference, and the other outputs match it. C = 70 runs the
-// four-chain loop, the single-vector loop and a partial tail; the NaN sits in the tail's channels.
+// position, as in the composite reference, and the other outputs match it. C = 94 runs the
+// four-chain loop, the single-vector loop and a partial tail with 8- and with 16-lane vectors; the
+// NaN sits in the tail's channels in both.
 TEST(FusedCbam, NanAtOnePositionReachesItsWindowOnly) {
   torch::manual_seed(21);
   Case c = make_spatial_case(7, torch::kFloat);
-  auto x = torch::randn({2, 70, 12, 13});
-  x[1][68][5][6].fill_(std::numeric_limits<float>::quiet_NaN());
+  auto x = torch::randn({2, 94, 12, 13});
+  x[1][90][5][6].fill_(std::numeric_limits<float>::quiet_NaN());
   const auto ref = reference_cbam(x, c.w, c.cfg);
   for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
     SCOPED_TRACE(fmt == torch::MemoryFormat::Contiguous ? "contiguous" : "channels-last");
