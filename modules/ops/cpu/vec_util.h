@@ -70,47 +70,49 @@ inline A horizontal_sum(const at::vec::Vectorized<A>& v) {
 }
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-// 256-bit steps of the lane reductions below. nan_max_*: max per lane, NaN where either is NaN (as
-// at::vec::maximum and torch.amax).
-inline __m256 add_256(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-inline __m256d add_256(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
-inline __m256 nan_max_256(__m256 a, __m256 b) { return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
-inline __m256d nan_max_256(__m256d a, __m256d b) {
-  return _mm256_or_pd(_mm256_max_pd(a, b), _mm256_cmp_pd(a, b, _CMP_UNORD_Q));
-}
-inline __m128 nan_max_128(__m128 a, __m128 b) { return _mm_or_ps(_mm_max_ps(a, b), _mm_cmpunord_ps(a, b)); }
-inline __m128d nan_max_128(__m128d a, __m128d b) { return _mm_or_pd(_mm_max_pd(a, b), _mm_cmpunord_pd(a, b)); }
+// The two lane-wise operations the reductions below fold with, on 128- and 256-bit registers.
+struct AddLanes {
+  __m128 operator()(__m128 a, __m128 b) const { return _mm_add_ps(a, b); }
+  __m128d operator()(__m128d a, __m128d b) const { return _mm_add_pd(a, b); }
+  __m256 operator()(__m256 a, __m256 b) const { return _mm256_add_ps(a, b); }
+  __m256d operator()(__m256d a, __m256d b) const { return _mm256_add_pd(a, b); }
+};
+/// max per lane, NaN where either is NaN (as at::vec::maximum and torch.amax).
+struct NanMaxLanes {
+  __m128 operator()(__m128 a, __m128 b) const { return _mm_or_ps(_mm_max_ps(a, b), _mm_cmpunord_ps(a, b)); }
+  __m128d operator()(__m128d a, __m128d b) const { return _mm_or_pd(_mm_max_pd(a, b), _mm_cmpunord_pd(a, b)); }
+  __m256 operator()(__m256 a, __m256 b) const { return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
+  __m256d operator()(__m256d a, __m256d b) const {
+    return _mm256_or_pd(_mm256_max_pd(a, b), _mm256_cmp_pd(a, b, _CMP_UNORD_Q));
+  }
+};
 
-inline float lane_sum_256(__m256 x) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+/// The lanes of x folded by `op` as a balanced tree of shuffles: halves, then quarters, ...
+template <typename Op>
+inline float fold_lanes_256(__m256 x, Op op) {
+  __m128 s = op(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = op(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(op(s, _mm_shuffle_ps(s, s, 1)));
 }
-inline double lane_sum_256(__m256d x) {
-  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+template <typename Op>
+inline double fold_lanes_256(__m256d x, Op op) {
+  const __m128d s = op(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  return _mm_cvtsd_f64(op(s, _mm_unpackhi_pd(s, s)));
 }
-inline float lane_max_256(__m256 x) {
-  __m128 m = nan_max_128(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  m = nan_max_128(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(nan_max_128(m, _mm_shuffle_ps(m, m, 1)));
-}
-inline double lane_max_256(__m256d x) {
-  const __m128d m = nan_max_128(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
-  return _mm_cvtsd_f64(nan_max_128(m, _mm_unpackhi_pd(m, m)));
-}
-#endif
 
+/// fold_lanes_256 for this copy's vector width. (AVX-512: the halves go through memory, as GCC 12
+/// warns about its own 512-bit extract intrinsics.)
+template <typename A, typename Op>
+inline A fold_lanes(const at::vec::Vectorized<A>& v, Op op) {
 #if defined(CPU_CAPABILITY_AVX512)
-/// `combine` of an AVX-512 vector's two 256-bit halves. The halves go through memory, as GCC 12 warns
-/// about its own 512-bit extract intrinsics.
-template <typename A, typename Combine>
-inline auto fold_halves(const at::vec::Vectorized<A>& v, Combine combine) {
   alignas(64) A buf[at::vec::Vectorized<A>::size()];
   v.store(buf);
   constexpr int half = at::vec::Vectorized<A>::size() / 2;
-  if constexpr (std::is_same_v<A, float>) return combine(_mm256_load_ps(buf), _mm256_load_ps(buf + half));
-  else return combine(_mm256_load_pd(buf), _mm256_load_pd(buf + half));
+  if constexpr (std::is_same_v<A, float>) return fold_lanes_256(op(_mm256_load_ps(buf), _mm256_load_ps(buf + half)), op);
+  else return fold_lanes_256(op(_mm256_load_pd(buf), _mm256_load_pd(buf + half)), op);
+#else
+  return fold_lanes_256(v, op);
+#endif
 }
 #endif
 
@@ -118,10 +120,8 @@ inline auto fold_halves(const at::vec::Vectorized<A>& v, Combine combine) {
 /// once per dot product or position), the same order on every call.
 template <typename A>
 inline A lane_sum(const at::vec::Vectorized<A>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return lane_sum_256(fold_halves(v, [](auto lo, auto hi) { return add_256(lo, hi); }));
-#elif defined(CPU_CAPABILITY_AVX2)
-  return lane_sum_256(v);
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  return fold_lanes(v, AddLanes{});
 #else
   constexpr int K = at::vec::Vectorized<A>::size();
   alignas(64) A buf[K];
@@ -145,10 +145,8 @@ inline A horizontal_max(const at::vec::Vectorized<A>& v) {
 /// position, where horizontal_max's chain of compares would be the loop's latency.
 template <typename A>
 inline A lane_max(const at::vec::Vectorized<A>& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return lane_max_256(fold_halves(v, [](auto lo, auto hi) { return nan_max_256(lo, hi); }));
-#elif defined(CPU_CAPABILITY_AVX2)
-  return lane_max_256(v);
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  return fold_lanes(v, NanMaxLanes{});
 #else
   return horizontal_max(v);
 #endif
