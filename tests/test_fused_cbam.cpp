@@ -421,6 +421,11 @@ TEST(FusedCbam, NanAtOnePositionReachesItsWindowOnly) {
   auto x = torch::randn({2, 94, 12, 13});
   x[1][90][5][6].fill_(std::numeric_limits<float>::quiet_NaN());
   const auto ref = reference_cbam(x, c.w, c.cfg);
+  // The exact values, and the derived per-element bound on the op's rounding (finite away from the
+  // NaN's window).
+  const auto exact = reference_cbam(x.to(torch::kDouble), to_double(c.w), c.cfg);
+  const auto finite = ref.isfinite();
+  const auto bound = cbam_forward_error(x, c.w, c.cfg, torch::kFloat).expand_as(exact).masked_select(finite);
   for (auto fmt : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
     SCOPED_TRACE(fmt == torch::MemoryFormat::Contiguous ? "contiguous" : "channels-last");
     const auto y = attnkit::ops::cbam(x.contiguous(fmt), c.w, c.cfg);
@@ -428,8 +433,8 @@ TEST(FusedCbam, NanAtOnePositionReachesItsWindowOnly) {
     EXPECT_TRUE(y[1][0][5][6].isnan().item<bool>());       // the NaN's own position
     EXPECT_TRUE(y[1][0][11][12].isfinite().item<bool>());  // outside its 7x7 window
     EXPECT_TRUE(y[0].isfinite().all().item<bool>());
-    const auto finite = ref.isfinite();
     EXPECT_TRUE(torch::allclose(y.masked_select(finite), ref.masked_select(finite), 1e-5, 1e-6));
+    EXPECT_TRUE(all_close(y.masked_select(finite), exact.masked_select(finite), bound));
   }
 }
 
